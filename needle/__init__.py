@@ -1,0 +1,18 @@
+"""needle: a small deep-learning framework (10-414/714 hw4 API) with a PTQ toolkit.
+
+Public API: ``Tensor``, ``ops``, ``nn``, ``init``, ``optim``, ``data``, devices ``cpu()``,
+``cuda()``, ``cpu_numpy()``, ``default_device()``, and ``save`` / ``load``.
+The post-training quantization toolkit is ``needle.quant`` (imported on demand).
+"""
+from . import backend_ndarray
+from .backend_ndarray import cpu, cuda, cpu_numpy, default_device, all_devices
+from .autograd import Tensor
+from . import ops
+from .ops import *
+from . import init
+from . import nn
+from . import optim
+from . import data
+from .serialization import save, load
+
+__version__ = "0.1.0"

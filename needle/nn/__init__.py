@@ -1,0 +1,4 @@
+"""Neural-network modules."""
+from .nn_basic import *
+from .nn_conv import *
+from .zoo import *

@@ -1,0 +1,1 @@
+"""Model zoo: MnistCNN (the default model) and ResNet9."""
