@@ -3,6 +3,7 @@
 #   make demo     quantize the shipped MNIST CNN end to end and print the table
 #   make test     the whole test suite (library, notebooks, grading pipeline)
 #   make bench    kernel and model benchmarks (JSON, markdown table, plot in bench/results)
+#   make train    retrain the shipped float checkpoint (checkpoints/mnist_cnn.safetensors)
 #   make release / autograde / feedback   the instructor's nbgrader pipeline
 # Outside a virtual environment (e.g. Colab) use the current interpreter: make build VENV=
 PYTHON ?= python3
@@ -18,7 +19,7 @@ BUILD_DIR ?= build
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all build deps demo test test-lib test-notebooks test-grading bench release autograde feedback clean
+.PHONY: all build deps demo test test-lib test-notebooks test-grading bench train release autograde feedback notebooks clean
 
 all: build
 
@@ -44,11 +45,14 @@ test-lib: build
 
 test-notebooks: build
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  $(PY) -m pytest -q --nbval notebooks --sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; \
+	  $(PY) -m pytest -q --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider; \
 	else echo "no notebooks yet"; fi
 
 test-grading: build
 	@if [ -f graders/check_pipeline.py ]; then $(PY) graders/check_pipeline.py; else echo "no grading pipeline yet"; fi
+
+train: build
+	$(PY) -m needle.train --epochs 3 --seed 0 --out checkpoints/mnist_cnn.safetensors
 
 bench: build
 	$(PY) bench/run_all.py
@@ -61,6 +65,10 @@ autograde: build
 
 feedback: build
 	$(PY) -m graders.feedback
+
+# Rebuild the course notebooks from graders/nbsrc/*.nbsrc and store their outputs (instructor).
+notebooks: build
+	$(PY) -m graders.nbbuild --execute
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR).log needle/backend_ndarray/*.so release autograded feedback

@@ -1,1 +1,18 @@
-"""The post-training quantization toolkit."""
+"""needle.quant: post-training quantization (PTQ) of needle models to int8.
+
+    from needle.quant import QConfig, quantize_model
+    qmodel = quantize_model(float_model, calibration_loader, QConfig())
+    needle.save(qmodel, "model_int8.safetensors")
+    qmodel = needle.quant.load_quantized("model_int8.safetensors")
+
+The math lives in ``needle.quant.reference`` (numpy, the single source of truth).
+"""
+from . import reference
+from .config import QConfig
+from .observers import (MinMaxObserver, MovingAverageMinMaxObserver, MSEObserver,
+                        PercentileObserver, make_observer)
+from .fuse import FusedConv2d, FusedLinear, FusedResidual, fold_bn, fuse_model
+from .modules import (QTensor, QuantStub, DeQuantStub, QuantizedConv2d, QuantizedLinear,
+                      QuantizedAdd, QuantizedResidual, QuantizedFlatten, QuantizedReLU)
+from .convert import (PreparedModel, QuantizedModel, prepare, calibrate, convert,
+                      quantize_model, quantize_weight, load_quantized)

@@ -1,0 +1,827 @@
+"""NDArray: a strided n-dimensional array over a flat backend buffer.
+
+An ``NDArray`` is a view (shape, strides, offset, all in elements) into a flat ``Array`` that
+lives on a device. Views (reshape of compact arrays, permute, broadcast_to, getitem, flip,
+as_strided) share the buffer; ``compact()`` copies a view into a fresh row-major buffer.
+Four dtypes exist: float32, int8, uint8, int32. Every dtype supports creation, numpy
+round trips, views, setitem, ``astype`` and ``to(device)``; math needs float32.
+
+Devices: ``cpu()`` (C++ backend), ``cuda()`` (CUDA backend), ``cpu_numpy()`` (numpy backend).
+"""
+import builtins
+import operator
+from functools import lru_cache, reduce
+
+import numpy as np
+
+from . import ndarray_backend_numpy
+
+DTYPES = ("float32", "int8", "uint8", "int32")
+INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}
+
+
+def prod(x):
+    return reduce(operator.mul, x, 1)
+
+
+def normalize_dtype(dtype):
+    """Return the dtype name ("float32", "int8", "uint8" or "int32") of a str or numpy dtype."""
+    if dtype is None:
+        return "float32"
+    if type(dtype) is str and dtype in DTYPES:
+        return dtype
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        raise TypeError(f"unsupported dtype {dtype!r}; expected one of {DTYPES}") from None
+    if name not in DTYPES:
+        raise TypeError(f"unsupported dtype {dtype!r}; expected one of {DTYPES}")
+    return name
+
+
+def _shape_arg(shape):
+    """Accept ``f((2, 3))``, ``f([2, 3])`` and ``f(2, 3)`` alike; return a tuple of ints."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return tuple(int(s) for s in shape)
+
+
+@lru_cache(maxsize=4096)
+def _compact_strides(shape):
+    stride, res = 1, []
+    for n in reversed(shape):
+        res.append(stride)
+        stride *= n
+    return tuple(res[::-1])
+
+
+class BackendDevice:
+    """A device backed by one backend module (or ``None`` when that backend is unavailable)."""
+
+    def __init__(self, name, mod):
+        self.name = name
+        self.mod = mod
+
+    def __eq__(self, other):
+        return isinstance(other, BackendDevice) and self.name == other.name
+
+    def __hash__(self):
+        return hash(self.name)
+
+    def __repr__(self):
+        return self.name + "()"
+
+    # A device is a handle on a process-wide backend: copies are the device itself, and a pickle
+    # stores only its name.
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __reduce__(self):
+        return (device_by_name, (self.name,))
+
+    def __getattr__(self, name):
+        # Backend functions are looked up on the module once, then cached on the device.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        mod = self.__dict__.get("mod")
+        if mod is None:
+            why = BACKEND_IMPORT_ERRORS.get(f"ndarray_backend_{self.name}", "no device is present")
+            raise RuntimeError(f"device {self.name}() is not available: {why}")
+        value = getattr(mod, name)
+        self.__dict__[name] = value
+        return value
+
+    def enabled(self):
+        return self.mod is not None
+
+    # creators ------------------------------------------------------------------------------
+    def randn(self, *shape, dtype="float32"):
+        """Standard normal samples (numpy's global RNG), shape ``shape``."""
+        return NDArray(np.random.randn(*_shape_arg(shape)).astype(np.float32), device=self, dtype=dtype)
+
+    def rand(self, *shape, dtype="float32"):
+        """Uniform [0, 1) samples (numpy's global RNG), shape ``shape``."""
+        return NDArray(np.random.rand(*_shape_arg(shape)).astype(np.float32), device=self, dtype=dtype)
+
+    def one_hot(self, n, i, dtype="float32"):
+        """Rows of the n x n identity picked by the integer indices ``i`` (shape i.shape + (n,))."""
+        idx = np.asarray(i.numpy() if isinstance(i, NDArray) else i).astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"one_hot: indices must lie in [0, {n}), got range [{idx.min()}, {idx.max()}]")
+        return NDArray(np.eye(n, dtype=normalize_dtype(dtype))[idx], device=self)
+
+    def empty(self, shape, dtype="float32"):
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        return NDArray.make(shape, device=self, dtype=dtype)
+
+    def full(self, shape, fill_value, dtype="float32"):
+        arr = self.empty(shape, dtype)
+        arr.fill(fill_value)
+        return arr
+
+    def zeros(self, *shape, dtype="float32"):
+        return self.full(_shape_arg(shape), 0, dtype)
+
+    def ones(self, *shape, dtype="float32"):
+        return self.full(_shape_arg(shape), 1, dtype)
+
+
+_CPU_NUMPY_DEVICE = BackendDevice("cpu_numpy", ndarray_backend_numpy)
+
+
+def cpu_numpy():
+    """The numpy reference backend (always available)."""
+    return _CPU_NUMPY_DEVICE
+
+
+BACKEND_IMPORT_ERRORS = {}  # module name -> why it could not be imported
+
+
+def _import_backend(name):
+    """The compiled backend module, or None. A module that is missing is normal (not built); one
+    that exists but fails to load (stale or broken build) also warns, with the reason."""
+    from importlib import import_module
+    try:
+        return import_module(f"{__package__}.{name}")
+    except ModuleNotFoundError as e:
+        BACKEND_IMPORT_ERRORS[name] = f"not built ({e}); run `make build`"
+    except ImportError as e:
+        import warnings
+        BACKEND_IMPORT_ERRORS[name] = f"failed to load: {e}"
+        warnings.warn(f"needle: {name} exists but failed to load ({e}); rebuild with `make build`",
+                      RuntimeWarning, stacklevel=2)
+    return None
+
+
+_CPU_MOD = _import_backend("ndarray_backend_cpu")
+_CUDA_MOD = _import_backend("ndarray_backend_cuda")
+
+
+def _cuda_usable(mod):
+    if mod is None:
+        return False
+    probe = getattr(mod, "device_count", None)
+    if probe is None:
+        return True
+    try:
+        return probe() > 0
+    except Exception:
+        return False
+
+
+_CPU_DEVICE = BackendDevice("cpu", _CPU_MOD)
+_CUDA_DEVICE = None  # created on first use: probing the GPU may take a moment
+
+
+def cpu():
+    """The C++ CPU backend (``enabled()`` is False when the extension is not built)."""
+    return _CPU_DEVICE
+
+
+def cuda():
+    """The CUDA backend (``enabled()`` is False without the extension or without a GPU)."""
+    global _CUDA_DEVICE
+    if _CUDA_DEVICE is None:
+        _CUDA_DEVICE = BackendDevice("cuda", _CUDA_MOD if _cuda_usable(_CUDA_MOD) else None)
+    return _CUDA_DEVICE
+
+
+def device_by_name(name):
+    """``cpu()``, ``cuda()`` or ``cpu_numpy()`` from its name."""
+    makers = {"cpu": cpu, "cuda": cuda, "cpu_numpy": cpu_numpy}
+    if name not in makers:
+        raise ValueError(f"unknown device {name!r}; expected one of {sorted(makers)}")
+    return makers[name]()
+
+
+def default_device():
+    """``cpu()`` when the C++ backend is built, else ``cpu_numpy()``."""
+    return cpu() if _CPU_MOD is not None else cpu_numpy()
+
+
+def all_devices():
+    """Every device whose backend is available, in the order cpu_numpy, cpu, cuda."""
+    return [d for d in (cpu_numpy(), cpu(), cuda()) if d.enabled()]
+
+
+def _is_scalar(x):
+    return isinstance(x, (int, float, bool, np.number, np.bool_)) or (
+        isinstance(x, np.ndarray) and x.ndim == 0)
+
+
+class NDArray:
+    """A strided view into a flat buffer on a device.
+
+    ``NDArray(other, device=None, dtype=None)`` copies ``other`` (NDArray, numpy array, list or
+    scalar). Without ``dtype``: numpy arrays of a supported dtype keep it, other numpy arrays,
+    lists and Python scalars become float32.
+    """
+
+    # numpy must defer to our reflected operators (np.float32(2) * x -> x.__rmul__).
+    __array_ufunc__ = None
+
+    def __init__(self, other, device=None, dtype=None):
+        if isinstance(other, NDArray):
+            device = other.device if device is None else device
+            src = other.to(device)
+            if dtype is not None and normalize_dtype(dtype) != src.dtype:
+                self._init(src.astype(dtype))
+            else:
+                self._init(src.copy() if src is other else src.compact())
+            return
+        device = default_device() if device is None else device
+        is_np = isinstance(other, (np.ndarray, np.generic))
+        other = np.asarray(other)
+        if dtype is None and is_np and other.dtype.name in DTYPES:
+            np_dtype = other.dtype.name
+        else:
+            np_dtype = normalize_dtype(dtype)
+        if np_dtype != "float32" and other.dtype.kind == "f":
+            # Floats to integers follow the astype rules (half to even, saturation, NaN -> 0).
+            src = NDArray(other.astype(np.float32), device=device)
+            self._init(src.astype(np_dtype))
+            return
+        if np_dtype != "float32" and other.dtype.kind in "iub":
+            other = np.clip(other.astype(np.int64), *INT_RANGES[np_dtype])  # saturate
+        array = np.asarray(other, dtype=np_dtype, order="C")  # keeps 0-d arrays 0-d
+        out = NDArray.make(array.shape, device=device, dtype=np_dtype)
+        device.from_numpy(array, out._handle)
+        self._init(out)
+
+    def _init(self, other):
+        self._shape = other._shape
+        self._strides = other._strides
+        self._offset = other._offset
+        self._device = other._device
+        self._handle = other._handle
+        self._dtype = other._dtype
+
+    @staticmethod
+    def compact_strides(shape):
+        """Row-major strides (in elements) of ``shape``."""
+        return _compact_strides(tuple(shape))
+
+    @staticmethod
+    def _new(shape, strides, device, handle, offset, dtype):
+        """Internal constructor without checks: shape/strides are tuples of ints."""
+        array = object.__new__(NDArray)
+        array._shape = shape
+        array._strides = strides
+        array._offset = offset
+        array._device = device
+        array._handle = handle
+        array._dtype = dtype
+        return array
+
+    @staticmethod
+    def _alloc(shape, device, dtype="float32"):
+        """Internal: a fresh compact array (shape a checked tuple, dtype a normalised name)."""
+        return NDArray._new(shape, _compact_strides(shape), device, device.Array(prod(shape), dtype), 0, dtype)
+
+    def _view(self, shape, strides, offset):
+        return NDArray._new(shape, strides, self._device, self._handle, offset, self._dtype)
+
+    @staticmethod
+    def make(shape, strides=None, device=None, handle=None, offset=0, dtype="float32"):
+        """A new NDArray with the given view; allocates a buffer unless ``handle`` is given
+        (then the dtype is the handle's)."""
+        array = NDArray.__new__(NDArray)
+        array._shape = tuple(int(s) for s in shape)
+        if any(s < 0 for s in array._shape):
+            raise ValueError(f"negative dimension in shape {array._shape}")
+        array._strides = NDArray.compact_strides(array._shape) if strides is None else tuple(int(s) for s in strides)
+        if len(array._strides) != len(array._shape):
+            raise ValueError(f"shape {array._shape} and strides {array._strides} differ in length")
+        array._offset = int(offset)
+        array._device = device if device is not None else default_device()
+        if handle is None:
+            array._dtype = normalize_dtype(dtype)
+            array._handle = array._device.Array(prod(array._shape), array._dtype)
+        else:
+            array._handle = handle
+            array._dtype = normalize_dtype(handle.dtype)
+        return array
+
+    # properties ----------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def strides(self):
+        return self._strides
+
+    @property
+    def offset(self):
+        return self._offset
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def ndim(self):
+        return len(self._shape)
+
+    @property
+    def size(self):
+        return prod(self._shape)
+
+    def __len__(self):
+        if not self._shape:
+            raise TypeError("len() of a 0-d NDArray")
+        return self._shape[0]
+
+    def __repr__(self):
+        return f"NDArray({self.numpy()!r}, device={self.device}, dtype={self.dtype})"
+
+    def __str__(self):
+        return str(self.numpy())
+
+    # copy.deepcopy gives an independent compact copy; pickling stores the values, the dtype
+    # and the device name.
+    def __deepcopy__(self, memo):
+        return self.copy()
+
+    def __reduce__(self):
+        return (NDArray, (self.numpy(), self._device, self._dtype))
+
+    # basic -----------------------------------------------------------------------------------
+    def fill(self, value):
+        """Set every element of the underlying buffer to ``value`` (in place)."""
+        self._device.fill(self._handle, self._check_value(value))
+
+    def to(self, device):
+        if device == self.device:
+            return self
+        return NDArray(self.numpy(), device=device, dtype=self.dtype)
+
+    def numpy(self):
+        """A numpy copy of the array, in its dtype."""
+        return self.device.to_numpy(self._handle, self.shape, self.strides, self._offset)
+
+    def is_compact(self):
+        """True when the array is the whole of its buffer in row-major order."""
+        return (self._offset == 0 and self._strides == _compact_strides(self._shape)
+                and prod(self._shape) == self._handle.size)
+
+    def compact(self):
+        """The array itself when compact, else a row-major copy."""
+        if self.is_compact():
+            return self
+        out = NDArray._alloc(self._shape, self._device, self._dtype)
+        self._device.compact(self._handle, out._handle, self._shape, self._strides, self._offset)
+        return out
+
+    def copy(self):
+        """A compact copy that never shares the buffer."""
+        out = NDArray._alloc(self._shape, self._device, self._dtype)
+        self._device.compact(self._handle, out._handle, self._shape, self._strides, self._offset)
+        return out
+
+    def as_strided(self, shape, strides):
+        """A view with the given shape and strides (elements) at the same offset and buffer."""
+        shape, strides = tuple(int(s) for s in shape), tuple(int(s) for s in strides)
+        if len(shape) != len(strides):
+            raise ValueError(f"as_strided: shape {shape} and strides {strides} differ in length")
+        if any(s < 0 for s in shape):
+            raise ValueError(f"as_strided: negative dimension in shape {shape}")
+        if prod(shape) > 0:
+            lo = self._offset + builtins.sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
+            hi = self._offset + builtins.sum((n - 1) * s for n, s in zip(shape, strides) if s > 0)
+            if lo < 0 or hi >= self._handle.size:
+                raise ValueError(f"as_strided: shape {shape} strides {strides} offset {self._offset} "
+                                 f"reaches outside a buffer of {self._handle.size} elements")
+        return NDArray.make(shape, strides=strides, device=self.device, handle=self._handle,
+                            offset=self._offset)
+
+    # views -------------------------------------------------------------------------------------
+    def reshape(self, *new_shape):
+        """Reshape (one dimension may be -1); a view of compact arrays, else of a compact copy."""
+        new_shape = list(_shape_arg(new_shape))
+        if new_shape.count(-1) > 1:
+            raise ValueError(f"reshape: at most one -1 allowed in {tuple(new_shape)}")
+        if -1 in new_shape:
+            known = prod(s for s in new_shape if s != -1)
+            if known == 0 or self.size % known:
+                raise ValueError(f"cannot reshape array of shape {self.shape} into {tuple(new_shape)}")
+            new_shape[new_shape.index(-1)] = self.size // known
+        new_shape = tuple(new_shape)
+        if prod(new_shape) != self.size or any(s < 0 for s in new_shape):
+            raise ValueError(f"cannot reshape array of shape {self.shape} (size {self.size}) into {new_shape}")
+        src = self.compact()
+        return src._view(new_shape, _compact_strides(new_shape), 0)
+
+    def permute(self, *new_axes):
+        """Reorder the axes (a view): ``new_axes`` is a permutation of range(ndim)."""
+        axes = _shape_arg(new_axes)
+        axes = tuple(a + self.ndim if a < 0 else a for a in axes)
+        if sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"permute: {tuple(new_axes)} is not a permutation of the axes of shape {self.shape}")
+        return self._view(tuple(self._shape[a] for a in axes), tuple(self._strides[a] for a in axes),
+                          self._offset)
+
+    def transpose(self, axes=None):
+        """numpy-style transpose (reverse the axes by default)."""
+        return self.permute(tuple(range(self.ndim))[::-1] if axes is None else axes)
+
+    def broadcast_to(self, *new_shape):
+        """Broadcast as numpy does (leading axes may be added; size-1 axes stretch): a view."""
+        new_shape = _shape_arg(new_shape)
+        if len(new_shape) < self.ndim:
+            raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
+        lead = len(new_shape) - self.ndim
+        strides = [0] * lead
+        for i, (n, s) in enumerate(zip(self.shape, self.strides)):
+            if n == new_shape[lead + i]:
+                strides.append(s)
+            elif n == 1:
+                strides.append(0)
+            else:
+                raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
+        return self._view(new_shape, tuple(strides), self._offset)
+
+    def _view_of(self, idxs):
+        """Shape, strides, offset of ``self[idxs]`` (numpy basic indexing, steps > 0)."""
+        if not isinstance(idxs, tuple):
+            idxs = (idxs,)
+        if builtins.sum(1 for i in idxs if i is Ellipsis) > 1:
+            raise IndexError("an index can only have a single ellipsis")
+        if Ellipsis in [i for i in idxs if i is Ellipsis]:
+            k = next(j for j, i in enumerate(idxs) if i is Ellipsis)
+            fill = self.ndim - (len(idxs) - 1)
+            idxs = idxs[:k] + (slice(None),) * builtins.max(fill, 0) + idxs[k + 1:]
+        if len(idxs) > self.ndim:
+            raise IndexError(f"too many indices ({len(idxs)}) for array of shape {self.shape}")
+        idxs = idxs + (slice(None),) * (self.ndim - len(idxs))
+        shape, strides, offset = [], [], self._offset
+        for axis, (idx, n, st) in enumerate(zip(idxs, self.shape, self.strides)):
+            if isinstance(idx, slice):
+                start, stop, step = idx.indices(n)
+                if step <= 0:
+                    raise ValueError(f"slice steps must be positive, got {step} on axis {axis}")
+                length = builtins.max(0, (stop - start + step - 1) // step)
+                if length > 0:
+                    offset += start * st
+                shape.append(length)
+                strides.append(st * step)
+            elif isinstance(idx, (int, np.integer)) and not isinstance(idx, bool):
+                i = int(idx)
+                if i < -n or i >= n:
+                    raise IndexError(f"index {i} is out of bounds for axis {axis} with size {n} (shape {self.shape})")
+                offset += (i % n) * st
+            else:
+                raise TypeError(f"unsupported index {idx!r}: use ints, slices or ...")
+        return tuple(shape), tuple(strides), offset
+
+    def __getitem__(self, idxs):
+        """Basic indexing as in numpy (ints drop the axis, slices keep it); returns a view."""
+        shape, strides, offset = self._view_of(idxs)
+        return self._view(shape, strides, offset)
+
+    def __setitem__(self, idxs, other):
+        """Assign an NDArray (broadcast to the view as numpy would) or a scalar, in place.
+        numpy arrays and lists are converted to this array's dtype first."""
+        view = self[idxs]
+        if isinstance(other, (np.ndarray, list, tuple)) and not _is_scalar(other):
+            other = NDArray(np.asarray(other), device=self._device, dtype=self._dtype)
+        if isinstance(other, NDArray):
+            self._check_device(other)
+            if other.dtype != self.dtype:
+                raise TypeError(f"setitem: value dtype {other.dtype} does not match array dtype {self.dtype}")
+            if other.shape != view.shape:
+                other = other.broadcast_to(view.shape)
+            src = other.copy() if other._handle is self._handle else other.compact()
+            self.device.ewise_setitem(src._handle, self._handle, view.shape, view.strides, view._offset)
+        elif _is_scalar(other):
+            self.device.scalar_setitem(view.size, self._check_value(other), self._handle,
+                                       view.shape, view.strides, view._offset)
+        else:
+            raise TypeError(f"setitem: value must be an NDArray or a scalar, got {type(other).__name__}")
+
+    def flip(self, axes=None):
+        """Reverse the order of elements along ``axes`` (int, tuple, or None for all): a view."""
+        axes = self._axes(axes) if axes is not None else tuple(range(self.ndim))
+        strides, offset = list(self.strides), self._offset
+        for a in axes:
+            if self.shape[a] > 0:
+                offset += (self.shape[a] - 1) * strides[a]
+            strides[a] = -strides[a]
+        return self._view(self._shape, tuple(strides), offset)
+
+    def pad(self, axes, value=0):
+        """Pad with ``value``: ``axes`` holds one (before, after) pair per axis."""
+        axes = tuple(tuple(int(v) for v in p) for p in axes)
+        if len(axes) != self.ndim or any(len(p) != 2 or p[0] < 0 or p[1] < 0 for p in axes):
+            raise ValueError(f"pad: need one non-negative (before, after) pair per axis of shape {self.shape}, got {axes}")
+        out = self.device.full(tuple(n + b + a for n, (b, a) in zip(self.shape, axes)), value, dtype=self.dtype)
+        out[tuple(slice(b, b + n) for n, (b, _) in zip(self.shape, axes))] = self
+        return out
+
+    def astype(self, dtype):
+        """Convert to ``dtype`` (float->int: round half to even, saturate, NaN -> 0; int->int:
+        saturate). Returns ``self`` when the dtype already matches."""
+        dtype = normalize_dtype(dtype)
+        if dtype == self.dtype:
+            return self
+        src = self.compact()
+        out = NDArray._alloc(self._shape, self._device, dtype)
+        self.device.astype(src._handle, out._handle)
+        return out
+
+    # helpers ---------------------------------------------------------------------------------
+    def _check_value(self, value):
+        """A scalar suitable for this dtype; integers must fit the integer range."""
+        if self.dtype == "float32":
+            return float(value)
+        if isinstance(value, (float, np.floating)):
+            if not float(value).is_integer():
+                raise ValueError(f"value {value} is not an integer, cannot store it in {self.dtype}")
+        value = int(value)
+        lo, hi = INT_RANGES[self.dtype]
+        if not lo <= value <= hi:
+            raise ValueError(f"value {value} is out of range [{lo}, {hi}] of {self.dtype}")
+        return value
+
+    def _check_device(self, other):
+        if other.device != self.device:
+            raise ValueError(f"arrays are on different devices: {self.device} and {other.device}")
+
+    def _need_float(self, op, other=None):
+        if self.dtype != "float32":
+            raise TypeError(f"{op} needs float32, got {self.dtype}")
+        if isinstance(other, NDArray) and other.dtype != "float32":
+            raise TypeError(f"{op} needs float32, got {other.dtype}")
+
+    def _axes(self, axis):
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+        res = []
+        for a in axes:
+            a = int(a)
+            if not -self.ndim <= a < self.ndim:
+                raise ValueError(f"axis {a} is out of range for array of shape {self.shape}")
+            res.append(a % self.ndim)
+        if len(set(res)) != len(res):
+            raise ValueError(f"repeated axis in {axis}")
+        return tuple(res)
+
+    # math ------------------------------------------------------------------------------------
+    def ewise_or_scalar(self, other, ewise_func, scalar_func, op="op"):
+        """Apply ``ewise_func`` with an NDArray of the same shape or ``scalar_func`` with a scalar."""
+        out = NDArray._alloc(self._shape, self._device)
+        if isinstance(other, NDArray):
+            self._check_device(other)
+            self._need_float(op, other)
+            if other.shape != self.shape:
+                raise ValueError(f"{op}: shapes {self.shape} and {other.shape} differ (broadcast explicitly)")
+            ewise_func(self.compact()._handle, other.compact()._handle, out._handle)
+        else:
+            self._need_float(op)
+            scalar_func(self.compact()._handle, float(other), out._handle)
+        return out
+
+    def _binary(self, other, name):
+        if not isinstance(other, NDArray) and not _is_scalar(other):
+            return NotImplemented
+        return self.ewise_or_scalar(other, getattr(self.device, "ewise_" + name),
+                                    getattr(self.device, "scalar_" + name), op=name)
+
+    def __add__(self, other):
+        return self._binary(other, "add")
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        if isinstance(other, NDArray):
+            return self + (-other)
+        if not _is_scalar(other):
+            return NotImplemented
+        return self + (-float(other))
+
+    def __rsub__(self, other):
+        if not _is_scalar(other):
+            return NotImplemented
+        return (-self) + other
+
+    def __mul__(self, other):
+        return self._binary(other, "mul")
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other):
+        return self._binary(other, "div")
+
+    def __rtruediv__(self, other):
+        if not _is_scalar(other):
+            return NotImplemented
+        self._need_float("div")
+        return self.device.full(self.shape, float(other)) / self
+
+    def __neg__(self):
+        return self * (-1.0)
+
+    def __pow__(self, other):
+        if not _is_scalar(other):
+            raise TypeError(f"power: exponent must be a scalar, got {type(other).__name__}")
+        self._need_float("power")
+        out = NDArray._alloc(self._shape, self._device)
+        self.device.scalar_power(self.compact()._handle, float(other), out._handle)
+        return out
+
+    def maximum(self, other):
+        return self._binary(other, "maximum")
+
+    def __eq__(self, other):
+        return self._binary(other, "eq")
+
+    def __ge__(self, other):
+        return self._binary(other, "ge")
+
+    def __ne__(self, other):
+        res = self == other
+        return res if res is NotImplemented else 1 - res
+
+    def __gt__(self, other):
+        ge, eq = self >= other, self == other
+        return NotImplemented if ge is NotImplemented else ge - eq
+
+    def __lt__(self, other):
+        res = self >= other
+        return res if res is NotImplemented else 1 - res
+
+    def __le__(self, other):
+        res = self > other
+        return res if res is NotImplemented else 1 - res
+
+    __hash__ = None
+
+    def _unary(self, name):
+        self._need_float(name)
+        out = NDArray._alloc(self._shape, self._device)
+        getattr(self.device, "ewise_" + name)(self.compact()._handle, out._handle)
+        return out
+
+    def log(self):
+        return self._unary("log")
+
+    def exp(self):
+        return self._unary("exp")
+
+    def tanh(self):
+        return self._unary("tanh")
+
+    def __matmul__(self, other):
+        """2-D matrix product [m, n] @ [n, p] -> [m, p] (float32)."""
+        if not isinstance(other, NDArray):
+            return NotImplemented
+        self._check_device(other)
+        self._need_float("matmul", other)
+        if self.ndim != 2 or other.ndim != 2 or self.shape[1] != other.shape[0]:
+            raise ValueError(f"matmul: shapes {self.shape} and {other.shape} do not fit (need [m, n] @ [n, p])")
+        m, n, p = self.shape[0], self.shape[1], other.shape[1]
+        out = NDArray._alloc((m, p), self._device)
+        if m * p == 0:
+            out.fill(0.0)
+        elif n == 0:
+            out.fill(0.0)
+        else:
+            self.device.matmul(self.compact()._handle, other.compact()._handle, out._handle, m, n, p)
+        return out
+
+    # reductions ------------------------------------------------------------------------------
+    def _reduce(self, axis, keepdims, name):
+        self._need_float(name)
+        axes = tuple(range(self.ndim)) if axis is None else self._axes(axis)
+        keep = tuple(a for a in range(self.ndim) if a not in axes)
+        red_size = prod(self.shape[a] for a in axes)
+        out_shape = tuple(1 if a in axes else n for a, n in enumerate(self.shape)) if keepdims \
+            else tuple(self.shape[a] for a in keep)
+        if not axes:
+            return self.copy().reshape(out_shape)
+        if red_size == 0:
+            if name == "max":
+                raise ValueError(f"max over a zero-size axis of shape {self.shape}")
+            return self.device.full(out_shape, 0.0)
+        view = self.permute(keep + axes).compact()
+        out = NDArray._alloc(out_shape, self._device)
+        if out.size > 0:
+            getattr(self.device, "reduce_" + name)(view._handle, out._handle, red_size)
+        return out
+
+    def sum(self, axis=None, keepdims=False):
+        """Sum over ``axis`` (None = all, int, or tuple of ints); numpy's result shape."""
+        return self._reduce(axis, keepdims, "sum")
+
+    def max(self, axis=None, keepdims=False):
+        """Maximum over ``axis`` (None = all, int, or tuple of ints); numpy's result shape."""
+        return self._reduce(axis, keepdims, "max")
+
+
+# ---- module-level functions (the array_api used by needle's ops) ----------------------------
+def array(a, dtype=None, device=None):
+    """An NDArray copy of ``a`` (see ``NDArray`` for the default dtype)."""
+    return NDArray(a, device=device, dtype=dtype)
+
+
+def empty(shape, dtype="float32", device=None):
+    return (device if device is not None else default_device()).empty(shape, dtype)
+
+
+def full(shape, fill_value, dtype="float32", device=None):
+    return (device if device is not None else default_device()).full(shape, fill_value, dtype)
+
+
+def zeros(shape, dtype="float32", device=None):
+    return full(shape, 0, dtype, device)
+
+
+def ones(shape, dtype="float32", device=None):
+    return full(shape, 1, dtype, device)
+
+
+def broadcast_to(a, shape):
+    return a.broadcast_to(shape)
+
+
+def reshape(a, shape):
+    return a.reshape(shape)
+
+
+def permute(a, axes):
+    return a.permute(axes)
+
+
+def maximum(a, b):
+    return a.maximum(b)
+
+
+def log(a):
+    return a.log()
+
+
+def exp(a):
+    return a.exp()
+
+
+def tanh(a):
+    return a.tanh()
+
+
+def negative(a):
+    return -a
+
+
+def matmul(a, b):
+    return a @ b
+
+
+def sum(a, axis=None, keepdims=False):  # noqa: A001 - the array API name
+    return a.sum(axis=axis, keepdims=keepdims)
+
+
+summation = sum
+
+
+def max(a, axis=None, keepdims=False):  # noqa: A001 - the array API name
+    return a.max(axis=axis, keepdims=keepdims)
+
+
+def flip(a, axes=None):
+    return a.flip(axes)
+
+
+def pad(a, axes, value=0):
+    return a.pad(axes, value)
+
+
+def stack(arrays, axis=0):
+    """Stack same-shaped arrays along a new axis ``axis``."""
+    arrays = list(arrays)
+    if not arrays:
+        raise ValueError("stack needs at least one array")
+    first = arrays[0]
+    for a in arrays[1:]:
+        if a.shape != first.shape or a.dtype != first.dtype:
+            raise ValueError(f"stack: arrays differ: {first.shape} {first.dtype} vs {a.shape} {a.dtype}")
+        first._check_device(a)
+    if not -first.ndim - 1 <= axis <= first.ndim:
+        raise ValueError(f"stack: axis {axis} out of range for arrays of shape {first.shape}")
+    axis %= first.ndim + 1
+    shape = first.shape[:axis] + (len(arrays),) + first.shape[axis:]
+    out = NDArray.make(shape, device=first.device, dtype=first.dtype)
+    for i, a in enumerate(arrays):
+        out[(slice(None),) * axis + (i,)] = a
+    return out
+
+
+def split(a, axis=0):
+    """The inverse of ``stack``: a tuple of compact arrays, one per index along ``axis``."""
+    axis = a._axes(axis)[0]
+    return tuple(a[(slice(None),) * axis + (i,)].compact() for i in range(a.shape[axis]))

@@ -1,0 +1,109 @@
+"""The Python side of the int8 kernels: weight packing and the integer GEMM call.
+
+``qgemm`` runs on the device of its input. Every backend module is expected to provide
+``qpack_weights`` and ``qgemm`` (docs/ARCHITECTURE.md, "Integer GEMM backend call"); when a
+backend lacks them, or ``NEEDLE_QUANT_REFERENCE=1`` is set, the numpy reference
+(``reference.qgemm_reference``) computes the same integers on the host instead (with a
+one-time warning for a missing kernel).
+"""
+import os
+import warnings
+
+import numpy as np
+
+from ..backend_ndarray import NDArray
+from . import reference as R
+
+__all__ = ["PackedWeights", "qgemm", "has_native_qgemm"]
+
+_warned = set()
+
+
+def _force_reference():
+    return os.environ.get("NEEDLE_QUANT_REFERENCE", "") not in ("", "0")
+
+
+def has_native_qgemm(device):
+    """True when ``device``'s backend module provides qpack_weights and qgemm."""
+    mod = getattr(device, "mod", None)
+    return mod is not None and hasattr(mod, "qgemm") and hasattr(mod, "qpack_weights")
+
+
+def _use_backend(device):
+    if _force_reference():
+        return False
+    if has_native_qgemm(device):
+        return True
+    if device.name not in _warned:
+        _warned.add(device.name)
+        warnings.warn(f"the {device.name} backend has no qgemm kernel; needle.quant falls back "
+                      f"to the numpy reference (slow, same results)", RuntimeWarning,
+                      stacklevel=3)
+    return False
+
+
+class PackedWeights:
+    """int8 weights [N, K] (output channels x reduction) plus their per-device packed form.
+
+    w: NDArray int8 [N, K]. ``colsum`` (int32 [N]) is computed once; ``packed(device)`` calls
+    the backend's ``qpack_weights`` the first time a device asks.
+    """
+
+    def __init__(self, w):
+        if w.dtype != "int8" or w.ndim != 2:
+            raise TypeError(f"PackedWeights needs int8 [N, K] weights, got {w.dtype} {w.shape}")
+        self.w = w.compact()
+        self.n, self.k = w.shape
+        self.w_numpy = self.w.numpy()
+        self.colsum = R.weight_colsum(self.w_numpy)
+        self._packed = {}
+        self._params = {}
+
+    def packed(self, device):
+        if device not in self._packed:
+            w = self.w.to(device).compact()
+            self._packed[device] = device.qpack_weights(w._handle, self.n, self.k)
+        return self._packed[device]
+
+    def params(self, device, **arrays):
+        """int32 NDArrays of the per-channel vectors on ``device``, cached per device: a layer
+        builds a new PackedWeights whenever its weights, bias or scales change."""
+        key = (device, tuple(sorted(arrays)))
+        if key not in self._params:
+            self._params[key] = {name: NDArray(np.asarray(a, np.int32).reshape(self.n),
+                                               device=device, dtype="int32")
+                                 for name, a in arrays.items()}
+        return self._params[key]
+
+
+def qgemm(a, weights, a_zero_point, bias, multiplier, shift, out_zero_point=0, relu=False,
+          out_dtype="uint8"):
+    """``out[M, N]`` = the integer GEMM of activations ``a`` with ``weights``.
+
+    a: NDArray uint8/int8 [M, K]; weights: PackedWeights [N, K]; bias, multiplier, shift:
+    int32 numpy arrays [N] (multiplier/shift unused for int32 output); out_dtype
+    "uint8" | "int8" | "int32". See ``reference.qgemm_reference`` for the arithmetic.
+    Returns an NDArray [M, N] of out_dtype on a's device.
+    """
+    if a.ndim != 2 or a.shape[1] != weights.k:
+        raise ValueError(f"qgemm: activations {a.shape} do not match weights "
+                         f"[{weights.n}, {weights.k}]")
+    m, n, k = a.shape[0], weights.n, weights.k
+    device = a.device
+    if multiplier is None:
+        multiplier = np.zeros(n, np.int32)
+        shift = np.zeros(n, np.int32)
+    if _use_backend(device):
+        a = a.compact()
+        out = NDArray.make((m, n), device=device, dtype=out_dtype)
+        p = weights.params(device, colsum=weights.colsum, bias=bias, multiplier=multiplier,
+                           shift=shift)
+        device.qgemm(a._handle, weights.packed(device), out._handle, m, n, k,
+                     int(a_zero_point), p["colsum"]._handle, p["bias"]._handle,
+                     p["multiplier"]._handle, p["shift"]._handle, int(out_zero_point),
+                     bool(relu))
+        return out
+    out = R.qgemm_reference(a.numpy(), weights.w_numpy, int(a_zero_point), bias, multiplier,
+                            shift, int(out_zero_point), bool(relu), out_dtype,
+                            colsum=weights.colsum)
+    return NDArray(out, device=device, dtype=out_dtype)

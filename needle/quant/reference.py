@@ -1,0 +1,402 @@
+"""The quantization math of needle-quant, in plain numpy.
+
+This module is the single source of truth for every number the toolkit produces: the C++ and
+CUDA int8 kernels and the numpy backend are tested bit for bit against it. It imports nothing
+from needle.
+
+Conventions (docs/ARCHITECTURE.md, "Quantization math"):
+
+* quantize    ``q = clamp(rint(x / s) + zp, qmin, qmax)``; ``x / s`` is a float32 IEEE division
+              and ``rint`` rounds half to even.
+* dequantize  ``x = (q - zp) * s`` in float32.
+* qparams     the range ``[lo, hi]`` is first extended to contain 0, then
+              affine     ``s = (hi - lo) / (qmax - qmin)``, ``zp = clamp(qmin - rint(lo / s))``
+              symmetric  ``s = max(|lo|, |hi|) / ((qmax - qmin) / 2)``, ``zp = 0`` for signed
+                         types and the middle of the range (128 for uint8) for unsigned ones.
+              A zero range gives ``s = 1``.
+* requantize  ``M = s_in * s_w[c] / s_out = M0 * 2^-n``, ``M0`` in [0.5, 1),
+              ``m = rint(M0 * 2^31)`` (int32), ``shift = 31 + n``,
+              ``y = (acc * m + 2^(shift - 1)) >> shift`` with 64-bit integers,
+              ``out = clamp(y + zp_out, lo, hi)``; a fused ReLU raises ``lo`` to ``zp_out``.
+* integer GEMM ``acc[i, c] = sum_k x[i, k] * w[c, k] - zx * colsum[c] + bias_q[c]`` with
+              ``colsum[c] = sum_k w[c, k]``, then requantize per output channel.
+
+Per-channel parameters: every function that takes a scale or zero point accepts a 1-D array
+together with ``axis``, the axis of the data the parameters run along.
+"""
+import numpy as np
+
+__all__ = [
+    "DTYPES", "qrange", "choose_qparams", "quantize", "dequantize", "fake_quantize",
+    "quantize_bias", "quantize_multiplier", "requant_multiplier", "requantize",
+    "weight_colsum", "qgemm_reference", "ADD_LEFT_SHIFT", "add_multipliers", "quantized_add",
+]
+
+#: integer dtypes the kernels produce and consume
+DTYPES = ("int8", "uint8", "int32")
+
+_INT32_MIN = -(2 ** 31)
+_INT32_MAX = 2 ** 31 - 1
+
+
+def _dtype_name(dtype):
+    name = np.dtype(dtype).name
+    if name not in DTYPES:
+        raise TypeError(f"quantized dtype must be one of {DTYPES}, got {name}")
+    return name
+
+
+def qrange(dtype="int8", bits=None, reduced_range=False):
+    """Integer range ``(qmin, qmax)`` of a quantized type.
+
+    dtype: "int8", "uint8" or "int32" (signedness comes from the dtype).
+    bits: number of bits actually used (2..8 for int8/uint8; default: the full dtype width).
+    reduced_range: for signed types drop the most negative value so the range is symmetric,
+        e.g. int8 [-127, 127]; for unsigned types drop the largest value (uint8 [0, 254]).
+
+    Returns Python ints. Examples: int8 -> (-128, 127); int8 reduced -> (-127, 127);
+    uint8 -> (0, 255); 4-bit signed -> (-8, 7).
+    """
+    name = _dtype_name(dtype)
+    width = np.dtype(name).itemsize * 8
+    if bits is None:
+        bits = width
+    if not isinstance(bits, (int, np.integer)) or not 2 <= bits <= width:
+        raise ValueError(f"bits must be an integer in [2, {width}] for {name}, got {bits!r}")
+    bits = int(bits)
+    if name == "uint8":
+        qmin, qmax = 0, 2 ** bits - 1
+        if reduced_range:
+            qmax -= 1
+    else:
+        qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        if reduced_range:
+            qmin += 1
+    return qmin, qmax
+
+
+def _as_range(lo, hi):
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    if lo.shape != hi.shape:
+        raise ValueError(f"lo and hi must have the same shape, got {lo.shape} and {hi.shape}")
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError(f"range must be finite, got lo={lo}, hi={hi}")
+    if np.any(lo > hi):
+        raise ValueError(f"range must satisfy lo <= hi, got lo={lo}, hi={hi}")
+    return lo, hi
+
+
+def choose_qparams(lo, hi, scheme="affine", dtype="uint8", bits=None, reduced_range=False):
+    """Scale and zero point covering the real range ``[lo, hi]``.
+
+    lo, hi: floats, or 1-D arrays (one entry per channel) of the same shape.
+    scheme: "affine" (zero point anywhere in the range) or "symmetric" (zero point at the
+        middle of the integer range: 0 for signed types, 2^(bits-1) for unsigned ones).
+    dtype, bits, reduced_range: the integer range, see :func:`qrange`.
+
+    The range is extended to contain 0 so that real 0 is exactly representable.
+        affine:    s = (hi - lo) / (qmax - qmin),  zp = clamp(qmin - rint(lo / s), qmin, qmax)
+        symmetric: s = max(|lo|, |hi|) / ((qmax - qmin) / 2)
+    ``s`` is computed in float64 and rounded to float32; ``lo / s`` in the zero point uses the
+    float32 division that :func:`quantize` uses, so ``quantize(lo) == qmin``. A zero range gives
+    s = 1.0; a positive range is never given a scale below the smallest normal float32.
+
+    Returns ``(scale, zero_point)``: float32 and int32 numpy scalars (0-d arrays for scalar
+    input) or 1-D arrays for per-channel input.
+    """
+    if scheme not in ("affine", "symmetric"):
+        raise ValueError(f"scheme must be 'affine' or 'symmetric', got {scheme!r}")
+    qmin, qmax = qrange(dtype, bits, reduced_range)
+    lo, hi = _as_range(lo, hi)
+    ### BEGIN SOLUTION
+    lo = np.minimum(lo, 0.0)
+    hi = np.maximum(hi, 0.0)
+    if scheme == "affine":
+        scale = (hi - lo) / (qmax - qmin)
+    else:
+        scale = np.maximum(-lo, hi) / ((qmax - qmin) / 2.0)
+    scale = scale.astype(np.float32)
+    scale = np.where(hi - lo == 0.0, np.float32(1.0), scale)
+    scale = np.maximum(scale, np.finfo(np.float32).tiny).astype(np.float32)
+    if scheme == "affine":
+        steps = np.rint(lo.astype(np.float32) / scale).astype(np.float64)
+        zero_point = np.clip(qmin - steps, qmin, qmax).astype(np.int32)
+    else:
+        mid = 0 if qmin < 0 else (qmin + qmax + 1) // 2
+        zero_point = np.full(scale.shape, mid, dtype=np.int32)
+    ### END SOLUTION
+    return scale, zero_point
+
+
+def _param(p, x_ndim, axis, dtype, what):
+    """Reshape a per-tensor or per-channel parameter so it broadcasts against the data."""
+    p = np.asarray(p, dtype=dtype)
+    if p.ndim == 0 or p.size == 1 and axis is None:
+        return p.reshape(())
+    if axis is None:
+        raise ValueError(f"{what} has shape {p.shape}: per-channel parameters need an axis")
+    if p.ndim != 1:
+        raise ValueError(f"per-channel {what} must be 1-D, got shape {p.shape}")
+    axis = axis % x_ndim
+    shape = [1] * x_ndim
+    shape[axis] = p.shape[0]
+    return p.reshape(shape)
+
+
+def _check_channels(x, p, axis, what):
+    p = np.asarray(p)
+    if p.ndim == 1 and axis is not None and p.shape[0] != x.shape[axis]:
+        raise ValueError(
+            f"{what} has {p.shape[0]} channels but the data has {x.shape[axis]} along axis {axis}"
+        )
+
+
+def quantize(x, scale, zero_point, dtype="uint8", axis=None, bits=None, reduced_range=False,
+             qmin=None, qmax=None):
+    """Quantize real values: ``q = clamp(rint(x / s) + zp, qmin, qmax)``.
+
+    x: float array (converted to float32).
+    scale, zero_point: scalars, or 1-D arrays of length ``x.shape[axis]``.
+    dtype: output dtype ("int8" or "uint8"; "int32" for biases).
+    bits, reduced_range: the clamp range (see :func:`qrange`); ``qmin``/``qmax`` override it.
+
+    ``x / s`` is an IEEE float32 division, ``rint`` rounds half to even, values beyond the range
+    saturate (including +-inf) and NaN maps to the zero point (real 0).
+    Returns an array of ``dtype`` with the shape of x.
+    """
+    name = _dtype_name(dtype)
+    lo_q, hi_q = qrange(name, bits, reduced_range)
+    qmin = lo_q if qmin is None else int(qmin)
+    qmax = hi_q if qmax is None else int(qmax)
+    x = np.asarray(x, dtype=np.float32)
+    _check_channels(x, scale, axis, "scale")
+    _check_channels(x, zero_point, axis, "zero_point")
+    s = _param(scale, x.ndim, axis, np.float32, "scale")
+    zp = _param(zero_point, x.ndim, axis, np.int64, "zero_point")
+    ### BEGIN SOLUTION
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = np.rint(x / s).astype(np.float64)  # integer valued; float64 keeps r + zp exact
+    r = np.where(np.isnan(r), 0.0, r)
+    q = np.clip(r + zp, qmin, qmax)
+    return q.astype(name)
+    ### END SOLUTION
+
+
+def dequantize(q, scale, zero_point, axis=None):
+    """Real values of quantized data: ``x = (q - zp) * s`` in float32.
+
+    q: integer array; scale, zero_point: scalars or 1-D arrays along ``axis``.
+    Returns float32 with the shape of q.
+    """
+    q = np.asarray(q)
+    if q.dtype.kind not in "iu":
+        raise TypeError(f"dequantize needs integer data, got {q.dtype}")
+    _check_channels(q, scale, axis, "scale")
+    _check_channels(q, zero_point, axis, "zero_point")
+    s = _param(scale, q.ndim, axis, np.float32, "scale")
+    zp = _param(zero_point, q.ndim, axis, np.int64, "zero_point")
+    ### BEGIN SOLUTION
+    return (q.astype(np.int64) - zp).astype(np.float32) * s
+    ### END SOLUTION
+
+
+def fake_quantize(x, scale, zero_point, dtype="uint8", axis=None, bits=None,
+                  reduced_range=False):
+    """``dequantize(quantize(x))``: the float values a quantized model actually sees."""
+    q = quantize(x, scale, zero_point, dtype, axis, bits, reduced_range)
+    return dequantize(q, scale, zero_point, axis)
+
+
+def quantize_bias(bias, input_scale, weight_scale):
+    """Quantize a bias to int32 with scale ``s_in * s_w[c]``: ``b_q = rint(b / (s_in * s_w[c]))``.
+
+    bias: float [N]; input_scale: scalar; weight_scale: scalar or [N].
+    The division runs in float64 (the bias scale is tiny and the result is an int32, so the
+    extra precision keeps it faithful); results saturate to the int32 range, NaN -> 0.
+    Returns int32 [N].
+    """
+    b = np.asarray(bias, dtype=np.float64)
+    s = np.float64(np.float32(input_scale)) * np.asarray(weight_scale, np.float32).astype(np.float64)
+    ### BEGIN SOLUTION
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        r = np.rint(b / s)
+    r = np.where(np.isnan(r), 0.0, r)
+    return np.clip(r, _INT32_MIN, _INT32_MAX).astype(np.int32)
+    ### END SOLUTION
+
+
+def quantize_multiplier(M):
+    """Decompose a positive real multiplier as ``M ~= m * 2^-(31 + n)``.
+
+    ``M = M0 * 2^-n`` with ``M0`` in [0.5, 1); ``m = rint(M0 * 2^31)`` as int32 (when that rounds
+    to 2^31, ``m = 2^30`` and ``n - 1``). The relative error is at most 2^-31.
+
+    Edge rules: M == 0 and M < 2^-31 (whose products with any int32 accumulator round to 0 or
+    +-1) give (m, n) = (0, 0), i.e. a zero output; M that rounds to 2^30 or above (n would be
+    below -30) and negative or non-finite M raise ValueError.
+
+    M: scalar or array (float64 recommended). Returns ``(m, n)`` int32 arrays of M's shape.
+    """
+    M = np.asarray(M, dtype=np.float64)
+    if not np.all(np.isfinite(M)) or np.any(M < 0):
+        raise ValueError(f"multiplier must be finite and >= 0, got {M}")
+    if np.any(M >= 2.0 ** 30):
+        raise ValueError(f"multiplier must be < 2^30, got {M.max()}")
+    ### BEGIN SOLUTION
+    M0, e = np.frexp(M)  # M = M0 * 2^e, M0 in [0.5, 1)
+    n = -e.astype(np.int64)
+    m = np.rint(np.ldexp(M0, 31)).astype(np.int64)
+    carry = m == 2 ** 31
+    m = np.where(carry, 2 ** 30, m)
+    n = np.where(carry, n - 1, n)
+    tiny = (M == 0) | (n > 31)
+    m = np.where(tiny, 0, m)
+    n = np.where(tiny, 0, n)
+    ### END SOLUTION
+    if np.any(n < -30):
+        raise ValueError(f"multiplier must round to below 2^30, got {M.max()}")
+    return m.astype(np.int32), n.astype(np.int32)
+
+
+def requant_multiplier(input_scale, weight_scale, output_scale):
+    """``quantize_multiplier(s_in * s_w / s_out)`` with the product formed in float64."""
+    s_in = np.float64(np.float32(input_scale))
+    s_w = np.asarray(weight_scale, np.float32).astype(np.float64)
+    s_out = np.float64(np.float32(output_scale))
+    return quantize_multiplier(s_in * s_w / s_out)
+
+
+def requantize(acc, multiplier, shift, out_zero_point, out_dtype="uint8", relu=False,
+               axis=-1, qmin=None, qmax=None):
+    """Requantize int32 accumulators to the output type.
+
+    acc: integer array; multiplier (m), shift (n): int32 scalars or 1-D arrays along ``axis``
+    (the output channels, the last axis by default), from :func:`quantize_multiplier`.
+    With 64-bit integers: ``s = 31 + n``, ``y = (acc * m + 2^(s-1)) >> s`` (arithmetic shift,
+    rounds half up), ``out = clamp(y + zp_out, lo, hi)`` with ``[lo, hi]`` the range of
+    out_dtype (or qmin/qmax) and ``lo = max(lo, zp_out)`` when ``relu``.
+    acc is saturated to int32 first (the kernels accumulate in int32).
+    Returns an array of out_dtype ("uint8" or "int8").
+    """
+    name = _dtype_name(out_dtype)
+    lo, hi = qrange(name)
+    lo = lo if qmin is None else int(qmin)
+    hi = hi if qmax is None else int(qmax)
+    acc = np.clip(np.asarray(acc, dtype=np.int64), _INT32_MIN, _INT32_MAX)
+    ax = None if np.ndim(multiplier) == 0 else axis
+    m = _param(multiplier, acc.ndim, ax, np.int64, "multiplier")
+    n = _param(shift, acc.ndim, ax, np.int64, "shift")
+    if np.any(n < -30) or np.any(n > 31):
+        raise ValueError(f"shift n must be in [-30, 31], got {np.asarray(shift)}")
+    ### BEGIN SOLUTION
+    s = 31 + n
+    y = (acc * m + (np.int64(1) << (s - 1))) >> s
+    if relu:
+        lo = max(lo, int(out_zero_point))
+    return np.clip(y + int(out_zero_point), lo, hi).astype(name)
+    ### END SOLUTION
+
+
+def weight_colsum(w):
+    """``colsum[c] = sum_k w[c, k]`` of int8 weights [N, K], as int32 [N]."""
+    w = np.asarray(w)
+    return w.astype(np.int64).sum(axis=1).astype(np.int32)
+
+
+def qgemm_reference(a, w, a_zero_point, bias=None, multiplier=None, shift=None,
+                    out_zero_point=0, relu=False, out_dtype="uint8", colsum=None):
+    """Integer GEMM of a quantized layer, exactly as the backend ``qgemm`` kernels compute it.
+
+    a: uint8 or int8 [M, K] activations with zero point ``a_zero_point``.
+    w: int8 [N, K] weights with zero point 0 (one row per output channel).
+    bias: int32 [N] (quantized with :func:`quantize_bias`) or None.
+    multiplier, shift: int32 [N], the (m, n) pairs of :func:`quantize_multiplier`
+        (``shift`` holds n; the right shift applied is 31 + n). Ignored for int32 output.
+    colsum: int32 [N]; defaults to :func:`weight_colsum` of w (the backends get it precomputed).
+
+        acc[i, c] = sum_k a[i, k] * w[c, k] - a_zero_point * colsum[c] + bias[c]
+                  (= sum_k (a[i, k] - a_zero_point) * w[c, k] + bias[c])
+
+    computed with int64 intermediates and saturated to int32. out_dtype "int32" returns acc;
+    "uint8"/"int8" returns :func:`requantize` (acc, multiplier, shift, out_zero_point, relu).
+    Returns [M, N] of out_dtype.
+    """
+    a = np.asarray(a)
+    w = np.asarray(w)
+    if a.ndim != 2 or w.ndim != 2:
+        raise ValueError(f"qgemm needs 2-D a [M, K] and w [N, K], got {a.shape} and {w.shape}")
+    if a.dtype not in (np.uint8, np.int8):
+        raise TypeError(f"qgemm activations must be uint8 or int8, got {a.dtype}")
+    if w.dtype != np.int8:
+        raise TypeError(f"qgemm weights must be int8, got {w.dtype}")
+    if a.shape[1] != w.shape[1]:
+        raise ValueError(f"qgemm inner dimensions differ: a {a.shape}, w {w.shape}")
+    N = w.shape[0]
+    name = _dtype_name(out_dtype)
+    colsum = weight_colsum(w) if colsum is None else np.asarray(colsum, np.int32)
+    bias = np.zeros(N, np.int32) if bias is None else np.asarray(bias, np.int32)
+    for what, p in (("colsum", colsum), ("bias", bias)):
+        if p.shape != (N,):
+            raise ValueError(f"qgemm {what} must have shape ({N},), got {p.shape}")
+    ### BEGIN SOLUTION
+    acc = a.astype(np.int64) @ w.astype(np.int64).T
+    acc = acc - np.int64(a_zero_point) * colsum.astype(np.int64) + bias.astype(np.int64)
+    acc = np.clip(acc, _INT32_MIN, _INT32_MAX)
+    ### END SOLUTION
+    if name == "int32":
+        return acc.astype(np.int32)
+    if multiplier is None or shift is None:
+        raise ValueError("qgemm with uint8/int8 output needs multiplier and shift")
+    multiplier = np.broadcast_to(np.asarray(multiplier, np.int32), (N,))
+    shift = np.broadcast_to(np.asarray(shift, np.int32), (N,))
+    return requantize(acc, multiplier, shift, out_zero_point, name, relu, axis=-1)
+
+
+#: fractional bits kept while the two inputs of a quantized addition are rescaled
+ADD_LEFT_SHIFT = 20
+
+
+def add_multipliers(a_scale, b_scale, out_scale):
+    """(m_a, n_a, m_b, n_b): the multipliers ``s_a / s_out`` and ``s_b / s_out`` (float64)."""
+    s_out = np.float64(np.float32(out_scale))
+    m_a, n_a = quantize_multiplier(np.float64(np.float32(a_scale)) / s_out)
+    m_b, n_b = quantize_multiplier(np.float64(np.float32(b_scale)) / s_out)
+    return m_a, n_a, m_b, n_b
+
+
+def quantized_add(a, a_zero_point, a_mult, a_shift, b, b_zero_point, b_mult, b_shift,
+                  out_zero_point, out_dtype="uint8", relu=False):
+    """Elementwise sum of two quantized tensors in the output's quantization, integers only.
+
+    a, b: integer arrays of the same shape with zero points za, zb; (a_mult, a_shift) and
+    (b_mult, b_shift) the :func:`quantize_multiplier` pairs of s_a / s_out and s_b / s_out.
+    With L = ADD_LEFT_SHIFT (20) fractional bits and 64-bit integers:
+
+        ya = ((a - za) * 2^L * m_a + 2^(sa - 1)) >> sa,  sa = 31 + n_a   (same for b)
+        y  = (ya + yb + 2^(L - 1)) >> L
+        out = clamp(y + zp_out, lo, hi)      (lo = max(lo, zp_out) with ``relu``)
+
+    so the only rounding that matters is the final one (each ya carries 20 extra bits).
+    Returns an array of out_dtype with a's shape.
+    """
+    name = _dtype_name(out_dtype)
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if a.shape != b.shape:
+        raise ValueError(f"quantized_add needs equal shapes, got {a.shape} and {b.shape}")
+    lo, hi = qrange(name)
+    ### BEGIN SOLUTION
+    L = ADD_LEFT_SHIFT
+
+    def rescale(x, m, n):
+        s = 31 + np.int64(n)
+        return (x * np.int64(m) + (np.int64(1) << (s - 1))) >> s
+
+    ya = rescale((a - int(a_zero_point)) << L, a_mult, a_shift)
+    yb = rescale((b - int(b_zero_point)) << L, b_mult, b_shift)
+    y = (ya + yb + (1 << (L - 1))) >> L
+    if relu:
+        lo = max(lo, int(out_zero_point))
+    return np.clip(y + int(out_zero_point), lo, hi).astype(name)
+    ### END SOLUTION

@@ -1,0 +1,45 @@
+"""Shared pytest fixtures: the device parametrization every device-aware test uses.
+
+    def test_something(device): ...                       # runs on cpu_numpy, cpu, cuda
+    @pytest.mark.parametrize("device", DEVICES)          # the same list, explicitly
+    from conftest import DEVICES, DTYPES                  # reuse in another test module
+
+``cpu`` is skipped when the C++ extension is not built and ``cuda`` when no GPU (or no CUDA
+extension) is present, each with the reason shown by ``pytest -rs``.
+"""
+import numpy as np
+import pytest
+
+from needle import backend_ndarray as nd
+
+DTYPES = ("float32", "int8", "uint8", "int32")
+
+_CPU = nd.cpu()
+_CUDA = nd.cuda()
+
+DEVICES = [
+    pytest.param(nd.cpu_numpy(), id="cpu_numpy"),
+    pytest.param(_CPU, id="cpu", marks=pytest.mark.skipif(
+        not _CPU.enabled(), reason="C++ backend: " + nd.ndarray.BACKEND_IMPORT_ERRORS.get(
+            "ndarray_backend_cpu", "unavailable"))),
+    pytest.param(_CUDA, id="cuda", marks=pytest.mark.skipif(
+        not _CUDA.enabled(), reason="no CUDA backend or no GPU")),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each available device in turn: cpu_numpy(), cpu(), cuda()."""
+    return request.param
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request):
+    """Each NDArray dtype in turn."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    """A seeded numpy Generator (the same numbers in every test run)."""
+    return np.random.default_rng(0)
