@@ -280,6 +280,8 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("reduce_sum", [](const AlignedArray& a, AlignedArray& out, int64_t r) { reduce<reduce_sum>("reduce_sum", a, out, r); },
         py::arg("a"), py::arg("out"), py::arg("reduce_size"));
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("p"));
+  m.def("gemm_f32_isa", [] { return std::string(needle::cpu::gemm_f32_isa()); },
+        "Instruction-set path the float32 matmul uses (honours NEEDLE_ISA).");
 
   m.def("set_num_threads", &needle::cpu::set_num_threads, py::arg("n"),
         "Threads used by the OpenMP loops of this backend (>= 1).");
