@@ -399,8 +399,10 @@ def run(args) -> int:
         rep.add("feedback does not show hidden tests", "HIDDEN TESTS" not in fb and not shown,
                 f"{len(shown)} hidden lines shown" if shown else "")
 
-    print(f"\n{sum(ok for _, ok, _ in rep.rows)}/{len(rep.rows)} checks passed "
-          f"in {time.time() - t_start:.0f}s")
+    passed = sum(ok for _, ok, _ in rep.rows)
+    print(f"\n{passed}/{len(rep.rows)} checks passed in {time.time() - t_start:.0f}s")
+    # The closing line in the conventional "N passed, N failed" form that test logs end with.
+    print(f"grading: {passed} passed, {len(rep.rows) - passed} failed")
     return 0 if rep.ok else 1
 
 
