@@ -64,6 +64,10 @@ def copy_library(repo: Path, out: Path, marked: dict) -> None:
             shutil.copymode(src, dest)
         else:
             shutil.copy2(src, dest)
+    # Students get their own README (how to work through the course), not the instructor's.
+    student_readme = repo / "graders" / "STUDENT_README.md"
+    if student_readme.exists():
+        shutil.copy2(student_readme, out / "README.md")
 
 
 def generate_notebooks(repo: Path, course_root: Path, out: Path, names) -> dict:
