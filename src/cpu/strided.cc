@@ -3,9 +3,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "parallel.h"
 
@@ -21,6 +23,25 @@ std::string vec_str(const std::vector<int64_t>& v) {
 }
 
 enum class Mode { kGather, kScatter, kFill };
+
+// Copies n elements between distinct buffers. Rows of im2col views are short (3 to a few
+// dozen elements), where a call to memmove costs more than the copy: fixed-size memcpy pieces
+// compile to plain loads and stores.
+template <typename T>
+inline void copy_row(const T* src, T* dst, int64_t n) {
+  if (n * static_cast<int64_t>(sizeof(T)) > 256) {
+    std::copy(src, src + n, dst);
+    return;
+  }
+  const char* s = reinterpret_cast<const char*>(src);
+  char* d = reinterpret_cast<char*>(dst);
+  int64_t b = n * static_cast<int64_t>(sizeof(T));
+  for (; b >= 16; b -= 16, s += 16, d += 16) std::memcpy(d, s, 16);
+  if (b & 8) { std::memcpy(d, s, 8); s += 8; d += 8; }
+  if (b & 4) { std::memcpy(d, s, 4); s += 4; d += 4; }
+  if (b & 2) { std::memcpy(d, s, 2); s += 2; d += 2; }
+  if (b & 1) *d = *s;
+}
 
 // Walks the view row by row (a row = the innermost axis). Rows [r0, r1) only, so OpenMP threads
 // can each take a contiguous block of rows.
@@ -38,28 +59,52 @@ void walk_rows(const StridedView& v, T* base, const T* flat, T* flat_out, T valu
     rem /= v.shape[d];
     pos += idx[d] * v.strides[d];
   }
-  for (int64_t r = r0; r < r1; ++r) {
-    T* p = base + pos;
-    const int64_t f = r * inner;
-    if (istride == 1) {
-      if (M == Mode::kGather) std::copy(p, p + inner, flat_out + f);
-      if (M == Mode::kScatter) std::copy(flat + f, flat + f + inner, p);
-      if (M == Mode::kFill) std::fill(p, p + inner, value);
-    } else {
-      for (int64_t j = 0; j < inner; ++j) {
-        if (M == Mode::kGather) flat_out[f + j] = p[j * istride];
-        if (M == Mode::kScatter) p[j * istride] = flat[f + j];
-        if (M == Mode::kFill) p[j * istride] = value;
+  // row(p, f): one row at buffer position p, flat position f; `unit` is istride == 1, a
+  // compile-time constant so the copy loop below is specialised for it.
+  auto walk = [&](auto unit) {
+    auto row = [&](T* p, int64_t f) {
+      if (decltype(unit)::value) {
+        if (M == Mode::kGather) copy_row(p, flat_out + f, inner);
+        if (M == Mode::kScatter) copy_row(flat + f, p, inner);
+        if (M == Mode::kFill) std::fill(p, p + inner, value);
+      } else {
+        for (int64_t j = 0; j < inner; ++j) {
+          if (M == Mode::kGather) flat_out[f + j] = p[j * istride];
+          if (M == Mode::kScatter) p[j * istride] = flat[f + j];
+          if (M == Mode::kFill) p[j * istride] = value;
+        }
+      }
+    };
+    if (nd == 1) {
+      for (int64_t r = r0; r < r1; ++r) row(base + pos, r * inner);
+      return;
+    }
+    // Runs of rows along the second-innermost axis, then the odometer over the axes outside
+    // it (im2col rows are short, so the per-row bookkeeping matters).
+    const int64_t d2 = nd - 2, n2 = v.shape[d2], s2 = v.strides[d2];
+    for (int64_t r = r0; r < r1;) {
+      const int64_t cnt = std::min(n2 - idx[d2], r1 - r);
+      T* p = base + pos;
+      int64_t f = r * inner;
+      for (int64_t c = 0; c < cnt; ++c, p += s2, f += inner) row(p, f);
+      r += cnt;
+      idx[d2] += cnt;
+      pos += cnt * s2;
+      if (idx[d2] < n2) continue;
+      pos -= n2 * s2;
+      idx[d2] = 0;
+      for (int64_t d = d2 - 1; d >= 0; --d) {  // advance the outer multi-index (odometer)
+        pos += v.strides[d];
+        if (++idx[d] < v.shape[d]) break;
+        pos -= idx[d] * v.strides[d];
+        idx[d] = 0;
       }
     }
-    // Advance the outer multi-index (odometer).
-    for (int64_t d = nd - 2; d >= 0; --d) {
-      pos += v.strides[d];
-      if (++idx[d] < v.shape[d]) break;
-      pos -= idx[d] * v.strides[d];
-      idx[d] = 0;
-    }
-  }
+  };
+  if (istride == 1)
+    walk(std::true_type());
+  else
+    walk(std::false_type());
 }
 
 // Gather for views whose innermost axis is not the input's contiguous one (transposes, NCHW <->
