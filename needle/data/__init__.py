@@ -4,7 +4,7 @@
 The offline split of the MNIST test set: images 0..7999 train/calibrate, 8000..9999 are
 held out for evaluation (``mnist_offline_split``). See datasets/README.md.
 """
-from .data_basic import Dataset, NDArrayDataset, DataLoader
+from .data_basic import Dataset, NDArrayDataset, ImageLabelDataset, DataLoader
 from .transforms import Transform, RandomFlipHorizontal, RandomCrop, Normalize
 from .download import (
     DataIntegrityError,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data_basic import Dataset
+from .data_basic import ImageLabelDataset
 from .download import DataIntegrityError, _check_writable, download_url, resolve_data_dir
 
 __all__ = ["CIFAR10Dataset", "load_cifar10", "CIFAR10_CLASSES"]
@@ -150,7 +150,7 @@ def load_cifar10(base_folder=None, train=True, data_dir=None, download=True):
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-class CIFAR10Dataset(Dataset):
+class CIFAR10Dataset(ImageLabelDataset):
     """CIFAR-10 as (image, label) pairs.
 
     Args:
@@ -168,19 +168,3 @@ class CIFAR10Dataset(Dataset):
         self.images = images.astype(np.float32) / np.float32(255.0)
         self.labels = labels
 
-    def __len__(self):
-        return self.labels.shape[0]
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            return self.apply_transforms(self.images[index]), int(self.labels[index])
-        return self.get_batch(index)
-
-    def get_batch(self, indices):
-        if isinstance(indices, slice):
-            indices = np.arange(len(self))[indices]
-        indices = np.asarray(indices, dtype=np.int64)
-        x = self.images[indices]
-        if self.transforms:
-            x = np.stack([self.apply_transforms(img) for img in x])
-        return x, self.labels[indices]

@@ -6,7 +6,7 @@ randomness (shuffling) comes from one ``np.random.Generator`` so a seed fixes th
 """
 import numpy as np
 
-__all__ = ["Dataset", "NDArrayDataset", "DataLoader"]
+__all__ = ["Dataset", "NDArrayDataset", "ImageLabelDataset", "DataLoader"]
 
 
 class Dataset:
@@ -68,6 +68,29 @@ class NDArrayDataset(Dataset):
         if self.transforms:
             items[0] = np.stack([self.apply_transforms(x) for x in items[0]])
         return tuple(items)
+
+
+class ImageLabelDataset(Dataset):
+    """Base of the image datasets held in memory: subclasses set ``self.images`` (float32,
+    (N, C, H, W)) and ``self.labels`` ((N,)). ``ds[i]`` is ``(transformed image, int label)``;
+    ``get_batch`` returns the stacked ``(images, labels)`` arrays."""
+
+    def __len__(self):
+        return self.labels.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self.apply_transforms(self.images[index]), int(self.labels[index])
+        return self.get_batch(index)
+
+    def get_batch(self, indices):
+        if isinstance(indices, slice):
+            indices = np.arange(len(self))[indices]
+        indices = np.asarray(indices, dtype=np.int64)
+        x = self.images[indices]
+        if self.transforms:
+            x = np.stack([self.apply_transforms(img) for img in x])
+        return x, self.labels[indices]
 
 
 class DataLoader:

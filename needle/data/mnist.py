@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .data_basic import Dataset
+from .data_basic import ImageLabelDataset
 from .download import DataIntegrityError, ensure_file, read_verified_gz, resolve_data_dir
 
 __all__ = [
@@ -149,7 +149,7 @@ def _check_pair(images, labels, name):
         raise DataIntegrityError(f"{name}: label {int(labels.max())} out of range 0..9")
 
 
-class MNISTDataset(Dataset):
+class MNISTDataset(ImageLabelDataset):
     """MNIST digits as (image, label) pairs.
 
     Args:
@@ -176,7 +176,7 @@ class MNISTDataset(Dataset):
         labels = read_idx_gz(label_filename)
         _check_pair(images, labels, Path(image_filename))
         self = cls.__new__(cls)
-        Dataset.__init__(self, transforms)
+        ImageLabelDataset.__init__(self, transforms)
         self.split = None
         self._set_arrays(images, labels)
         return self
@@ -184,23 +184,6 @@ class MNISTDataset(Dataset):
     def _set_arrays(self, images, labels):
         self.images = (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
         self.labels = labels.astype(np.uint8)
-
-    def __len__(self):
-        return self.labels.shape[0]
-
-    def __getitem__(self, index):
-        if isinstance(index, (int, np.integer)):
-            return self.apply_transforms(self.images[index]), int(self.labels[index])
-        return self.get_batch(index)
-
-    def get_batch(self, indices):
-        if isinstance(indices, slice):
-            indices = np.arange(len(self))[indices]
-        indices = np.asarray(indices, dtype=np.int64)
-        x = self.images[indices]
-        if self.transforms:
-            x = np.stack([self.apply_transforms(img) for img in x])
-        return x, self.labels[indices]
 
 
 class MNISTOfflineSplit(NamedTuple):
