@@ -21,9 +21,10 @@ No pickle is involved anywhere.
 import json
 import math
 import os
-import tempfile
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 __all__ = ["save", "load", "load_metadata", "FORMAT_VERSION", "SerializationError"]
 
@@ -97,12 +98,6 @@ def _header_bytes(arrays, metadata):
     return raw + b" " * (-len(raw) % 8)
 
 
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save(obj, path, metadata=None):
     """Write a model's state_dict (or a dict of tensors) to a safetensors file, atomically.
 
@@ -128,30 +123,11 @@ def save(obj, path, metadata=None):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"needle.save: directory {directory!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual file mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(header).to_bytes(8, "little"))
-            f.write(header)
-            for key in sorted(arrays):
-                f.write(arrays[key].tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable (best effort: not every platform allows it)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    with atomic_write(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        for key in sorted(arrays):
+            f.write(arrays[key].tobytes())
 
 
 # ------------------------------------------------------------------------------------- load

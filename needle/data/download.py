@@ -15,13 +15,14 @@ written to: a missing file there is an error.
 import gzip
 import hashlib
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
 import zlib
 from http.client import HTTPException
 from pathlib import Path
+
+from .._atomic import atomic_write
 
 try:  # a progress bar is a nicety, not a requirement
     from tqdm.auto import tqdm
@@ -145,18 +146,16 @@ def download_url(urls, dest, sha256, *, retries=3, timeout=60.0, progress=True, 
     errors = []
     for url in urls:
         for attempt in range(max(1, int(retries))):
-            fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
             try:
-                with os.fdopen(fd, "wb") as tmp_file:
+                # Published under ``dest`` only when the checksum matched; any exception
+                # (network, mismatch, KeyboardInterrupt) discards the partial file.
+                with atomic_write(dest, "wb", suffix=".part") as tmp_file:
                     digest = _fetch_once(url, tmp_file, timeout, progress, dest.name)
-                    tmp_file.flush()
-                    os.fsync(tmp_file.fileno())
-                if digest not in accepted:
-                    raise DataIntegrityError(
-                        f"checksum mismatch for {dest.name} downloaded from {url}: "
-                        f"sha256 {digest}, expected {' or '.join(sorted(accepted))}; "
-                        "the file was discarded")
-                os.replace(tmp_name, dest)
+                    if digest not in accepted:
+                        raise DataIntegrityError(
+                            f"checksum mismatch for {dest.name} downloaded from {url}: "
+                            f"sha256 {digest}, expected {' or '.join(sorted(accepted))}; "
+                            "the file was discarded")
                 return dest
             except _NETWORK_ERRORS as e:
                 errors.append(f"{url} (attempt {attempt + 1}): {e}")
@@ -164,9 +163,6 @@ def download_url(urls, dest, sha256, *, retries=3, timeout=60.0, progress=True, 
                     break  # e.g. 404: retrying this URL will not help, try the next mirror
                 if attempt + 1 < retries:
                     time.sleep(backoff * (attempt + 1))
-            finally:
-                if os.path.exists(tmp_name):
-                    os.unlink(tmp_name)
     raise ConnectionError(f"could not download {dest.name}:\n  " + "\n  ".join(errors))
 
 

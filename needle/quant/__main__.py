@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write
+
 DEFAULT_OUT_DIR = Path("build")
 
 
@@ -88,9 +90,8 @@ def _write_json(result, path):
         print(text)
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(text + "\n")
 
 
 def _say(args, *msg):
