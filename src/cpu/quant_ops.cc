@@ -223,7 +223,7 @@ void qconv2d_nhwc_py(const AlignedArray& x, const AlignedArray& packed, AlignedA
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> names;
-  for (int i = 0; i <= static_cast<int>(QgemmIsa::kVnni512); ++i)
+  for (int i = 0; i < kQgemmIsaCount; ++i)
     if (qgemm_isa_supported(static_cast<QgemmIsa>(i)))
       names.emplace_back(qgemm_isa_name(static_cast<QgemmIsa>(i)));
   return names;
@@ -269,7 +269,8 @@ void register_quant_ops(py::module_& m) {
           }
           return std::string(qgemm_isa_name(qgemm_default_isa()));
         }, py::arg("name"),
-        "Force the int8 GEMM path ('scalar', 'avx2', 'avxvnni', 'avx512', 'vnni') or return to\n"
+        "Force the int8 GEMM path ('scalar', 'avx2', 'avxvnni', 'avx512', 'vnni', 'amx',\n"
+        "'amx-emulated') or return to\n"
         "automatic choice ('auto'). Returns the path now in use.");
   m.def("_qgemm_isas", &available_isas, "The int8 GEMM paths this CPU can run, lowest first.");
   m.def("_qgemm_peak_gops", [](const std::string& name, double seconds) {
