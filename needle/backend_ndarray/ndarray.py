@@ -141,7 +141,7 @@ class BackendDevice:
     def __getattr__(self, name):
         # Backend functions are looked up on the module once, then cached on the device.
         if name.startswith("__"):
-            raise AttributeError(name)
+            return self._backend_dunder(name)
         mod = self.__dict__.get("mod")
         if mod is None:
             why = BACKEND_IMPORT_ERRORS.get(f"ndarray_backend_{self.name}", "no device is present")
@@ -149,6 +149,18 @@ class BackendDevice:
         value = getattr(mod, name)
         self.__dict__[name] = value
         return value
+
+    # Module-level names every Python module has: never offered as device attributes.
+    _MODULE_DUNDERS = frozenset(("__name__", "__doc__", "__file__", "__loader__", "__spec__",
+                                 "__package__", "__builtins__", "__cached__", "__path__", "__dict__"))
+
+    def _backend_dunder(self, name):
+        """A dunder the backend declares (``__device_name__``, ``__tile_size__``, as the course's
+        backends do); protocol lookups (``__array__``, ``__len__``, ...) still fail."""
+        mod = self.__dict__.get("mod")
+        if mod is None or name in self._MODULE_DUNDERS or name not in vars(mod):
+            raise AttributeError(f"{self!r} has no attribute {name!r}")
+        return vars(mod)[name]
 
     def enabled(self):
         return self.mod is not None
@@ -280,9 +292,33 @@ def device_by_name(name):
     return makers[name]()
 
 
+# NEEDLE_BACKEND picks the default device, as the course's backend selection does: "nd" (the
+# default: the compiled CPU backend when built) or "np" (numpy); a device name also works.
+_BACKEND_CHOICES = {"nd": None, "np": "cpu_numpy", "cpu_numpy": "cpu_numpy", "cpu": "cpu", "cuda": "cuda"}
+
+
+def _backend_from_env():
+    import os
+    value = os.environ.get("NEEDLE_BACKEND", "nd").strip() or "nd"
+    if value not in _BACKEND_CHOICES:
+        raise RuntimeError(f"Unknown needle array backend NEEDLE_BACKEND={value!r}; "
+                           f"use one of {sorted(_BACKEND_CHOICES)}")
+    return _BACKEND_CHOICES[value]
+
+
+_DEFAULT_DEVICE_NAME = _backend_from_env()
+
+
 def default_device():
-    """``cpu()`` when the C++ backend is built, else ``cpu_numpy()``."""
-    return cpu() if _CPU_MOD is not None else cpu_numpy()
+    """The device ``NEEDLE_BACKEND`` names; by default ``cpu()`` when the C++ backend is built,
+    else ``cpu_numpy()``."""
+    if _DEFAULT_DEVICE_NAME is None:
+        return cpu() if _CPU_MOD is not None else cpu_numpy()
+    device = device_by_name(_DEFAULT_DEVICE_NAME)
+    if not device.enabled():
+        raise RuntimeError(f"NEEDLE_BACKEND={_DEFAULT_DEVICE_NAME} but device {device} is not available; "
+                           "unset NEEDLE_BACKEND or build that backend")
+    return device
 
 
 def all_devices():
@@ -433,6 +469,11 @@ class NDArray:
     def __deepcopy__(self, memo):
         return self.copy()
 
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray / np.testing / np.array_split accept NDArrays as course code expects.
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def __reduce__(self):
         return (NDArray, (self.numpy(), self._device, self._dtype))
 
@@ -476,6 +517,16 @@ class NDArray:
         return NDArray._new(shape, strides, self._device, self._handle, self._offset, self._dtype)
 
     # views -------------------------------------------------------------------------------------
+    @property
+    def flat(self):
+        """A 1-D view of all elements in row-major order, sharing the buffer (the course's
+        ``backward_check`` writes through ``x.flat[j] += eps``). Needs row-major strides (any
+        offset); other views raise rather than hand back a copy that writes would not reach."""
+        if self._strides != _compact_strides(self._shape) and self.size > 1:
+            raise ValueError(f"flat: the view of shape {self.shape} with strides {self.strides} is not "
+                             "row-major contiguous; call .compact() first")
+        return self._view((self.size,), (1,), self._offset)
+
     def reshape(self, *new_shape):
         """Reshape (one dimension may be -1); a view of compact arrays, else of a compact copy."""
         new_shape = list(_shape_arg(new_shape))
@@ -520,6 +571,16 @@ class NDArray:
             else:
                 raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
         return self._view(new_shape, tuple(strides), self._offset)
+
+    def process_slice(self, sl, dim):
+        """``sl`` on axis ``dim`` as an explicit ``slice(start, stop, step)`` (numpy's rules for
+        None and negative bounds; steps must be positive)."""
+        if not 0 <= dim < self.ndim:
+            raise IndexError(f"process_slice: axis {dim} is out of range for shape {self.shape}")
+        start, stop, step = sl.indices(self.shape[dim])
+        if step <= 0:
+            raise ValueError(f"slice steps must be positive, got {step} on axis {dim}")
+        return slice(start, builtins.max(start, stop), step)
 
     def _view_of(self, idxs):
         """Shape, strides, offset of ``self[idxs]`` (numpy basic indexing, steps > 0)."""

@@ -26,3 +26,4 @@ from .mnist import (
     OFFLINE_HELDOUT_RANGE,
 )
 from .cifar10 import CIFAR10Dataset, load_cifar10, download_cifar10, CIFAR10_CLASSES
+from . import datasets, data_transforms
