@@ -46,6 +46,63 @@ def _shape_arg(shape):
     return tuple(int(s) for s in shape)
 
 
+#: largest element count of an array or view, and bound of every index (as in the native
+#: backends, src/common/checked_size.h): byte offsets then always fit in int64
+MAX_ELEMENTS = 2**60
+_INT64_MAX = 2**63 - 1
+
+
+def check_view(shape, strides, offset, buffer_size, what="view"):
+    """Raise ValueError unless the view (tuples of ints, in elements) is valid for a buffer of
+    ``buffer_size`` elements: equal lengths, no negative dimension, fewer than 2^60 elements,
+    strides and offset within int64, and every element it reaches inside the buffer. An empty
+    view reaches nothing."""
+    if len(shape) != len(strides):
+        raise ValueError(f"{what}: shape {shape} and strides {strides} differ in length")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{what}: negative dimension in shape {shape}")
+    if any(not -_INT64_MAX <= st <= _INT64_MAX for st in strides) or not 0 <= offset <= _INT64_MAX:
+        raise ValueError(f"{what}: strides {strides} / offset {offset} are outside int64")
+    count = prod(shape)
+    if count >= MAX_ELEMENTS:
+        raise ValueError(f"{what}: shape {shape} has {count} elements, more than the limit 2^60")
+    if count == 0:
+        return
+    lo = hi = offset
+    for n, st in zip(shape, strides):
+        if st < 0:
+            lo += (n - 1) * st
+        else:
+            hi += (n - 1) * st
+    if lo < 0 or hi >= buffer_size:
+        raise ValueError(f"{what}: shape {shape} strides {strides} offset {offset} reaches "
+                         f"elements [{lo}, {hi}] outside a buffer of {buffer_size} elements")
+
+
+def _as_int(v, what):
+    """A Python int from an int-like value (bools and floats are refused, not truncated)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{what} must be integers, got {v!r}")
+    return int(v)
+
+
+def _ints(values, what):
+    return tuple(_as_int(v, what) for v in values)
+
+
+def _saturate_int(a, dtype):
+    """An integer/bool numpy array clipped to the range of the integer ``dtype``, without a
+    wider temporary: unchanged when its own dtype already fits (the cast happens later),
+    else clipped once in its own dtype."""
+    if a.dtype.kind == "b":
+        return a
+    lo, hi = INT_RANGES[dtype]
+    info = np.iinfo(a.dtype)
+    if info.min >= lo and info.max <= hi:
+        return a
+    return np.clip(a, builtins.max(lo, info.min), builtins.min(hi, info.max))
+
+
 @lru_cache(maxsize=4096)
 def _compact_strides(shape):
     stride, res = 1, []
@@ -235,6 +292,9 @@ class NDArray:
         device = default_device() if device is None else device
         is_np = isinstance(other, (np.ndarray, np.generic))
         other = np.asarray(other)
+        if other.dtype.kind not in "biuf":
+            raise TypeError(f"NDArray: cannot store {other.dtype} data (complex, object, string "
+                            f"and time values have no exact {DTYPES} form); convert it first")
         if dtype is None and is_np and other.dtype.name in DTYPES:
             np_dtype = other.dtype.name
         else:
@@ -245,7 +305,7 @@ class NDArray:
             self._init(src.astype(np_dtype))
             return
         if np_dtype != "float32" and other.dtype.kind in "iub":
-            other = np.clip(other.astype(np.int64), *INT_RANGES[np_dtype])  # saturate
+            other = _saturate_int(other, np_dtype)
         array = np.asarray(other, dtype=np_dtype, order="C")  # keeps 0-d arrays 0-d
         out = NDArray.make(array.shape, device=device, dtype=np_dtype)
         device.from_numpy(array, out._handle)
@@ -282,28 +342,25 @@ class NDArray:
         return NDArray._new(shape, _compact_strides(shape), device, device.Array(prod(shape), dtype), 0, dtype)
 
     def _view(self, shape, strides, offset):
+        check_view(shape, strides, offset, self._handle.size)
         return NDArray._new(shape, strides, self._device, self._handle, offset, self._dtype)
 
     @staticmethod
     def make(shape, strides=None, device=None, handle=None, offset=0, dtype="float32"):
         """A new NDArray with the given view; allocates a buffer unless ``handle`` is given
         (then the dtype is the handle's)."""
-        array = NDArray.__new__(NDArray)
-        array._shape = tuple(int(s) for s in shape)
-        if any(s < 0 for s in array._shape):
-            raise ValueError(f"negative dimension in shape {array._shape}")
-        array._strides = NDArray.compact_strides(array._shape) if strides is None else tuple(int(s) for s in strides)
-        if len(array._strides) != len(array._shape):
-            raise ValueError(f"shape {array._shape} and strides {array._strides} differ in length")
-        array._offset = int(offset)
-        array._device = device if device is not None else default_device()
-        if handle is None:
-            array._dtype = normalize_dtype(dtype)
-            array._handle = array._device.Array(prod(array._shape), array._dtype)
+        shape = _ints(shape, "NDArray.make: shape")
+        strides = _compact_strides(shape) if strides is None else _ints(strides, "NDArray.make: strides")
+        offset = _as_int(offset, "NDArray.make: offset")
+        device = device if device is not None else default_device()
+        if handle is None:  # a fresh buffer of prod(shape) elements: the view must fit in it
+            check_view(shape, strides, offset, MAX_ELEMENTS, "NDArray.make")
+            dtype = normalize_dtype(dtype)
+            handle = device.Array(prod(shape), dtype)
         else:
-            array._handle = handle
-            array._dtype = normalize_dtype(handle.dtype)
-        return array
+            dtype = normalize_dtype(handle.dtype)
+        check_view(shape, strides, offset, handle.size, "NDArray.make")
+        return NDArray._new(shape, strides, device, handle, offset, dtype)
 
     # properties ----------------------------------------------------------------------------
     @property
@@ -388,19 +445,9 @@ class NDArray:
 
     def as_strided(self, shape, strides):
         """A view with the given shape and strides (elements) at the same offset and buffer."""
-        shape, strides = tuple(int(s) for s in shape), tuple(int(s) for s in strides)
-        if len(shape) != len(strides):
-            raise ValueError(f"as_strided: shape {shape} and strides {strides} differ in length")
-        if any(s < 0 for s in shape):
-            raise ValueError(f"as_strided: negative dimension in shape {shape}")
-        if prod(shape) > 0:
-            lo = self._offset + builtins.sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
-            hi = self._offset + builtins.sum((n - 1) * s for n, s in zip(shape, strides) if s > 0)
-            if lo < 0 or hi >= self._handle.size:
-                raise ValueError(f"as_strided: shape {shape} strides {strides} offset {self._offset} "
-                                 f"reaches outside a buffer of {self._handle.size} elements")
-        return NDArray.make(shape, strides=strides, device=self.device, handle=self._handle,
-                            offset=self._offset)
+        shape, strides = _ints(shape, "as_strided: shape"), _ints(strides, "as_strided: strides")
+        check_view(shape, strides, self._offset, self._handle.size, "as_strided")
+        return NDArray._new(shape, strides, self._device, self._handle, self._offset, self._dtype)
 
     # views -------------------------------------------------------------------------------------
     def reshape(self, *new_shape):

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/checked_size.h"
 #include "array.h"
 #include "ewise.h"
 #include "gemm_f32.h"
@@ -108,6 +109,11 @@ void from_numpy(const py::array& src, AlignedArray& out) {
   if (name != dtype_name(out.dtype()))
     throw py::type_error("from_numpy: numpy dtype " + name + " does not match Array dtype " +
                          dtype_name(out.dtype()));
+  // A byte-swapped array ('>i4') has the same dtype name; copying its bytes would be wrong.
+  const char order = src.dtype().byteorder();
+  if (order == '>' || (order != '=' && order != '|' && order != '<'))
+    throw py::type_error("from_numpy: numpy array is not in native byte order; convert it with "
+                         ".astype('" + name + "') first");
   if (static_cast<size_t>(src.size()) != out.size())
     fail("from_numpy: numpy array has " + std::to_string(src.size()) + " elements, Array has " +
          std::to_string(out.size()));
@@ -201,7 +207,7 @@ void bind_unary(py::module_& m, const char* name, UnaryOp op) {
 template <void (*Kernel)(const float*, float*, int64_t, int64_t)>
 void reduce(const char* what, const AlignedArray& a, AlignedArray& out, int64_t reduce_size) {
   need_float(what, {&a, &out});
-  if (reduce_size <= 0 || isize(a) != isize(out) * reduce_size)
+  if (reduce_size <= 0 || isize(a) != checked_mul(isize(out), reduce_size, what))
     fail(std::string(what) + ": input size " + std::to_string(a.size()) + " != out size " +
          std::to_string(out.size()) + " * reduce_size " + std::to_string(reduce_size));
   MaybeReleaseGil nogil(isize(a));
@@ -211,7 +217,8 @@ void reduce(const char* what, const AlignedArray& a, AlignedArray& out, int64_t 
 void matmul(const AlignedArray& a, const AlignedArray& b, AlignedArray& out, int64_t m, int64_t n,
             int64_t p) {
   need_float("matmul", {&a, &b, &out});
-  if (m < 0 || n < 0 || p < 0 || isize(a) != m * n || isize(b) != n * p || isize(out) != m * p)
+  if (m < 0 || n < 0 || p < 0 || isize(a) != checked_mul(m, n, "matmul") ||
+      isize(b) != checked_mul(n, p, "matmul") || isize(out) != checked_mul(m, p, "matmul"))
     fail("matmul: sizes a=" + std::to_string(a.size()) + " b=" + std::to_string(b.size()) + " out=" +
          std::to_string(out.size()) + " do not fit m=" + std::to_string(m) + " n=" + std::to_string(n) +
          " p=" + std::to_string(p));
