@@ -94,7 +94,27 @@ def measure(threads, repeats=5, quick=False, batches=BATCHES):
             except Exception as e:  # noqa: BLE001
                 row["error"] = f"{type(e).__name__}: {e}"
             rows.append(row)
+        if qmodel is not None:
+            rows.append(_first_conv(ndl, model, qmodel, name, chw, max(batches), threads,
+                                    repeats, quick))
     return rows
+
+
+def _first_conv(ndl, model, qmodel, name, chw, batch, threads, repeats, quick):
+    """The model's first convolution alone: the float block (Conv, BatchNorm, ReLU) against
+    the int8 pipeline's first steps (QuantStub: float NCHW -> uint8 NHWC, then the fused
+    QuantizedConv2d with ReLU), images/s; ``int8_over_float`` >= 1 means int8 is no slower."""
+    x = ndl.Tensor(np.random.default_rng(1).random((batch, *chw), dtype=np.float32),
+                   requires_grad=False)
+    first_f, first_q = model.model.modules[0], qmodel.body.modules[0]
+    fns = {"float": lambda: first_f(x).realize_cached_data(),
+           "int8": lambda: first_q(qmodel.quant(x)).data.compact()}
+    reps = _timing_repeats(fns, repeats, 0.5 if quick else 1.5)
+    timing = common.time_interleaved(fns, repeats=reps, warmup=1)
+    f, q = (batch / timing[k]["median_s"] for k in ("float", "int8"))
+    return {"model": f"{name} first conv", "batch": batch, "threads": threads,
+            "float_img_s": round(f, 1), "int8_img_s": round(q, 1),
+            "int8_over_float": round(q / f, 2), "agree": None, "weights": "", "error": None}
 
 
 def measure_torch(threads, repeats=5, quick=False, batches=BATCHES):
