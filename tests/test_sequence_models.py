@@ -6,6 +6,7 @@ import pytest
 import needle as ndl
 import needle.nn as nn
 from conftest import DEVICES
+from test_ops import numeric_grad
 
 
 # ---- float64 numpy reference (weights in the course layout: W_ih (I, G*H)) -----------------
@@ -50,19 +51,9 @@ def _tensors(values, device):
     return {k: ndl.Tensor(v.astype(np.float32), device=device) for k, v in values.items()}
 
 
-def _fd_grad(f, values, key, eps=1e-6):
-    """Central finite differences of the float64 scalar function f(values) w.r.t. values[key]."""
-    x = values[key]
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        old = x[idx]
-        x[idx] = old + eps
-        up = f(values)
-        x[idx] = old - eps
-        down = f(values)
-        x[idx] = old
-        grad[idx] = (up - down) / (2 * eps)
-    return grad
+def _fd_grad(f, values, key):
+    """Finite differences of the float64 scalar f(values) w.r.t. values[key] (in place)."""
+    return numeric_grad(lambda _: f(values), values[key])
 
 
 # ---- fused layer ops: forward vs reference, gradient vs finite differences -----------------

@@ -6,6 +6,7 @@ import pytest
 import needle as ndl
 import needle.nn as nn
 from conftest import DEVICES
+from test_ops import numeric_grad
 
 
 def ref_attention(q, k, v, causal):
@@ -49,16 +50,8 @@ def test_attention_gradient_matches_finite_differences(device):
     t = {n: _t(x, device) for n, x in vals.items()}
     result, _ = nn.MultiHeadAttention(causal=True, device=device)(t["q"], t["k"], t["v"])
     (result * _t(w, device)).sum().backward()
-    eps = 1e-6
     for name, x in vals.items():
-        fd = np.zeros_like(x)
-        for idx in np.ndindex(*x.shape):
-            old = x[idx]
-            x[idx] = old + eps
-            up = loss(vals)
-            x[idx] = old - eps
-            fd[idx] = (up - loss(vals)) / (2 * eps)
-            x[idx] = old
+        fd = numeric_grad(lambda _: loss(vals), x)
         np.testing.assert_allclose(t[name].grad.numpy(), fd, rtol=1e-3, atol=1e-4, err_msg=name)
 
 

@@ -61,12 +61,11 @@ def check_view(shape, strides, offset, buffer_size, what="view"):
         raise ValueError(f"{what}: shape {shape} and strides {strides} differ in length")
     if any(n < 0 for n in shape):
         raise ValueError(f"{what}: negative dimension in shape {shape}")
-    if any(not -_INT64_MAX <= st <= _INT64_MAX for st in strides) or not 0 <= offset <= _INT64_MAX:
+    if any(not -_INT64_MAX - 1 <= v <= _INT64_MAX for v in strides + (offset,)):
         raise ValueError(f"{what}: strides {strides} / offset {offset} are outside int64")
-    count = prod(shape)
-    if count >= MAX_ELEMENTS:
-        raise ValueError(f"{what}: shape {shape} has {count} elements, more than the limit 2^60")
-    if count == 0:
+    if prod(n for n in shape if n) >= MAX_ELEMENTS:  # even an empty shape must be representable
+        raise ValueError(f"{what}: shape {shape} has more than the limit of 2^60 elements")
+    if 0 in shape:
         return
     lo = hi = offset
     for n, st in zip(shape, strides):
@@ -209,11 +208,38 @@ def cpu_numpy():
 BACKEND_IMPORT_ERRORS = {}  # module name -> why it could not be imported
 
 
+def _load_backend_from(directory, name):
+    """The extension module ``name`` from ``directory`` (``$NEEDLE_BACKEND_DIR``: e.g. the
+    sanitizer build's modules), registered under this package's name."""
+    import glob
+    import importlib.util
+    import os
+    import sys
+    found = sorted(glob.glob(os.path.join(directory, f"{name}.*so"))) + sorted(
+        glob.glob(os.path.join(directory, f"{name}.pyd")))
+    if not found:
+        raise ModuleNotFoundError(f"no {name} module in NEEDLE_BACKEND_DIR={directory}")
+    full = f"{__package__}.{name}"
+    spec = importlib.util.spec_from_file_location(full, found[0])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[full]
+        raise
+    return module
+
+
 def _import_backend(name):
     """The compiled backend module, or None. A module that is missing is normal (not built); one
-    that exists but fails to load (stale or broken build) also warns, with the reason."""
+    that exists but fails to load (stale or broken build) also warns, with the reason. With
+    ``$NEEDLE_BACKEND_DIR`` set, the modules come from that directory instead of the package."""
+    import os
     from importlib import import_module
     try:
+        if os.environ.get("NEEDLE_BACKEND_DIR"):
+            return _load_backend_from(os.environ["NEEDLE_BACKEND_DIR"], name)
         return import_module(f"{__package__}.{name}")
     except ModuleNotFoundError as e:
         BACKEND_IMPORT_ERRORS[name] = f"not built ({e}); run `make build`"

@@ -143,6 +143,18 @@ def _layer_states(h, num_layers, bs, hidden_size, like, name):
 
 
 class _MultiLayer(Module):
+    def __init__(self, input_size, hidden_size, num_layers):
+        super().__init__()
+        _check_sizes(num_layers=num_layers)
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+
+    def _layer_sizes(self):
+        """(input size, hidden size) of every layer."""
+        return [(self.input_size if k == 0 else self.hidden_size, self.hidden_size)
+                for k in range(self.num_layers)]
+
     def _check_sequence(self, X):
         if len(X.shape) != 3 or X.shape[2] != self.input_size:
             raise ValueError(f"{type(self).__name__} input must have shape "
@@ -158,14 +170,9 @@ class RNN(_MultiLayer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, nonlinearity="tanh",
                  device=None, dtype="float32"):
-        super().__init__()
-        _check_sizes(num_layers=num_layers)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.rnn_cells = [RNNCell(input_size if k == 0 else hidden_size, hidden_size, bias=bias,
-                                  nonlinearity=nonlinearity, device=device, dtype=dtype)
-                          for k in range(num_layers)]
+        super().__init__(input_size, hidden_size, num_layers)
+        self.rnn_cells = [RNNCell(i, h, bias=bias, nonlinearity=nonlinearity, device=device,
+                                  dtype=dtype) for i, h in self._layer_sizes()]
 
     def forward(self, X: Tensor, h0: Optional[Tensor] = None):
         self._check_sequence(X)
@@ -186,14 +193,9 @@ class LSTM(_MultiLayer):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, device=None,
                  dtype="float32"):
-        super().__init__()
-        _check_sizes(num_layers=num_layers)
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.lstm_cells = [LSTMCell(input_size if k == 0 else hidden_size, hidden_size, bias=bias,
-                                    device=device, dtype=dtype)
-                           for k in range(num_layers)]
+        super().__init__(input_size, hidden_size, num_layers)
+        self.lstm_cells = [LSTMCell(i, h, bias=bias, device=device, dtype=dtype)
+                           for i, h in self._layer_sizes()]
 
     def forward(self, X: Tensor, h=None):
         self._check_sequence(X)
