@@ -182,6 +182,8 @@ def test_course_module_paths():
     assert MNISTDataset is M2 is ndl.data.MNISTDataset
     assert NDArrayDataset is ndl.data.NDArrayDataset and CIFAR10Dataset is ndl.data.CIFAR10Dataset
     assert RandomCrop is ndl.data.RandomCrop and RandomFlipHorizontal is ndl.data.RandomFlipHorizontal
+    from needle.data.datasets.ptb_dataset import Corpus, batchify
+    assert Corpus is ndl.data.Corpus and batchify is ndl.data.batchify
 
 
 # ---------------------------------------------------------------- numerics the course checks
