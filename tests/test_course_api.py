@@ -182,6 +182,8 @@ def test_course_module_paths():
     assert MNISTDataset is M2 is ndl.data.MNISTDataset
     assert NDArrayDataset is ndl.data.NDArrayDataset and CIFAR10Dataset is ndl.data.CIFAR10Dataset
     assert RandomCrop is ndl.data.RandomCrop and RandomFlipHorizontal is ndl.data.RandomFlipHorizontal
+    from needle.data.datasets.ptb_dataset import Corpus, batchify
+    assert Corpus is ndl.data.Corpus and batchify is ndl.data.batchify
 
 
 # ---------------------------------------------------------------- numerics the course checks
@@ -260,3 +262,32 @@ def test_mlp_resnet_shape_and_parameter_count():
         r = lin(r, w2, b2) / np.sqrt(1 + eps) * g2 + be2
         h = np.maximum(h + r, 0)
     np.testing.assert_allclose(out.numpy(), lin(h, p[k], p[k + 1]), rtol=1e-4, atol=1e-4)
+
+
+@needs_cpu
+@pytest.mark.parametrize("r", [1, 2, 3, 5, 7])
+def test_short_row_sums_are_bit_identical_to_numpy(r):
+    # rows under 8 elements sum in float32 left to right, as numpy does, so course checks
+    # of float32 round-off (LayerNorm1d gradients at 1e-5) agree on the C++ backend too
+    x = (np.random.default_rng(r).standard_normal((500, r)) * [1e4, 1, 1e-3, 1, 1e4, 3, 7][:r]).astype(np.float32)
+    np.testing.assert_array_equal(nd.array(x, device=nd.cpu()).sum(axis=1).numpy(), x.sum(axis=1))
+
+
+def test_layernorm_gradient_identical_on_cpu_and_numpy_backends():
+    grads = []
+    for dev in [d for d in (nd.cpu_numpy(), nd.cpu()) if d.enabled()]:
+        x = ndl.Tensor(np.random.default_rng(18).integers(0, 100, size=(3, 3)) / 20, device=dev)
+        (ndl.nn.LayerNorm1d(3, device=dev)(x) ** 4).sum().backward()
+        grads.append(x.grad.numpy())
+    for g in grads[1:]:
+        np.testing.assert_array_equal(g, grads[0])
+
+
+def test_scalar_ops_take_one_element_arrays(device):
+    x = ndl.Tensor(np.arange(1.0, 5.0), device=device)
+    s = np.array([2.0])
+    np.testing.assert_allclose(ndl.divide_scalar(x, s).numpy(), np.arange(1.0, 5.0) / 2)
+    np.testing.assert_allclose(ndl.mul_scalar(x, np.float64(3)).numpy(), np.arange(1.0, 5.0) * 3)
+    np.testing.assert_allclose(ndl.power_scalar(x, np.array(2)).numpy(), np.arange(1.0, 5.0) ** 2)
+    with pytest.raises(TypeError, match="one-element"):
+        ndl.add_scalar(x, np.ones(2))

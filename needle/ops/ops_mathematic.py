@@ -44,6 +44,16 @@ def _normalize_axes(axes, ndim) -> Optional[Tuple[int, ...]]:
     return tuple(sorted(out))
 
 
+def _scalar(value, op):
+    """A Python float from a number or a one-element numpy array (course code passes
+    ``np.random.randn(1)`` as a scalar)."""
+    if isinstance(value, numpy.ndarray) and value.size == 1:
+        return float(value.reshape(()))
+    if isinstance(value, (int, float, numpy.number, numpy.bool_)):
+        return float(value)
+    raise TypeError(f"{op}: scalar must be a number or a one-element array, got {value!r}")
+
+
 def _keepdims_shape(shape, axes):
     """The shape of a reduction over ``axes`` (None = all) with keepdims=True."""
     if axes is None:
@@ -103,7 +113,7 @@ def add(a, b):
 
 class AddScalar(TensorOp):
     def __init__(self, scalar):
-        self.scalar = scalar
+        self.scalar = _scalar(scalar, "AddScalar")
 
     def compute(self, a: NDArray):
         return a + self.scalar
@@ -132,7 +142,7 @@ def multiply(a, b):
 
 class MulScalar(TensorOp):
     def __init__(self, scalar):
-        self.scalar = scalar
+        self.scalar = _scalar(scalar, "MulScalar")
 
     def compute(self, a: NDArray):
         return a * self.scalar
@@ -167,7 +177,7 @@ class PowerScalar(TensorOp):
     """a ** scalar elementwise."""
 
     def __init__(self, scalar):
-        self.scalar = scalar
+        self.scalar = _scalar(scalar, "PowerScalar")
 
     def compute(self, a: NDArray) -> NDArray:
         return a ** self.scalar
@@ -199,7 +209,7 @@ def divide(a, b):
 
 class DivScalar(TensorOp):
     def __init__(self, scalar):
-        self.scalar = scalar
+        self.scalar = _scalar(scalar, "DivScalar")
 
     def compute(self, a):
         return a / self.scalar

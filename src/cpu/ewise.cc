@@ -186,6 +186,12 @@ void reduce_sum(const float* a, float* out, int64_t outer, int64_t r) {
 #pragma omp parallel for if (outer * r >= kParallelMinElements && outer > 1) num_threads(num_threads())
   for (int64_t i = 0; i < outer; ++i) {
     const float* row = a + i * r;
+    if (r < 8) {  // short rows: float32 left to right, bit-identical to numpy (the reference)
+      float s = 0.0f;
+      for (int64_t j = 0; j < r; ++j) s += row[j];
+      out[i] = s;
+      continue;
+    }
     // Eight independent float64 partial sums: exact enough, and the loop vectorizes.
     double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t j = 0;
