@@ -61,12 +61,11 @@ def check_view(shape, strides, offset, buffer_size, what="view"):
         raise ValueError(f"{what}: shape {shape} and strides {strides} differ in length")
     if any(n < 0 for n in shape):
         raise ValueError(f"{what}: negative dimension in shape {shape}")
-    if any(not -_INT64_MAX <= st <= _INT64_MAX for st in strides) or not 0 <= offset <= _INT64_MAX:
+    if any(not -_INT64_MAX - 1 <= v <= _INT64_MAX for v in strides + (offset,)):
         raise ValueError(f"{what}: strides {strides} / offset {offset} are outside int64")
-    count = prod(shape)
-    if count >= MAX_ELEMENTS:
-        raise ValueError(f"{what}: shape {shape} has {count} elements, more than the limit 2^60")
-    if count == 0:
+    if prod(n for n in shape if n) >= MAX_ELEMENTS:  # even an empty shape must be representable
+        raise ValueError(f"{what}: shape {shape} has more than the limit of 2^60 elements")
+    if 0 in shape:
         return
     lo = hi = offset
     for n, st in zip(shape, strides):
@@ -142,7 +141,7 @@ class BackendDevice:
     def __getattr__(self, name):
         # Backend functions are looked up on the module once, then cached on the device.
         if name.startswith("__"):
-            raise AttributeError(name)
+            return self._backend_dunder(name)
         mod = self.__dict__.get("mod")
         if mod is None:
             why = BACKEND_IMPORT_ERRORS.get(f"ndarray_backend_{self.name}", "no device is present")
@@ -150,6 +149,18 @@ class BackendDevice:
         value = getattr(mod, name)
         self.__dict__[name] = value
         return value
+
+    # Module-level names every Python module has: never offered as device attributes.
+    _MODULE_DUNDERS = frozenset(("__name__", "__doc__", "__file__", "__loader__", "__spec__",
+                                 "__package__", "__builtins__", "__cached__", "__path__", "__dict__"))
+
+    def _backend_dunder(self, name):
+        """A dunder the backend declares (``__device_name__``, ``__tile_size__``, as the course's
+        backends do); protocol lookups (``__array__``, ``__len__``, ...) still fail."""
+        mod = self.__dict__.get("mod")
+        if mod is None or name in self._MODULE_DUNDERS or name not in vars(mod):
+            raise AttributeError(f"{self!r} has no attribute {name!r}")
+        return vars(mod)[name]
 
     def enabled(self):
         return self.mod is not None
@@ -197,11 +208,38 @@ def cpu_numpy():
 BACKEND_IMPORT_ERRORS = {}  # module name -> why it could not be imported
 
 
+def _load_backend_from(directory, name):
+    """The extension module ``name`` from ``directory`` (``$NEEDLE_BACKEND_DIR``: e.g. the
+    sanitizer build's modules), registered under this package's name."""
+    import glob
+    import importlib.util
+    import os
+    import sys
+    found = sorted(glob.glob(os.path.join(directory, f"{name}.*so"))) + sorted(
+        glob.glob(os.path.join(directory, f"{name}.pyd")))
+    if not found:
+        raise ModuleNotFoundError(f"no {name} module in NEEDLE_BACKEND_DIR={directory}")
+    full = f"{__package__}.{name}"
+    spec = importlib.util.spec_from_file_location(full, found[0])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[full]
+        raise
+    return module
+
+
 def _import_backend(name):
     """The compiled backend module, or None. A module that is missing is normal (not built); one
-    that exists but fails to load (stale or broken build) also warns, with the reason."""
+    that exists but fails to load (stale or broken build) also warns, with the reason. With
+    ``$NEEDLE_BACKEND_DIR`` set, the modules come from that directory instead of the package."""
+    import os
     from importlib import import_module
     try:
+        if os.environ.get("NEEDLE_BACKEND_DIR"):
+            return _load_backend_from(os.environ["NEEDLE_BACKEND_DIR"], name)
         return import_module(f"{__package__}.{name}")
     except ModuleNotFoundError as e:
         BACKEND_IMPORT_ERRORS[name] = f"not built ({e}); run `make build`"
@@ -254,9 +292,33 @@ def device_by_name(name):
     return makers[name]()
 
 
+# NEEDLE_BACKEND picks the default device, as the course's backend selection does: "nd" (the
+# default: the compiled CPU backend when built) or "np" (numpy); a device name also works.
+_BACKEND_CHOICES = {"nd": None, "np": "cpu_numpy", "cpu_numpy": "cpu_numpy", "cpu": "cpu", "cuda": "cuda"}
+
+
+def _backend_from_env():
+    import os
+    value = os.environ.get("NEEDLE_BACKEND", "nd").strip() or "nd"
+    if value not in _BACKEND_CHOICES:
+        raise RuntimeError(f"Unknown needle array backend NEEDLE_BACKEND={value!r}; "
+                           f"use one of {sorted(_BACKEND_CHOICES)}")
+    return _BACKEND_CHOICES[value]
+
+
+_DEFAULT_DEVICE_NAME = _backend_from_env()
+
+
 def default_device():
-    """``cpu()`` when the C++ backend is built, else ``cpu_numpy()``."""
-    return cpu() if _CPU_MOD is not None else cpu_numpy()
+    """The device ``NEEDLE_BACKEND`` names; by default ``cpu()`` when the C++ backend is built,
+    else ``cpu_numpy()``."""
+    if _DEFAULT_DEVICE_NAME is None:
+        return cpu() if _CPU_MOD is not None else cpu_numpy()
+    device = device_by_name(_DEFAULT_DEVICE_NAME)
+    if not device.enabled():
+        raise RuntimeError(f"NEEDLE_BACKEND={_DEFAULT_DEVICE_NAME} but device {device} is not available; "
+                           "unset NEEDLE_BACKEND or build that backend")
+    return device
 
 
 def all_devices():
@@ -407,6 +469,11 @@ class NDArray:
     def __deepcopy__(self, memo):
         return self.copy()
 
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray / np.testing / np.array_split accept NDArrays as course code expects.
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def __reduce__(self):
         return (NDArray, (self.numpy(), self._device, self._dtype))
 
@@ -450,6 +517,16 @@ class NDArray:
         return NDArray._new(shape, strides, self._device, self._handle, self._offset, self._dtype)
 
     # views -------------------------------------------------------------------------------------
+    @property
+    def flat(self):
+        """A 1-D view of all elements in row-major order, sharing the buffer (the course's
+        ``backward_check`` writes through ``x.flat[j] += eps``). Needs row-major strides (any
+        offset); other views raise rather than hand back a copy that writes would not reach."""
+        if self._strides != _compact_strides(self._shape) and self.size > 1:
+            raise ValueError(f"flat: the view of shape {self.shape} with strides {self.strides} is not "
+                             "row-major contiguous; call .compact() first")
+        return self._view((self.size,), (1,), self._offset)
+
     def reshape(self, *new_shape):
         """Reshape (one dimension may be -1); a view of compact arrays, else of a compact copy."""
         new_shape = list(_shape_arg(new_shape))
@@ -494,6 +571,16 @@ class NDArray:
             else:
                 raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
         return self._view(new_shape, tuple(strides), self._offset)
+
+    def process_slice(self, sl, dim):
+        """``sl`` on axis ``dim`` as an explicit ``slice(start, stop, step)`` (numpy's rules for
+        None and negative bounds; steps must be positive)."""
+        if not 0 <= dim < self.ndim:
+            raise IndexError(f"process_slice: axis {dim} is out of range for shape {self.shape}")
+        start, stop, step = sl.indices(self.shape[dim])
+        if step <= 0:
+            raise ValueError(f"slice steps must be positive, got {step} on axis {dim}")
+        return slice(start, builtins.max(start, stop), step)
 
     def _view_of(self, idxs):
         """Shape, strides, offset of ``self[idxs]`` (numpy basic indexing, steps > 0)."""

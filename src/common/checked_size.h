@@ -63,7 +63,8 @@ inline int64_t checked_product(std::initializer_list<int64_t> dims, const char* 
   return r;
 }
 
-// Element count of a shape: throws on a negative dimension or a count >= kMaxElements.
+// Element count of a shape: throws on a negative dimension or when the product of its nonzero
+// dimensions reaches kMaxElements (so even an empty shape stays representable, e.g. by numpy).
 inline int64_t checked_count(const int64_t* shape, size_t ndim, const char* what) {
   int64_t n = 1;
   bool empty = false;
@@ -71,17 +72,17 @@ inline int64_t checked_count(const int64_t* shape, size_t ndim, const char* what
     if (shape[d] < 0)
       throw SizeError(std::string(what) + ": negative dimension " + std::to_string(shape[d]) +
                       " in shape " + dims_str(shape, ndim));
-    if (shape[d] == 0) empty = true;
-  }
-  if (empty) return 0;
-  for (size_t d = 0; d < ndim; ++d) {
+    if (shape[d] == 0) {
+      empty = true;
+      continue;
+    }
     int64_t r = 0;
     if (__builtin_mul_overflow(n, shape[d], &r) || r >= kMaxElements)
       throw SizeError(std::string(what) + ": shape " + dims_str(shape, ndim) +
                       " has more than 2^60 elements");
     n = r;
   }
-  return n;
+  return empty ? 0 : n;
 }
 inline int64_t checked_count(const std::vector<int64_t>& shape, const char* what) {
   return checked_count(shape.data(), shape.size(), what);

@@ -232,6 +232,55 @@ void matmul(const AlignedArray& a, const AlignedArray& b, AlignedArray& out, int
            static_cast<float*>(out.raw()), m, p, n);
 }
 
+// The course's tiled layout: a matrix of rows x cols stored as [rows/T][cols/T][T][T] blocks.
+constexpr int64_t kTile = 8;
+
+void untile(const float* tiled, float* rowmajor, int64_t rows, int64_t cols) {
+  const int64_t tc = cols / kTile;
+  for (int64_t bi = 0; bi < rows / kTile; ++bi)
+    for (int64_t bj = 0; bj < tc; ++bj) {
+      const float* blk = tiled + (bi * tc + bj) * kTile * kTile;
+      for (int64_t i = 0; i < kTile; ++i)
+        std::memcpy(rowmajor + (bi * kTile + i) * cols + bj * kTile, blk + i * kTile, kTile * sizeof(float));
+    }
+}
+
+void retile(const float* rowmajor, float* tiled, int64_t rows, int64_t cols) {
+  const int64_t tc = cols / kTile;
+  for (int64_t bi = 0; bi < rows / kTile; ++bi)
+    for (int64_t bj = 0; bj < tc; ++bj) {
+      float* blk = tiled + (bi * tc + bj) * kTile * kTile;
+      for (int64_t i = 0; i < kTile; ++i)
+        std::memcpy(blk + i * kTile, rowmajor + (bi * kTile + i) * cols + bj * kTile, kTile * sizeof(float));
+    }
+}
+
+// out = a @ b on tiled operands (m, n, p in elements, each a multiple of the tile size): the
+// blocks are gathered into row-major scratch so the one tuned float32 GEMM does the work.
+void matmul_tiled(const AlignedArray& a, const AlignedArray& b, AlignedArray& out, int64_t m, int64_t n,
+                  int64_t p) {
+  need_float("matmul_tiled", {&a, &b, &out});
+  if (m < 0 || n < 0 || p < 0 || m % kTile || n % kTile || p % kTile)
+    fail("matmul_tiled: m=" + std::to_string(m) + " n=" + std::to_string(n) + " p=" + std::to_string(p) +
+         " must be non-negative multiples of the tile size " + std::to_string(kTile));
+  if (isize(a) != m * n || isize(b) != n * p || isize(out) != m * p)
+    fail("matmul_tiled: sizes a=" + std::to_string(a.size()) + " b=" + std::to_string(b.size()) + " out=" +
+         std::to_string(out.size()) + " do not fit m=" + std::to_string(m) + " n=" + std::to_string(n) +
+         " p=" + std::to_string(p));
+  py::gil_scoped_release nogil;
+  float* c = static_cast<float*>(out.raw());
+  if (m == 0 || p == 0) return;
+  if (n == 0) {
+    std::fill(c, c + out.size(), 0.0f);
+    return;
+  }
+  std::vector<float> ra(static_cast<size_t>(m * n)), rb(static_cast<size_t>(n * p)), rc(static_cast<size_t>(m * p));
+  untile(static_cast<const float*>(a.raw()), ra.data(), m, n);
+  untile(static_cast<const float*>(b.raw()), rb.data(), n, p);
+  gemm_f32(ra.data(), rb.data(), rc.data(), m, p, n);
+  retile(rc.data(), c, m, p);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace needle
@@ -240,6 +289,7 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   using namespace needle::cpu;
   m.doc() = "needle's CPU backend (C++): flat aligned buffers and the kernels NDArray calls.";
   m.attr("__device_name__") = "cpu";
+  m.attr("__tile_size__") = kTile;
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -287,6 +337,8 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("reduce_sum", [](const AlignedArray& a, AlignedArray& out, int64_t r) { reduce<reduce_sum>("reduce_sum", a, out, r); },
         py::arg("a"), py::arg("out"), py::arg("reduce_size"));
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("p"));
+  m.def("matmul_tiled", &matmul_tiled, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"),
+        py::arg("p"), "out = a @ b on [rows/T][cols/T][T][T] tiled buffers, T = __tile_size__.");
   m.def("gemm_f32_isa", [] { return std::string(needle::cpu::gemm_f32_isa()); },
         "Instruction-set path the float32 matmul uses (honours NEEDLE_ISA).");
 

@@ -8,6 +8,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
@@ -32,6 +33,7 @@ void conv_tile(const QgemmArgs& g, int64_t m0, int64_t mc, uint8_t* tile) {
   const uint8_t flip = g.a_type == QType::kInt8 ? 0x80 : 0;
   const uint8_t pad = static_cast<uint8_t>(cv.pad_value) ^ flip;
   const uint8_t* x = static_cast<const uint8_t*>(g.a);
+  const int64_t run = kw * c;
   int64_t n = m0 / (cv.ho * cv.wo), oh = (m0 % (cv.ho * cv.wo)) / cv.wo, ow = m0 % cv.wo;
   for (int64_t r = 0; r < mc; ++r) {
     uint8_t* d = tile + r * kp;
@@ -41,8 +43,13 @@ void conv_tile(const QgemmArgs& g, int64_t m0, int64_t mc, uint8_t* tile) {
     for (int64_t th = 0; th < kh; ++th) {
       const int64_t ih = ih0 + th;
       if (inside && !flip) {  // the whole kernel row is one contiguous run of kw * c bytes
-        std::memcpy(d, img + (ih * w + iw0) * c, static_cast<size_t>(kw * c));
-        d += kw * c;
+        const uint8_t* src = img + (ih * w + iw0) * c;
+        if (run <= 16) {  // small runs (a 3x3 kernel on 1 channel): no library call per row
+          for (int64_t j = 0; j < run; ++j) d[j] = src[j];
+        } else {
+          std::memcpy(d, src, static_cast<size_t>(run));
+        }
+        d += run;
         continue;
       }
       for (int64_t tw = 0; tw < kw; ++tw, d += c) {
@@ -119,26 +126,41 @@ void pack_a_rows(const QgemmArgs& g, const uint8_t* conv_rows, int64_t m0, int64
   }
 }
 
-void epilogue_scalar(const QEpilogue& ep, const int32_t* cbuf, int64_t m0, int64_t mc,
-                     int64_t n0, int64_t nc) {
+namespace {
+// Rows of one output type. Everything in locals: byte stores may alias anything, so fields
+// read through `ep` would be reloaded after every store.
+template <class Out>
+void epilogue_rows(const QEpilogue& ep, const int32_t* cbuf, int64_t m0, int64_t mc, int64_t n0,
+                   int64_t nc) {
+  const int64_t* offset = ep.offset + n0;
+  const int32_t* mult = ep.mult + n0;
+  const int32_t* shift = ep.total_shift + n0;
+  const int64_t* round = ep.round + n0;
+  const int64_t lo = ep.lo, hi = ep.hi, zp = ep.zp, ldo = ep.n;
+  Out* out = static_cast<Out*>(ep.out) + m0 * ldo + n0;
   for (int64_t r = 0; r < mc; ++r) {
     const int32_t* crow = cbuf + r * kNC;
-    const int64_t base = (m0 + r) * ep.n + n0;
+    Out* orow = out + r * ldo;
     for (int64_t j = 0; j < nc; ++j) {
-      const int64_t c = n0 + j;
-      int64_t acc = static_cast<int64_t>(crow[j]) + ep.offset[c];
+      int64_t acc = static_cast<int64_t>(crow[j]) + offset[j];
       acc = std::min<int64_t>(std::max<int64_t>(acc, INT32_MIN), INT32_MAX);
-      if (ep.out_type == QType::kInt32) {
-        static_cast<int32_t*>(ep.out)[base + j] = static_cast<int32_t>(acc);
-        continue;
+      if constexpr (std::is_same<Out, int32_t>::value) {
+        orow[j] = static_cast<int32_t>(acc);
+      } else {
+        const int64_t y = ((acc * mult[j] + round[j]) >> shift[j]) + zp;
+        orow[j] = static_cast<Out>(std::min<int64_t>(std::max<int64_t>(y, lo), hi));
       }
-      int64_t y = (acc * ep.mult[c] + ep.round[c]) >> ep.total_shift[c];
-      y = std::min<int64_t>(std::max<int64_t>(y + ep.zp, ep.lo), ep.hi);
-      if (ep.out_type == QType::kUint8)
-        static_cast<uint8_t*>(ep.out)[base + j] = static_cast<uint8_t>(y);
-      else
-        static_cast<int8_t*>(ep.out)[base + j] = static_cast<int8_t>(y);
     }
+  }
+}
+}  // namespace
+
+void epilogue_scalar(const QEpilogue& ep, const int32_t* cbuf, int64_t m0, int64_t mc,
+                     int64_t n0, int64_t nc) {
+  switch (ep.out_type) {
+    case QType::kInt32: return epilogue_rows<int32_t>(ep, cbuf, m0, mc, n0, nc);
+    case QType::kUint8: return epilogue_rows<uint8_t>(ep, cbuf, m0, mc, n0, nc);
+    case QType::kInt8: return epilogue_rows<int8_t>(ep, cbuf, m0, mc, n0, nc);
   }
 }
 

@@ -28,12 +28,13 @@ struct ARows {
 // Micro-kernel: acc[r][col] over kq groups of 4 k, for kMR rows and NP panels of 16 channels.
 //   b + p*bstride + q*64: the 16 channels x 4 bytes of panel p, group q
 //   c + r*kNC + col: the int32 tile (loaded first when `accumulate`)
-template <class I, int NP>
+// Half: only the first 8 channels of a single panel (N <= 8 on 8-lane vectors).
+template <class I, int NP, bool Half = false>
 static inline void micro_kernel(const ARows& a, const int8_t* b, int64_t bstride, int64_t kq,
                                 int32_t* c, bool accumulate) {
   constexpr int MR = I::kMR;
   constexpr int VPP = 16 / I::kLanes;  // vectors per 16-channel panel
-  constexpr int NV = NP * VPP;
+  constexpr int NV = Half ? 1 : NP * VPP;
   typename I::C acc[MR][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
@@ -64,11 +65,17 @@ static inline void micro_kernel(const ARows& a, const int8_t* b, int64_t bstride
 
 template <class I, int NP>
 static inline void run_kernel(const ARows& a, const int8_t* b, int64_t bstride, int64_t kq,
-                              int32_t* c, bool accumulate) {
-  if constexpr (I::kTiles)
+                              int32_t* c, bool accumulate, int64_t nc) {
+  if constexpr (I::kTiles) {
     I::template tiles<NP>(a, b, bstride, kq, c, accumulate);
-  else
+  } else if constexpr (NP == 1 && I::kLanes < 16) {
+    if (nc <= I::kLanes)  // e.g. the 8 channels of a first convolution: skip the empty half
+      micro_kernel<I, 1, true>(a, b, bstride, kq, c, accumulate);
+    else
+      micro_kernel<I, 1>(a, b, bstride, kq, c, accumulate);
+  } else {
     micro_kernel<I, NP>(a, b, bstride, kq, c, accumulate);
+  }
 }
 
 // One work item of the driver (see BlockFn in qgemm_internal.h); Epi writes the output.
@@ -122,10 +129,10 @@ static void block_impl(const QgemmArgs& g, const QEpilogue& ep, int64_t m0, int6
           ar = ARows{apack + (ir / MR) * kq * MR * kQKGroup, kQKGroup, MR * kQKGroup, MR};
         int32_t* c = cbuf + ir * kNC + jp * kQPanel;
         switch (np) {
-          case 1: run_kernel<I, 1>(ar, b, bstride, kq, c, accumulate); break;
-          case 2: if constexpr (I::kMaxNP >= 2) run_kernel<I, 2>(ar, b, bstride, kq, c, accumulate); break;
-          case 3: if constexpr (I::kMaxNP >= 3) run_kernel<I, 3>(ar, b, bstride, kq, c, accumulate); break;
-          default: if constexpr (I::kMaxNP >= 4) run_kernel<I, 4>(ar, b, bstride, kq, c, accumulate); break;
+          case 1: run_kernel<I, 1>(ar, b, bstride, kq, c, accumulate, nc - jp * kQPanel); break;
+          case 2: if constexpr (I::kMaxNP >= 2) run_kernel<I, 2>(ar, b, bstride, kq, c, accumulate, 0); break;
+          case 3: if constexpr (I::kMaxNP >= 3) run_kernel<I, 3>(ar, b, bstride, kq, c, accumulate, 0); break;
+          default: if constexpr (I::kMaxNP >= 4) run_kernel<I, 4>(ar, b, bstride, kq, c, accumulate, 0); break;
         }
       }
     }

@@ -12,6 +12,7 @@
 
 #include "../common/checked_size.h"
 #include "array.h"
+#include "cpu_features.h"
 #include "qgemm.h"
 
 namespace py = pybind11;
@@ -281,6 +282,8 @@ void register_quant_ops(py::module_& m) {
           return qgemm_peak_gops(isa, seconds);
         }, py::arg("isa"), py::arg("seconds") = 0.2,
         "Measured one-thread peak of the int8 multiply-add unit (GOP/s) on path `isa`.");
+  m.def("_amx_status", [] { return std::string(amx_status()); },
+        "Why the AMX int8 path is or is not usable here, in words.");
   m.def("_f32_peak_gflops", [](double seconds) {
           py::gil_scoped_release release;
           return f32_fma_peak_gflops(seconds);
