@@ -3,3 +3,4 @@
 from ..data_basic import NDArrayDataset
 from ..mnist import MNISTDataset
 from ..cifar10 import CIFAR10Dataset
+from ..ptb import Dictionary, Corpus, batchify, get_batch
