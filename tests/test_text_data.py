@@ -12,7 +12,7 @@ import pytest
 import needle as ndl
 from needle.data import Corpus, Dictionary, batchify, get_batch, DataIntegrityError
 from needle.data import offline_text as lc
-from needle.apps.models import LanguageModel, load_language_model, DEFAULT_LM_CHECKPOINT
+from needle.apps.models import LanguageModel, load_language_model, sample_tokens, DEFAULT_LM_CHECKPOINT
 from needle.apps.simple_ml import epoch_general_ptb, train_ptb, evaluate_ptb, detach_state
 from conftest import DEVICES
 
@@ -181,3 +181,18 @@ def test_shipped_checkpoint_reproduces_its_perplexity():
     _, loss = evaluate_ptb(model, data, seq_len=record["eval"]["seq_len"])
     assert abs(math.exp(loss) - record["test_perplexity"]) < 1e-3 * record["test_perplexity"]
     assert record["test_perplexity"] < 6.0  # far below the 84 of a uniform guess
+
+
+@needs_licenses
+def test_shipped_model_writes_license_text():
+    model = load_language_model()
+    corpus = lc.license_corpus()
+    prompt = corpus.encode("GNU General Public Lic")
+    greedy = corpus.decode(sample_tokens(model, prompt, 4, temperature=0))
+    assert greedy == "ense"  # the model has learned the phrase
+    assert corpus.decode(sample_tokens(model, corpus.encode("WITHOUT ANY WARR"), 4, 0)) == "ANTY"
+    sampled = sample_tokens(model, corpus.encode("the "), 20, temperature=1.0, seed=1)
+    assert len(sampled) == 20 and sampled == sample_tokens(model, corpus.encode("the "), 20, 1.0, seed=1)
+    assert not model.training
+    with pytest.raises(ValueError, match="non-empty"):
+        sample_tokens(model, [], 3)

@@ -1,11 +1,14 @@
 """Course models: ``ResNet9`` (from needle.nn.zoo) and ``LanguageModel``."""
 from pathlib import Path
 
+import numpy as np
+
 import needle as ndl
 import needle.nn as nn
 from needle.nn.zoo import ResNet9
 
-__all__ = ["ResNet9", "LanguageModel", "load_language_model", "DEFAULT_LM_CHECKPOINT"]
+__all__ = ["ResNet9", "LanguageModel", "load_language_model", "sample_tokens",
+           "DEFAULT_LM_CHECKPOINT"]
 
 #: the shipped character-level LSTM (see checkpoints/README.md)
 DEFAULT_LM_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "lm_char_lstm.safetensors"
@@ -72,3 +75,37 @@ def load_language_model(path=None, device=None):
     model = LanguageModel(**ints, seq_model=metadata["seq_model"], device=device)
     model.load_state_dict(state)
     return model.eval()
+
+
+def sample_tokens(model, prompt_ids, n, temperature=1.0, seed=0):
+    """Continue ``prompt_ids`` (a non-empty list of token ids) by ``n`` tokens sampled from
+    an RNN/LSTM LanguageModel: softmax(logits / temperature), or the argmax when
+    ``temperature`` is 0. Returns the ``n`` new ids. The prompt is read in one call, then
+    one token per step with the hidden state carried; ``seed`` seeds a private generator.
+    """
+    if not prompt_ids:
+        raise ValueError("sample_tokens needs a non-empty prompt")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if model.seq_model_name == "transformer":
+        raise ValueError("sample_tokens carries a recurrent state; use an 'rnn' or 'lstm' model")
+    rng = np.random.default_rng(seed)
+    device = model.linear.weight.device
+    was_training = model.training
+    model.eval()
+    x = np.asarray(prompt_ids, dtype=np.float32).reshape(-1, 1)
+    h, out = None, []
+    try:
+        for _ in range(n):
+            logits, h = model(ndl.Tensor(x, device=device, requires_grad=False), h)
+            last = logits.numpy()[-1].astype(np.float64)
+            if temperature == 0:
+                token = int(last.argmax())
+            else:
+                p = np.exp((last - last.max()) / temperature)
+                token = int(rng.choice(p.size, p=p / p.sum()))
+            out.append(token)
+            x = np.array([[token]], dtype=np.float32)
+    finally:
+        model.train(was_training)
+    return out
