@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/checked_size.h"
 #include "array.h"
 #include "cpu_features.h"
 #include "qgemm.h"
@@ -68,7 +69,7 @@ std::unique_ptr<AlignedArray> qpack_weights_py(const AlignedArray& w, int64_t n,
   if (w.dtype() != DType::kInt8)
     type_error(std::string("qpack_weights needs int8 weights, got ") + dtype_name(w.dtype()));
   check_dims("qpack_weights", 0, n, k);
-  if (static_cast<int64_t>(w.size()) != n * k)
+  if (static_cast<int64_t>(w.size()) != checked_mul(n, k, "qpack_weights"))
     value_error("qpack_weights: weight size " + s(w.size()) + " != n*k = " + s(n) + "*" + s(k));
   auto out = std::make_unique<AlignedArray>(
       static_cast<size_t>(kHeaderBytes + qpack_size(n, k)), DType::kInt8);
@@ -152,7 +153,8 @@ void qgemm_py(const AlignedArray& a, const AlignedArray& packed, AlignedArray& o
   QgemmArgs g;
   check_gemm_params("qgemm", packed, out, n, k, a_zero_point, colsum, bias, multiplier, shift,
                     out_zero_point, relu, g);
-  if (static_cast<int64_t>(a.size()) != m * k || static_cast<int64_t>(out.size()) != m * n)
+  if (static_cast<int64_t>(a.size()) != checked_mul(m, k, "qgemm") ||
+      static_cast<int64_t>(out.size()) != checked_mul(m, n, "qgemm"))
     value_error("qgemm: sizes a=" + s(a.size()) + " out=" + s(out.size()) +
                 " do not fit m=" + s(m) + " n=" + s(n) + " k=" + s(k));
   g.a = a.raw();
@@ -176,14 +178,16 @@ void qconv2d_nhwc_py(const AlignedArray& x, const AlignedArray& packed, AlignedA
                 " c=" + s(c) + " c_out=" + s(c_out) + " kernel=" + s(kh) + "x" + s(kw) +
                 " stride=" + s(stride) + " padding=" + s(padding));
   const int64_t lim = int64_t(1) << 20;
-  if (h > lim || w > lim || c > lim || kh > lim || kw > lim || padding > lim || stride > lim ||
-      static_cast<double>(batch) * h * w * c > 1e15)
-    value_error("qconv2d_nhwc: geometry too large");
+  if (h > lim || w > lim || c > lim || kh > lim || kw > lim || padding > lim || stride > lim)
+    value_error("qconv2d_nhwc: geometry too large (h, w, c, kernel, stride and padding must be "
+                "at most 2^20)");
+  const int64_t in_size = checked_product({batch, h, w, c}, "qconv2d_nhwc input");
   if (h + 2 * padding < kh || w + 2 * padding < kw)
     value_error("qconv2d_nhwc: kernel " + s(kh) + "x" + s(kw) + " is larger than the padded " +
                 "input " + s(h + 2 * padding) + "x" + s(w + 2 * padding));
   const int64_t ho = (h + 2 * padding - kh) / stride + 1, wo = (w + 2 * padding - kw) / stride + 1;
-  const int64_t k = kh * kw * c, m = batch * ho * wo;
+  const int64_t k = checked_product({kh, kw, c}, "qconv2d_nhwc"),
+                m = checked_product({batch, ho, wo}, "qconv2d_nhwc");
   check_dims("qconv2d_nhwc", m, c_out, k);
   const bool is_u8 = x.dtype() == DType::kUint8;
   if (a_zero_point < (is_u8 ? 0 : -128) || a_zero_point > (is_u8 ? 255 : 127))
@@ -192,10 +196,9 @@ void qconv2d_nhwc_py(const AlignedArray& x, const AlignedArray& packed, AlignedA
   QgemmArgs g;
   check_gemm_params("qconv2d_nhwc", packed, out, c_out, k, a_zero_point, colsum, bias,
                     multiplier, shift, out_zero_point, relu, g);
-  if (static_cast<int64_t>(x.size()) != batch * h * w * c)
-    value_error("qconv2d_nhwc: input size " + s(x.size()) + " != batch*h*w*c = " +
-                s(batch * h * w * c));
-  if (static_cast<int64_t>(out.size()) != m * c_out)
+  if (static_cast<int64_t>(x.size()) != in_size)
+    value_error("qconv2d_nhwc: input size " + s(x.size()) + " != batch*h*w*c = " + s(in_size));
+  if (static_cast<int64_t>(out.size()) != checked_mul(m, c_out, "qconv2d_nhwc"))
     value_error("qconv2d_nhwc: output size " + s(out.size()) + " != batch*ho*wo*c_out = " +
                 s(batch) + "*" + s(ho) + "*" + s(wo) + "*" + s(c_out));
   QConvGeom geom;
