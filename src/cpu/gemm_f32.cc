@@ -7,9 +7,10 @@
 // micro-kernel over the block, one B micro-panel (L1) at a time. The C block stays in cache
 // across the whole K. Packing makes every kernel load contiguous and aligned and zero-pads the
 // ragged edges, so the kernel never branches on sizes; partial tiles are computed into a small
-// buffer and copied out. OpenMP threads (the backend's set_num_threads) take work units (a
-// block of rows of C, and for very few rows a share of the column panel) from a shared
-// counter, so a thread slowed down by other load on its core simply does fewer of them.
+// buffer and copied out. Threads (the backend's set_num_threads; the pool of qgemm_pool.h)
+// take B packing pieces and then work units (a block of rows of C, and for very few rows a
+// share of the column panel) dynamically, so a thread slowed down by other load on its core
+// simply does fewer of them.
 #include "gemm_f32.h"
 
 #include <algorithm>
@@ -29,6 +30,7 @@
 
 #include "cpu_features.h"
 #include "gemm_f32_kernels.h"
+#include "qgemm_pool.h"
 
 namespace needle {
 namespace cpu {
@@ -177,91 +179,107 @@ struct GemmPlan {
   int64_t row_block;               // rows of C per work unit (a multiple of mr, <= mc_max)
   int64_t col_chunk;               // NR micro-panels of a column panel per work unit
   float* packed_b;                 // kb_max x nc_max, shared
-  // Two work counters per (column panel, depth block) phase: B packing pieces, C work units.
-  std::atomic<int64_t>* counters;
 };
 
-// A barrier of gemm_blocked's own team. With team == 1 it must not be reached at all: the call
-// may come from inside somebody else's parallel region, whose team an orphaned barrier would
-// bind to.
-inline void team_barrier(int team) {
-  if (team > 1) {
-#pragma omp barrier
+// One phase of the product: the column panel [jc, jc + nc) of C over the depth block
+// [pb, pb + kb) of K. Its B pieces are packed first (all of them, by whoever takes them),
+// then its C work units run.
+struct GemmPhase {
+  int64_t jc, nc, pb, kb, col_panels, nc_pad, col_units;
+};
+
+// Piece t of packing B[pb:pb+kb, jc:jc+nc]; the slice at depth pb + pc starts at
+// packed_b + pc * nc_pad and holds its NR-wide micro-panels one after another.
+void pack_b_piece(const GemmPlan& g, const GemmPhase& ph, int64_t t) {
+  const int nr = g.ks.nr;
+  const int64_t s = t / ph.col_panels, q = t % ph.col_panels;
+  const int64_t pc = s * g.kc_max, kc = std::min<int64_t>(g.kc_max, ph.kb - pc);
+  const int64_t cols = std::min<int64_t>(nr, ph.nc - q * nr);
+  pack_b_panel(g.B + (ph.pb + pc) * g.N + ph.jc + q * nr, g.N, kc, cols, nr,
+               g.packed_b + pc * ph.nc_pad + q * kc * nr);
+}
+
+// Work unit u: rows [ic, ic + mc) x micro-panels [q0, q1) of the phase's column panel.
+void gemm_unit(const GemmPlan& g, const GemmPhase& ph, int64_t u, float* packed_a) {
+  const int mr = g.ks.mr, nr = g.ks.nr;
+  const int64_t N = g.N, K = g.K;
+  alignas(64) float edge[16 * 64];  // partial tiles (mr * nr <= 1024 for every kernel)
+  const int64_t ic = (u / ph.col_units) * g.row_block;
+  const int64_t mc = std::min<int64_t>(g.row_block, g.M - ic);
+  const int64_t q0 = (u % ph.col_units) * g.col_chunk;
+  const int64_t q1 = std::min<int64_t>(ph.col_panels, q0 + g.col_chunk);
+  for (int64_t pc = 0; pc < ph.kb; pc += g.kc_max) {
+    const int64_t kc = std::min<int64_t>(g.kc_max, ph.kb - pc);
+    const bool accumulate = ph.pb + pc > 0;
+    for (int64_t ir = 0; ir < mc; ir += mr)
+      pack_a_panel(g.A + (ic + ir) * K + ph.pb + pc, K, std::min<int64_t>(mr, mc - ir), kc, mr,
+                   packed_a + ir * kc);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t j = ph.jc + q * nr;
+      const int64_t cols = std::min<int64_t>(nr, N - j);
+      const float* bp = g.packed_b + pc * ph.nc_pad + q * kc * nr;
+      for (int64_t ir = 0; ir < mc; ir += mr) {
+        const int64_t rows = std::min<int64_t>(mr, mc - ir);
+        float* c = g.C + (ic + ir) * N + j;
+        const float* ap = packed_a + ir * kc;
+        if (rows == mr && cols == nr) {
+          g.ks.kernel(kc, ap, bp, c, N, accumulate);
+        } else {  // ragged edge: full tile into a buffer, copy the valid part
+          g.ks.kernel(kc, ap, bp, edge, nr, false);
+          for (int64_t i = 0; i < rows; ++i)
+            for (int64_t jj = 0; jj < cols; ++jj)
+              c[i * N + jj] = accumulate ? c[i * N + jj] + edge[i * nr + jj] : edge[i * nr + jj];
+        }
+      }
+    }
   }
 }
 
-// One thread's part of the product. Work is handed out dynamically (an atomic counter per
-// phase), so a thread slowed down by other load on its core simply takes fewer units. With
-// team > 1 every thread of the team must call it (it holds barriers).
-void gemm_thread(const GemmPlan& g, int team, float* packed_a) {
-  const int mr = g.ks.mr, nr = g.ks.nr;
-  const int64_t M = g.M, N = g.N, K = g.K, kc_max = g.kc_max;
-  const int64_t row_units = (M + g.row_block - 1) / g.row_block;
-  alignas(64) float edge[16 * 64];  // partial tiles (mr * nr <= 1024 for every kernel)
-  std::atomic<int64_t>* counter = g.counters;
-
-  for (int64_t jc = 0; jc < N; jc += g.nc_max) {
-    const int64_t nc = std::min<int64_t>(g.nc_max, N - jc);
-    const int64_t col_panels = (nc + nr - 1) / nr;
-    const int64_t nc_pad = col_panels * nr;
-    const int64_t col_units = (col_panels + g.col_chunk - 1) / g.col_chunk;
-
-    for (int64_t pb = 0; pb < K; pb += g.kb_max, counter += 2) {
-      const int64_t kb = std::min<int64_t>(g.kb_max, K - pb);
-      // Pack B[pb:pb+kb, jc:jc+nc] cooperatively; the slice at depth pb + pc starts at
-      // packed_b + pc * nc_pad and holds its NR-wide micro-panels one after another.
-      const int64_t k_slices = (kb + kc_max - 1) / kc_max;
-      const int64_t pieces = k_slices * col_panels;
-      for (int64_t t = counter[0]++; t < pieces; t = counter[0]++) {
-        const int64_t s = t / col_panels, q = t % col_panels;
-        const int64_t pc = s * kc_max, kc = std::min<int64_t>(kc_max, kb - pc);
-        const int64_t cols = std::min<int64_t>(nr, nc - q * nr);
-        pack_b_panel(g.B + (pb + pc) * N + jc + q * nr, N, kc, cols, nr,
-                     g.packed_b + pc * nc_pad + q * kc * nr);
+// The phases in order, each as two rounds of work items shared out by parallel_items (the
+// kit's pool: items are claimed dynamically, and a round never waits for a helper that has
+// not started, so a thread slowed down by other load on its core simply does fewer of them).
+void gemm_phases(const GemmPlan& g, int nt) {
+  const int nr = g.ks.nr;
+  const size_t packed_a_size = static_cast<size_t>(g.mc_max * g.kc_max);
+  const int64_t row_units = (g.M + g.row_block - 1) / g.row_block;
+  std::atomic<bool> alloc_failed{false};  // items must not throw
+  for (int64_t jc = 0; jc < g.N; jc += g.nc_max) {
+    for (int64_t pb = 0; pb < g.K; pb += g.kb_max) {
+      GemmPhase ph;
+      ph.jc = jc;
+      ph.nc = std::min<int64_t>(g.nc_max, g.N - jc);
+      ph.pb = pb;
+      ph.kb = std::min<int64_t>(g.kb_max, g.K - pb);
+      ph.col_panels = (ph.nc + nr - 1) / nr;
+      ph.nc_pad = ph.col_panels * nr;
+      ph.col_units = (ph.col_panels + g.col_chunk - 1) / g.col_chunk;
+      const int64_t pieces = ((ph.kb + g.kc_max - 1) / g.kc_max) * ph.col_panels;
+      const int64_t units = row_units * ph.col_units;
+      if (nt == 1) {
+        for (int64_t t = 0; t < pieces; ++t) pack_b_piece(g, ph, t);
+        float* packed_a = tls_pack_a.get(packed_a_size);
+        for (int64_t u = 0; u < units; ++u) gemm_unit(g, ph, u, packed_a);
+        continue;
       }
-      team_barrier(team);  // the packed block is complete before anyone reads it
-
-      // Work unit u: rows [ic, ic + mc) x micro-panels [q0, q1) of this column panel.
-      for (int64_t u = counter[1]++; u < row_units * col_units; u = counter[1]++) {
-        const int64_t ic = (u / col_units) * g.row_block;
-        const int64_t mc = std::min<int64_t>(g.row_block, M - ic);
-        const int64_t q0 = (u % col_units) * g.col_chunk;
-        const int64_t q1 = std::min<int64_t>(col_panels, q0 + g.col_chunk);
-        for (int64_t pc = 0; pc < kb; pc += kc_max) {
-          const int64_t kc = std::min<int64_t>(kc_max, kb - pc);
-          const bool accumulate = pb + pc > 0;
-          for (int64_t ir = 0; ir < mc; ir += mr)
-            pack_a_panel(g.A + (ic + ir) * K + pb + pc, K, std::min<int64_t>(mr, mc - ir), kc,
-                         mr, packed_a + ir * kc);
-          for (int64_t q = q0; q < q1; ++q) {
-            const int64_t j = jc + q * nr;
-            const int64_t cols = std::min<int64_t>(nr, N - j);
-            const float* bp = g.packed_b + pc * nc_pad + q * kc * nr;
-            for (int64_t ir = 0; ir < mc; ir += mr) {
-              const int64_t rows = std::min<int64_t>(mr, mc - ir);
-              float* c = g.C + (ic + ir) * N + j;
-              const float* ap = packed_a + ir * kc;
-              if (rows == mr && cols == nr) {
-                g.ks.kernel(kc, ap, bp, c, N, accumulate);
-              } else {  // ragged edge: full tile into a buffer, copy the valid part
-                g.ks.kernel(kc, ap, bp, edge, nr, false);
-                for (int64_t i = 0; i < rows; ++i)
-                  for (int64_t jj = 0; jj < cols; ++jj)
-                    c[i * N + jj] = accumulate ? c[i * N + jj] + edge[i * nr + jj]
-                                               : edge[i * nr + jj];
-              }
-            }
-          }
+      parallel_items(pieces, nt, [&](int64_t t) { pack_b_piece(g, ph, t); });
+      parallel_items(units, nt, [&](int64_t u) {
+        float* packed_a = nullptr;
+        try {
+          packed_a = tls_pack_a.get(packed_a_size);
+        } catch (const std::bad_alloc&) {
+          alloc_failed.store(true);
+          return;
         }
-      }
-      team_barrier(team);  // everyone is done with packed_b before the next block overwrites it
+        gemm_unit(g, ph, u, packed_a);
+      });
+      if (alloc_failed.load()) throw std::bad_alloc();
     }
   }
 }
 
 void gemm_blocked(const KernelSpec& ks, const float* A, const float* B, float* C, int64_t M,
                   int64_t N, int64_t K) {
-  GemmPlan g{ks, A, B, C, M, N, K, 0, 0, 0, 0, 0, 0, nullptr, nullptr};
+  GemmPlan g{ks, A, B, C, M, N, K, 0, 0, 0, 0, 0, 0, nullptr};
   const int mr = ks.mr, nr = ks.nr;
   const int64_t budget = kPackedBBudget / int64_t(sizeof(float));  // in floats
   g.kc_max = std::min<int64_t>(ks.kc, K);
@@ -291,38 +309,7 @@ void gemm_blocked(const KernelSpec& ks, const float* A, const float* B, float* C
   }
 
   g.packed_b = tls_pack_b.get(static_cast<size_t>(g.kb_max * g.nc_max));
-  const int64_t phases = ((N + g.nc_max - 1) / g.nc_max) * ((K + g.kb_max - 1) / g.kb_max);
-  std::unique_ptr<std::atomic<int64_t>[]> counters(new std::atomic<int64_t>[2 * phases]);
-  for (int64_t i = 0; i < 2 * phases; ++i) counters[i].store(0, std::memory_order_relaxed);
-  g.counters = counters.get();
-  const size_t packed_a_size = static_cast<size_t>(g.mc_max * g.kc_max);
-
-  if (nt == 1) {
-    gemm_thread(g, 1, tls_pack_a.get(packed_a_size));
-    return;
-  }
-  bool alloc_failed = false;  // exceptions must not escape the parallel region
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int team = omp_get_num_threads();
-#else
-    const int team = 1;
-#endif
-    float* packed_a = nullptr;
-    try {
-      packed_a = tls_pack_a.get(packed_a_size);
-    } catch (const std::bad_alloc&) {
-#pragma omp atomic write
-      alloc_failed = true;
-    }
-#pragma omp barrier
-    bool failed;
-#pragma omp atomic read
-    failed = alloc_failed;
-    if (!failed) gemm_thread(g, team, packed_a);
-  }
-  if (alloc_failed) throw std::bad_alloc();
+  gemm_phases(g, nt);
 }
 
 }  // namespace
