@@ -42,9 +42,9 @@ import sys
 import time
 from pathlib import Path
 
-from .course import (AUTOGRADED_DIR, GRADEBOOK, REPO, SUBMITTED_DIR, load_manifest, nbgrader,
-                     walk_repo)
-from .workspace import grading_files
+from .course import (AUTOGRADED_DIR, GRADEBOOK, REPO, SUBMITTED_DIR, course_manifest,
+                     load_manifest, nbgrader, unpack_submission, walk_repo)
+from .workspace import grading_files, unwritten_exercises
 
 OUTPUT = REPO / "graders" / "output"
 WORKSPACE = "build/grading/ws"
@@ -201,6 +201,9 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
                            f"nothing graded")
     reference_dir = Path(manifest.get("reference_dir") or REPO)
     files, report = grading_files(assignment, release_dir, reference_dir, submission)
+    unpack_problems = submission / "UNPACK_PROBLEMS.txt"
+    if unpack_problems.is_file():
+        report["notes"] += unpack_problems.read_text(errors="replace").splitlines()
     prepare_workspace(release_dir, ws, submission, manifest["student_files"], files)
     overlaid = report["from_student"]
     build_ok = True
@@ -221,8 +224,12 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     if res.returncode != 0:
         tail = res.stdout[-3000:] if quiet and res.stdout else ""
         raise RuntimeError(f"nbgrader autograde {assignment} --student {student} failed:\n{tail}")
-    report["not_implemented"] = stub_errors(root / AUTOGRADED_DIR / student / assignment
-                                            / f"{assignment}.ipynb")
+    raised = stub_errors(root / AUTOGRADED_DIR / student / assignment / f"{assignment}.ipynb")
+    unwritten = unwritten_exercises(assignment, submission)
+    report["not_implemented"] = [e for e in (f"{ex['id']} {ex['name']}" for _, ex in
+                                             course_manifest().exercises(assignment))
+                                 if e in raised or e in unwritten] if assignment in \
+        [n["id"] for n in course_manifest().NOTEBOOKS] else raised
     write_grade_report(root, student, assignment, report)
     return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,
             "report": report}
@@ -312,6 +319,24 @@ def export_csv(root: Path, out_dir: Path = OUTPUT) -> tuple[Path, Path]:
     return per_sub, per_cell
 
 
+def unpack_archives(archives: Path, submitted: Path) -> int:
+    """Unpack every ``<archives>/<student>/*.zip``; checksum problems are printed and kept in
+    ``submitted/<student>/<notebook>/UNPACK_PROBLEMS.txt``. Returns the number unpacked."""
+    n = 0
+    for zpath in sorted(Path(archives).glob("*/*.zip")):
+        student = zpath.parent.name
+        try:
+            dest, problems = unpack_submission(zpath, submitted, student)
+        except Exception as e:  # noqa: BLE001 - a corrupt archive must not stop the others
+            print(f"  [{student}] {zpath.name}: not unpacked: {type(e).__name__}: {e}")
+            continue
+        n += 1
+        if problems:
+            (dest / "UNPACK_PROBLEMS.txt").write_text("\n".join(problems) + "\n")
+            print(f"  [{student}/{dest.name}] " + "; ".join(problems))
+    return n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Autograde every submission in submitted/.")
     ap.add_argument("--student", action="append", help="only these students (repeatable)")
@@ -319,8 +344,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, help="per-cell timeout in seconds (config: 900)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     ap.add_argument("--no-build", action="store_true", help="skip the native rebuild")
+    ap.add_argument("--unpack", type=Path, metavar="DIR",
+                    help="first unpack DIR/<student>/<notebook>.zip (`make submit` archives) "
+                         "into submitted/<student>/<notebook>/")
     args = ap.parse_args(argv)
     manifest = load_manifest(REPO)
+    if args.unpack:
+        unpack_archives(args.unpack, REPO / SUBMITTED_DIR)
     pairs = find_submissions(REPO, args.student, args.assignment)
     if not pairs:
         print(f"no submissions in {REPO / SUBMITTED_DIR} (expected submitted/<student>/<assignment>/)")

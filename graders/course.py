@@ -300,3 +300,17 @@ def unpack_submission(archive: Path, submitted_root: Path, student: str) -> tupl
             problems.append(f"{rel}: checksum mismatch (changed after `make submit`)")
     problems += [f"{rel}: not listed in SHA256SUMS" for rel in files if sums and rel not in sums]
     return dest, problems
+
+
+def reference_notebook(name: str, release_dir: Path):
+    """The release notebook ``name`` with every solution cell filled in from the instructor's
+    notebook (what a student who solved it all would hand in)."""
+    import nbformat
+    inst = {c.metadata.get("nbgrader", {}).get("grade_id"): c
+            for c in nbformat.read(str(REPO / "notebooks" / f"{name}.ipynb"), as_version=4).cells}
+    nb = nbformat.read(str(Path(release_dir) / "notebooks" / f"{name}.ipynb"), as_version=4)
+    for cell in nb.cells:
+        nbg = cell.metadata.get("nbgrader", {})
+        if nbg.get("solution") and nbg.get("grade_id") in inst:
+            cell.source = inst[nbg["grade_id"]].source
+    return nb

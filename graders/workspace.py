@@ -112,5 +112,20 @@ def grading_files(nb_id: str, release_dir: Path, reference_dir: Path, submission
     return files, report
 
 
-def missing_notebook(nb_id: str, submission: Path) -> bool:
-    return not (submission / f"{nb_id}.ipynb").is_file()
+def unwritten_exercises(nb_id: str, submission: Path) -> list[str]:
+    """'<id> <name>' of the exercises of ``nb_id`` whose stub message is still in the submitted
+    file (or notebook), or whose file is missing: the student has not written them."""
+    M = course_manifest()
+    out, texts = [], {}
+    for _, ex in M.exercises(nb_id):
+        rel = M.library_file(ex) or f"{nb_id}.ipynb"
+        if rel not in texts:
+            p = submission / rel
+            texts[rel] = p.read_text(encoding="utf-8", errors="replace") \
+                if p.is_file() and not p.is_symlink() else None
+        text = texts[rel]
+        msg = M.stub_message(nb_id, ex)
+        # in a notebook (JSON) the message sits in a string with its quotes escaped or not
+        if text is None or msg in text:
+            out.append(f"{ex['id']} {ex['name']}")
+    return out

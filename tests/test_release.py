@@ -493,3 +493,55 @@ def test_submit_archive_round_trips_through_unpack(tmp_path, monkeypatch):
     (root / "needle/quant/reference.py").unlink()
     with pytest.raises(tools.SetupError, match="needle/quant/reference.py is missing"):
         tools.submit(root, "03", tmp_path / "out")
+
+
+# ---- the notebooks' setup (course/bootstrap.py) -----------------------------------------------
+
+from course import bootstrap  # noqa: E402
+
+
+def test_find_root_from_a_notebook_folder_and_from_needle_root(tmp_path, monkeypatch):
+    root = tmp_path / "copy"
+    (root / "course").mkdir(parents=True)
+    (root / "course" / "manifest.py").write_text("")
+    (root / "needle").mkdir()
+    (root / "notebooks").mkdir()
+    monkeypatch.delenv("NEEDLE_ROOT", raising=False)
+    assert bootstrap.find_root(root / "notebooks") == root.resolve()
+    with pytest.raises(bootstrap.SetupError, match="no course repository at or above"):
+        bootstrap.find_root(tmp_path)
+    monkeypatch.setenv("NEEDLE_ROOT", str(tmp_path))
+    with pytest.raises(bootstrap.SetupError, match="holds no needle/ folder"):
+        bootstrap.find_root()
+
+
+def test_requirements_and_build_stamp(tmp_path, monkeypatch):
+    (tmp_path / "requirements.txt").write_text("numpy>=1.24  # arrays\n-r other.txt\n"
+                                               "no-such-package-xyz>=1\n")
+    assert bootstrap.requirements(tmp_path) == ["numpy>=1.24", "no-such-package-xyz>=1"]
+    assert bootstrap.missing_requirements(tmp_path) == ["no-such-package-xyz>=1"]
+    # modules built by other means (no stamp) are used as they are: nothing is built
+    (tmp_path / "CMakeLists.txt").write_text("")
+    lib = tmp_path / "needle" / "backend_ndarray"
+    lib.mkdir(parents=True)
+    (lib / "ndarray_backend_cpu.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    monkeypatch.delenv("NEEDLE_SETUP_BUILD", raising=False)
+    assert bootstrap.ensure_built(tmp_path) is False
+    # with a stamp, a changed native source means a rebuild; NEEDLE_SETUP_BUILD=0 skips it
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "needle-build.stamp").write_text("stale")
+    monkeypatch.setenv("NEEDLE_SETUP_BUILD", "0")
+    assert bootstrap.ensure_built(tmp_path) is False
+
+
+def test_setup_cell_is_the_same_first_code_cell_everywhere():
+    import nbformat
+    from graders.nbbuild import setup_cell_source
+    want = setup_cell_source()
+    M = course_mod.course_manifest()
+    assert M.COURSE["repo_url"] in want and "NEEDLE_COURSE_REPO" in want
+    for path in sorted((course_mod.NOTEBOOKS).glob("*.ipynb")):
+        code = [c for c in nbformat.read(str(path), as_version=4).cells if c.cell_type == "code"]
+        assert code[0].source == want, path.name
+        assert code[0].metadata["nbgrader"]["grade_id"] == "course_setup"
+        assert code[0].metadata["nbgrader"]["locked"]
