@@ -79,3 +79,31 @@ notebooks: build
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR).log needle/backend_ndarray/*.so release autograded feedback
+
+# Memory-safety checks (docs/ARCHITECTURE.md, "Limits and validation").
+#   make fuzz       the fuzz suite with 10x its CI number of cases
+#   make sanitize   ASan + UBSan build of the CPU backend and of the CUDA host emulation (the
+#                   latter when the CUDA toolkit is installed) into $(SANITIZE_DIR)/lib, then
+#                   the library tests and the fuzz suite against those modules. Slow: not in CI.
+SANITIZE_DIR ?= build-sanitize
+SANITIZE_TESTS ?= tests
+SANITIZE_EMULATION := $(shell command -v nvcc >/dev/null 2>&1 && echo ON || echo OFF)
+.PHONY: fuzz sanitize
+fuzz: build
+	NEEDLE_FUZZ_SCALE=10 $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_native.py tests/test_fuzz_files.py
+
+sanitize: $(DEPS)
+	cmake -S . -B $(SANITIZE_DIR) -DPython_EXECUTABLE=$(PY) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DNEEDLE_CUDA=OFF -DNEEDLE_SANITIZE=ON -DNEEDLE_EMULATION_HOST=$(SANITIZE_EMULATION) \
+	  > $(SANITIZE_DIR).log 2>&1 || (cat $(SANITIZE_DIR).log; exit 1)
+	cmake --build $(SANITIZE_DIR) -j $(JOBS)
+	NEEDLE_BACKEND_DIR=$(abspath $(SANITIZE_DIR))/lib \
+	  LD_PRELOAD="$$($${CXX:-c++} -print-file-name=libasan.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS) $(PYTEST_ARGS)
+# Retrain the shipped character-level LSTM language model (checkpoints/lm_char_lstm.*):
+# a few minutes on 2 cores, offline (the license corpus of datasets/README.md).
+.PHONY: train-lm
+train-lm: build
+	$(PY) -m needle.apps.train_lm --epochs 5 --threads 1 --out checkpoints/lm_char_lstm.safetensors

@@ -15,8 +15,13 @@ Contenders, all on prepared operands so only the GEMM is timed:
 * ``needle_f32``    backend ``matmul`` (float32 Arrays);
 * ``numpy_f32``     ``np.matmul`` into a preallocated output;
 * ``torch_f32``     ``torch.mm`` (when torch is installed);
-* ``torch_int8``    ``torch.ao.nn.quantized.Linear`` (quint8 in/out, per-channel qint8
-                    weights, engine "x86" or "fbgemm") on the same GEMM shape.
+* ``torch_int8_<engine>``  ``torch.ao.nn.quantized.Linear`` (quint8 in/out, per-channel
+                    qint8 weights) on each int8 engine torch offers here: onednn (AMX where the
+                    CPU has it), x86, fbgemm;
+* ``torch_int_mm``  ``torch._int_mm`` (int8 x int8 -> int32, no requantization: less work
+                    than the others).
+
+The bar is the fastest torch int8 contender of each row ("best torch int8", engine named).
 
 GOP/s counts 2*M*N*K. Each library runs in its own subprocesses (bench/common.py fixes
 OpenMP/BLAS/torch threads), alternated over rounds; see :func:`run`. The machine peak is *measured* with register-only loops compiled into the backend
@@ -31,6 +36,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +50,12 @@ if str(HERE) not in sys.path:
 import common  # noqa: E402  (bench/common.py)
 
 DEFAULT_OUT = common.RESULTS_DIR / "int8.json"
-CONTENDERS = ("needle_int8", "needle_int8_fused_conv", "needle_f32", "numpy_f32", "torch_f32",
-              "torch_int8")
+# torch's int8 engines (those torch.backends.quantized.supported_engines lists) and its raw
+# int8 x int8 -> int32 matmul; the best of them per shape is the bar for needle's int8.
+TORCH_ENGINES = ("onednn", "x86", "fbgemm")
+TORCH_INT8 = tuple(f"torch_int8_{e}" for e in TORCH_ENGINES) + ("torch_int_mm",)
+CONTENDERS = ("needle_int8", "needle_int8_fused_conv", "needle_f32", "numpy_f32",
+              "torch_f32") + TORCH_INT8
 
 GEMM_CASES = [("gemm 256^3", 256, 256, 256), ("gemm 1024^3", 1024, 1024, 1024),
               ("gemm 4096x128x1152", 4096, 128, 1152), ("gemm 8192x128x1152", 8192, 128, 1152)]
@@ -58,6 +68,7 @@ CONV_LAYERS = [
     ("ResNet9", 32, 64, 3, 2, 4), ("ResNet9", 64, 128, 3, 2, 2), ("ResNet9", 128, 128, 3, 1, 1),
 ]
 BATCH = 128
+SLOW_CALL_S = 0.15  # one call slower than this: timed once, not repeated
 
 
 def conv_cases(batch=BATCH):
@@ -77,16 +88,14 @@ def conv_cases(batch=BATCH):
 
 # ---- one thread count (inside a worker subprocess) --------------------------------------------
 def _torch(threads):
+    """(torch, [int8 engines offered]) or (None, [])."""
     try:
         import torch
     except ImportError:
-        return None, None
+        return None, []
     torch.set_num_threads(int(threads))
-    engines = torch.backends.quantized.supported_engines
-    engine = next((e for e in ("x86", "fbgemm") if e in engines), None)
-    if engine is not None:
-        torch.backends.quantized.engine = engine
-    return torch, engine
+    offered = torch.backends.quantized.supported_engines
+    return torch, [e for e in TORCH_ENGINES if e in offered]
 
 
 def _needle_int8(mod, a, w, rng):
@@ -126,7 +135,9 @@ def _needle_qconv(mod, geo, w, rng):
     return lambda: mod.qconv2d_nhwc(*args)
 
 
-def _torch_int8(torch, a_f, w_f, n, k):
+def _torch_int8(torch, engine, a_f, w_f, n, k):
+    """A quantized Linear packed for ``engine``; the engine is selected again before each call."""
+    torch.backends.quantized.engine = engine
     qlin = torch.ao.nn.quantized.Linear(k, n)
     w_scale = torch.tensor(np.abs(w_f).max(axis=1) / 127.0 + 1e-8, dtype=torch.float64)
     qw = torch.quantize_per_channel(torch.from_numpy(w_f), w_scale,
@@ -134,15 +145,31 @@ def _torch_int8(torch, a_f, w_f, n, k):
     qlin.set_weight_bias(qw, torch.zeros(n))
     qlin.scale, qlin.zero_point = float(np.sqrt(k) / 40.0), 3
     xq = torch.quantize_per_tensor(torch.from_numpy(a_f), 1.0 / 64, 7, torch.quint8)
+
+    def call():
+        torch.backends.quantized.engine = engine
+        return qlin(xq)
+
     with torch.no_grad():
-        qlin(xq)
-    return lambda: qlin(xq)
+        call()
+    return call
+
+
+def _torch_int_mm(torch, a, w):
+    """torch._int_mm(int8 [M, K], int8 [K, N]) -> int32, or None where torch refuses the shape."""
+    ta = torch.from_numpy((a.astype(np.int16) - 128).astype(np.int8))
+    tb = torch.from_numpy(w).t()
+    try:
+        torch._int_mm(ta, tb)
+    except (RuntimeError, AttributeError):
+        return None
+    return lambda: torch._int_mm(ta, tb)
 
 
 # Contenders that share one worker process. Libraries never share a process: idle OpenMP or
 # BLAS worker threads of one would otherwise spin on the cores the next one needs.
 GROUPS = (("needle_int8", "needle_int8_fused_conv"), ("needle_f32",), ("numpy_f32",),
-          ("torch_f32",), ("torch_int8",))
+          ("torch_f32",), TORCH_INT8)
 
 
 def _cases(quick):
@@ -165,7 +192,7 @@ def measure(threads, contenders, repeats=9, quick=False):
     has_q = mod is not None and hasattr(mod, "qgemm")
     if mod is not None:
         common.set_needle_threads(threads)
-    torch, engine = _torch(threads) if want & {"torch_f32", "torch_int8"} else (None, None)
+    torch, engines = _torch(threads) if want & {"torch_f32", *TORCH_INT8} else (None, [])
     rng = np.random.default_rng(0)
     times = {}
     for group, name, m, n, k, geo in _cases(quick):
@@ -192,25 +219,43 @@ def measure(threads, contenders, repeats=9, quick=False):
             ta, tb = torch.from_numpy(a_f), torch.from_numpy(wt_f)
             to = torch.empty((m, n))
             fns["torch_f32"] = lambda ta=ta, tb=tb, to=to: torch.mm(ta, tb, out=to)
-        if torch is not None and engine is not None and "torch_int8" in want:
-            try:
-                fns["torch_int8"] = _torch_int8(torch, a_f, w_f, n, k)
-            except Exception as e:  # noqa: BLE001 - an engine quirk must not stop the run
-                print(f"torch int8 failed on {name}: {e}", file=sys.stderr)
+        for engine in engines:
+            if f"torch_int8_{engine}" in want:
+                try:
+                    fns[f"torch_int8_{engine}"] = _torch_int8(torch, engine, a_f, w_f, n, k)
+                except Exception as e:  # noqa: BLE001 - an engine quirk must not stop the run
+                    print(f"torch int8 ({engine}) failed on {name}: {e}", file=sys.stderr)
+        if torch is not None and "torch_int_mm" in want:
+            fn = _torch_int_mm(torch, a, w)
+            if fn is not None:
+                fns["torch_int_mm"] = fn
         if not fns:
             continue
+        # a contender far off the pace (torch._int_mm without a VNNI kernel runs at well
+        # under 1 GOP/s) is timed once instead of holding up the run
+        slow = {}
+        for who, fn in list(fns.items()):
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            if dt > SLOW_CALL_S:
+                slow[who] = dt
+                del fns[who]
         timing = common.time_interleaved(fns, repeats=repeats, warmup=1,
-                                         min_time=0.05 if quick else 0.2)
+                                         min_time=0.05 if quick else 0.2) if fns else {}
         times[name] = {who: t["median_s"] for who, t in timing.items()}
+        times[name].update(slow)
     info = {}
     if torch is not None:
-        info.update(torch=torch.__version__, torch_qengine=engine)
+        info.update(torch=torch.__version__, torch_int8_engines=engines,
+                    torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
     if "numpy_f32" in want:
         info["blas"] = common.blas_info()
     if has_q and "needle_int8" in want:
         info["int8_path"] = mod._qgemm_isa("auto")
         info["int8_paths"] = list(mod._qgemm_isas())
-        vnni = [p for p in ("vnni", "avxvnni", "avx512", "avx2") if p in info["int8_paths"]]
+        info["amx_status"] = mod._amx_status() if hasattr(mod, "_amx_status") else None
+        vnni = [p for p in ("amx", "vnni", "avxvnni", "avx512", "avx2") if p in info["int8_paths"]]
         if vnni:
             info["peak_int8_path"] = vnni[0]
             info["peak_int8_gops_1thread"] = round(mod._qgemm_peak_gops(vnni[0], 0.3), 1)
@@ -237,12 +282,20 @@ def _rows(threads, samples, quick):
 
 
 def add_ratios(rows, info):
-    """int8/float32 speed-ups and fractions of the measured peak (scaled by threads)."""
+    """int8/float32 speed-ups, needle int8 over the best torch int8 contender, and fractions
+    of the measured peak (scaled by threads)."""
     for r in rows:
         q = r.get("needle_int8_gops")
-        for who in ("needle_f32", "numpy_f32", "torch_f32", "torch_int8"):
+        for who in ("needle_f32", "numpy_f32", "torch_f32"):
             v = r.get(f"{who}_gops")
             r[f"int8_over_{who}"] = round(q / v, 2) if q and v else None
+        peers = {who: r.get(f"{who}_gops") for who in TORCH_INT8 if r.get(f"{who}_gops")}
+        best = max(peers, key=peers.get) if peers else None
+        r["torch_int8_best"] = best and best.replace("torch_int8_", "").replace("torch_", "")
+        r["torch_int8_best_gops"] = peers.get(best)
+        # the fused convolution counts too where it beats the plain GEMM on the same layer
+        mine = max(v for v in (q, r.get("needle_int8_fused_conv_gops"), 0) if v is not None)
+        r["int8_over_torch_best"] = round(mine / peers[best], 2) if mine and best else None
         pk = info.get("peak_int8_gops_1thread")
         r["int8_frac_peak"] = round(q / (pk * r["threads"]), 3) if q and pk else None
         pf = info.get("peak_f32_gflops_1thread")
@@ -282,21 +335,25 @@ def run(threads=(1, 2), repeats=9, quick=False, rounds=2):
 
 
 def format_table(data):
-    """Markdown table: GOP/s of each contender, int8 speed-ups, fraction of peak."""
+    """Markdown table: GOP/s of each contender, needle int8 over the best torch int8 engine
+    and over needle float32, fraction of the int8 peak."""
     fmt = lambda v: "-" if v is None else f"{v}"  # noqa: E731
-    lines = ["| case | M x N x K | thr | needle int8 | needle int8 fused conv | needle f32 | "
-             "numpy f32 | torch f32 | torch int8 | int8/needle f32 | int8/torch int8 | "
-             "int8 % peak |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in data["results"]:
+    rows = data["results"]
+    peers = [w for w in TORCH_INT8 if any(r.get(f"{w}_gops") for r in rows)]
+    head = (["case", "M x N x K", "thr", "needle int8", "needle fused conv", "needle f32",
+             "numpy f32", "torch f32"] + [w.replace("torch_int8_", "torch ").replace("_", " ")
+                                          for w in peers]
+            + ["best torch int8", "needle / best torch int8", "int8 / needle f32", "int8 % peak"])
+    lines = ["| " + " | ".join(head) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in head[2:]) + " |"]
+    for r in rows:
         pk = r.get("int8_frac_peak")
-        lines.append(
-            f"| {r['case']} | {r['M']}x{r['N']}x{r['K']} | {r['threads']} | "
-            f"{fmt(r['needle_int8_gops'])} | {fmt(r.get('needle_int8_fused_conv_gops'))} | "
-            f"{fmt(r['needle_f32_gops'])} | "
-            f"{fmt(r['numpy_f32_gops'])} | {fmt(r['torch_f32_gops'])} | "
-            f"{fmt(r['torch_int8_gops'])} | {fmt(r['int8_over_needle_f32'])} | "
-            f"{fmt(r['int8_over_torch_int8'])} | {'-' if pk is None else f'{100 * pk:.0f}%'} |")
+        cells = [r["case"], f"{r['M']}x{r['N']}x{r['K']}", r["threads"], r["needle_int8_gops"],
+                 r.get("needle_int8_fused_conv_gops"), r["needle_f32_gops"], r["numpy_f32_gops"],
+                 r["torch_f32_gops"]] + [r.get(f"{w}_gops") for w in peers]
+        cells += [r.get("torch_int8_best"), r.get("int8_over_torch_best"),
+                  r["int8_over_needle_f32"], None if pk is None else f"{100 * pk:.0f}%"]
+        lines.append("| " + " | ".join(fmt(c) for c in cells) + " |")
     return "\n".join(lines)
 
 

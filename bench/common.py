@@ -115,14 +115,19 @@ def blas_info():
 
 
 def machine_info():
-    """CPU model, core count, platform, Python version and the load average when the
-    benchmark ran (other work on the machine skews multi-thread numbers most)."""
+    """CPU model and vector flags, core count, platform, Python version and the load average
+    when the benchmark ran (other work on the machine skews multi-thread numbers most)."""
     model = platform.processor() or ""
+    flags, named = [], False
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
+                if line.startswith("model name") and not named:
+                    model, named = line.split(":", 1)[1].strip(), True
+                if line.startswith("flags"):
+                    # the vector / matrix extensions the kernels choose between
+                    flags = sorted(f for f in line.split(":", 1)[1].split()
+                                   if f.startswith(("avx", "amx")) or f in ("fma", "f16c"))
                     break
     except OSError:
         pass
@@ -130,7 +135,8 @@ def machine_info():
         load = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         load = None
-    return {"cpu": model, "cores": os.cpu_count(), "platform": platform.platform(),
+    return {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count(),
+            "platform": platform.platform(),
             "python": platform.python_version(), "loadavg_1_5_15min": load}
 
 

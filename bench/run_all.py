@@ -97,8 +97,9 @@ def markdown(report):
             out.append(f"* {t} thread(s): int8 path `{info.get('int8_path')}`, measured peak "
                        f"{info.get('peak_int8_gops_1thread')} GOP/s int8 "
                        f"(`{info.get('peak_int8_path')}`) and {info.get('peak_f32_gflops_1thread')} "
-                       f"GFLOP/s float32 FMA per thread; torch {info.get('torch')} engine "
-                       f"`{info.get('torch_qengine')}`.")
+                       f"GFLOP/s float32 FMA per thread; AMX: {info.get('amx_status')}; "
+                       f"torch {info.get('torch')} ({info.get('torch_cpu_capability')}) int8 "
+                       f"engines {info.get('torch_int8_engines')}.")
         out += ["", bench_int8.format_table(int8), ""]
     else:
         out += ["## Int8 GEMM", "", f"failed: {int8.get('error')}", ""]

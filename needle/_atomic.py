@@ -3,7 +3,9 @@
 The data goes to a temporary file in the target's directory, is flushed and fsync'ed, and is
 renamed over the target (``os.replace``) only when the ``with`` block finishes without an
 exception. A crash, an interrupt or an exception inside the block leaves the target as it was
-and no temporary file behind.
+and no temporary file behind. A process killed outright (SIGKILL, power loss) cannot clean up:
+its temporary file, named ``.<target>.<pid>.<random><suffix>``, is removed by the next write to
+the same target once that process no longer exists.
 """
 import contextlib
 import os
@@ -17,6 +19,42 @@ def _umask():
     return mask
 
 
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(path, suffix=".tmp"):
+    """Delete the temporary files earlier writes of ``path`` left behind when their process
+    died (their names carry the writer's pid). Returns the number of files removed."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = 0
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return 0
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(suffix)):
+            continue
+        pid = name[len(prefix):-len(suffix) or None].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        try:
+            stale = path.parent / name
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
+                removed += 1
+        except OSError:
+            pass  # another process cleaned it first, or no permission: harmless
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode="wb", suffix=".tmp"):
     """Context manager yielding a file object (``mode`` "wb" or "w") whose content replaces
@@ -27,7 +65,8 @@ def atomic_write(path, mode="wb", suffix=".tmp"):
     directory = path.parent.resolve()
     if not directory.is_dir():
         raise FileNotFoundError(f"directory {str(directory)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=suffix)
+    remove_stale_temporaries(directory / path.name, suffix)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; use the usual file mode
         with os.fdopen(fd, mode) as f:

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._atomic import atomic_write
 
-__all__ = ["save", "load", "load_metadata", "FORMAT_VERSION", "SerializationError"]
+__all__ = ["save", "load", "load_metadata", "read_header", "FORMAT_VERSION", "SerializationError"]
 
 FORMAT_VERSION = "1"
 #: safetensors dtype code -> little-endian numpy dtype
@@ -141,8 +141,66 @@ def _no_duplicates(pairs):
     return out
 
 
+#: hard limits of a header entry (docs/ARCHITECTURE.md, "Limits and validation")
+MAX_DIMS = 64
+MAX_ELEMENTS = 2**60
+
+
+def open_regular(path):
+    """Open ``path`` for binary reading; only regular files (symlinks are followed to theirs).
+
+    A FIFO, socket or device would block or never end: it is refused without reading, and
+    without blocking (the file is opened non-blocking, checked with fstat, then switched back).
+    """
+    import fcntl
+    import stat
+    path = os.fspath(path)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SerializationError(f"{path}: not a regular file (mode {stat.filemode(mode)}); "
+                                     f"needle reads checkpoints from regular files only")
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_entry(path, key, info):
+    """(numpy dtype, shape, begin, end) of one header entry, or SerializationError."""
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise SerializationError(f"{path}: entry {key!r} must have exactly dtype, shape "
+                                 f"and data_offsets, got {info!r:.200}")
+    code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(code, str) or code not in DTYPE_CODES:
+        raise SerializationError(f"{path}: tensor {key!r} has unsupported dtype {code!r:.50} "
+                                 f"(supported: {sorted(DTYPE_CODES)})")
+    if (not isinstance(shape, list) or len(shape) > MAX_DIMS
+            or not all(type(d) is int and 0 <= d < MAX_ELEMENTS for d in shape)):
+        raise SerializationError(f"{path}: tensor {key!r} has invalid shape {shape!r:.200} "
+                                 f"(at most {MAX_DIMS} non-negative integer dimensions)")
+    count = math.prod(shape)
+    if count >= MAX_ELEMENTS:
+        raise SerializationError(f"{path}: tensor {key!r} has {count} elements, more than the "
+                                 f"limit 2^60")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(type(o) is int for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]):
+        raise SerializationError(f"{path}: tensor {key!r} has invalid data_offsets "
+                                 f"{offsets!r:.200}")
+    nbytes = count * DTYPE_CODES[code].itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise SerializationError(
+            f"{path}: tensor {key!r} with dtype {code} and shape {shape} needs {nbytes} "
+            f"bytes but data_offsets {offsets} span {offsets[1] - offsets[0]}")
+    return DTYPE_CODES[code], tuple(shape), offsets[0], offsets[1]
+
+
 def _read_header(f, path, file_size):
-    """Parse and validate the header; return (entries, metadata, data_start)."""
+    """Parse and validate the whole header against the file size before any tensor is read;
+    return (entries, metadata, data_start)."""
     if file_size < 8:
         raise SerializationError(f"{path}: truncated file ({file_size} bytes; a safetensors "
                                  f"file starts with an 8-byte header length)")
@@ -153,49 +211,33 @@ def _read_header(f, path, file_size):
         raise SerializationError(f"{path}: truncated header (header length {n} but the file "
                                  f"has only {file_size - 8} bytes after the length)")
     raw = f.read(n)
+    if len(raw) != n:
+        raise SerializationError(f"{path}: file changed while reading the header")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except SerializationError as e:
         raise SerializationError(f"{path}: {e}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SerializationError(f"{path}: corrupt header: not valid UTF-8 JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # ValueError also covers JSONDecodeError and integers beyond Python's digit limit;
+        # RecursionError a pathologically nested header
+        raise SerializationError(f"{path}: corrupt header: not valid UTF-8 JSON "
+                                 f"({type(e).__name__}: {str(e):.200})") from None
     if not isinstance(header, dict):
         raise SerializationError(f"{path}: corrupt header: expected a JSON object, got "
                                  f"{type(header).__name__}")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", {})
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise SerializationError(f"{path}: __metadata__ must map strings to strings, got "
-                                 f"{metadata!r}")
+                                 f"{metadata!r:.200}")
     version = metadata.get("needle.format_version")
     if version is not None and version != FORMAT_VERSION:
-        raise SerializationError(f"{path}: unsupported needle.format_version {version!r} "
+        raise SerializationError(f"{path}: unsupported needle.format_version {version!r:.50} "
                                  f"(this needle reads {FORMAT_VERSION!r})")
 
-    entries = {}
-    for key, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise SerializationError(f"{path}: entry {key!r} must have exactly dtype, shape "
-                                     f"and data_offsets, got {info!r}")
-        code, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if code not in DTYPE_CODES:
-            raise SerializationError(f"{path}: tensor {key!r} has unsupported dtype {code!r} "
-                                     f"(supported: {sorted(DTYPE_CODES)})")
-        if not isinstance(shape, list) or not all(
-                type(d) is int and d >= 0 for d in shape):
-            raise SerializationError(f"{path}: tensor {key!r} has invalid shape {shape!r}")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(type(o) is int for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1]):
-            raise SerializationError(f"{path}: tensor {key!r} has invalid data_offsets "
-                                     f"{offsets!r}")
-        nbytes = math.prod(shape) * DTYPE_CODES[code].itemsize
-        if offsets[1] - offsets[0] != nbytes:
-            raise SerializationError(
-                f"{path}: tensor {key!r} with dtype {code} and shape {shape} needs {nbytes} "
-                f"bytes but data_offsets {offsets} span {offsets[1] - offsets[0]}")
-        entries[key] = (DTYPE_CODES[code], tuple(shape), offsets[0], offsets[1])
-
+    entries = {key: _check_entry(path, key, info) for key, info in header.items()}
     data_size = file_size - 8 - n
     expected = 0
     for key, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: kv[1][2:]):
@@ -213,42 +255,102 @@ def _read_header(f, path, file_size):
     return entries, metadata, 8 + n
 
 
+def read_header(path):
+    """``(entries, metadata)`` of a safetensors file after validating its whole header against
+    the file size; nothing else is read. entries: name -> (numpy dtype, shape, begin, end)."""
+    path = os.fspath(path)
+    with open_regular(path) as f:
+        entries, metadata, _ = _read_header(f, path, os.fstat(f.fileno()).st_size)
+    return entries, metadata
+
+
 def load_metadata(path):
     """The ``__metadata__`` dict (str -> str) of a safetensors file, after validating it."""
+    return read_header(path)[1]
+
+
+def _iter_entries(path):
+    """Yield ``metadata``, then ``(key, dtype, shape, fill)`` per tensor in file order, where
+    ``fill(buffer)`` reads the tensor's bytes into a writable byte memoryview of exactly its
+    size (in pieces if the caller likes: successive calls continue where the last stopped).
+    Nothing but the header is read before the caller asks."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        _, metadata, _ = _read_header(f, path, os.fstat(f.fileno()).st_size)
-    return metadata
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        entries, metadata, start = _read_header(f, path, size)
+        yield metadata
+        for key, (dtype, shape, begin, end) in sorted(entries.items(), key=lambda kv: kv[1][2]):
+            f.seek(start + begin)
+
+            def fill(buf, key=key):
+                got = 0
+                while got < len(buf):
+                    n = f.readinto(buf[got:])
+                    if not n:
+                        raise SerializationError(f"{path}: file changed while reading (tensor "
+                                                 f"{key!r} ends early)")
+                    got += n
+
+            yield key, dtype, shape, fill
+
+
+def _native(arr, dtype):
+    """``arr`` (raw bytes of file dtype ``dtype``) in native byte order (a no-op on x86)."""
+    if dtype == dtype.newbyteorder("="):
+        return arr
+    return arr.view(dtype).astype(dtype.newbyteorder("="))
 
 
 def load_numpy(path):
     """``(arrays, metadata)``: the tensors of a file as numpy arrays, and its metadata."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        entries, metadata, start = _read_header(f, path, size)
-        data = f.read()
-    if len(data) != size - start:
-        raise SerializationError(f"{path}: file changed while reading")
+    it = _iter_entries(path)
+    metadata = next(it)
     arrays = {}
-    for key, (dtype, shape, begin, end) in entries.items():
-        arr = np.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize,
-                            offset=begin)
-        arrays[key] = arr.reshape(shape).astype(dtype.newbyteorder("="))
+    for key, dtype, shape, fill in it:
+        arr = np.empty(shape, dtype=dtype.newbyteorder("="))
+        fill(memoryview(arr.reshape(-1).view(np.uint8)))
+        arrays[key] = _native(arr, dtype)
     return arrays, metadata
+
+
+#: tensors larger than this are copied to the device in pieces of this size
+_CHUNK_BYTES = 8 << 20
 
 
 def load(path, device=None, return_metadata=False):
     """Read a safetensors file written by ``needle.save`` (or by the safetensors package).
 
-    path: the file. device: where the tensors go (default ``needle.default_device()``).
-    Returns ``dict[str, Tensor]`` (requires_grad=False, dtypes as stored), or
-    ``(tensors, metadata)`` with ``return_metadata=True``. Invalid files raise
-    ``SerializationError`` (a ValueError) naming the file, the key and the bad values.
+    path: the file (a regular file). device: where the tensors go (default
+    ``needle.default_device()``). Returns ``dict[str, Tensor]`` (requires_grad=False, dtypes
+    as stored), or ``(tensors, metadata)`` with ``return_metadata=True``. Invalid files raise
+    ``SerializationError`` (a ValueError) naming the file, the key and the bad values; the
+    whole header is validated against the file size before any tensor is allocated. Large
+    tensors are streamed to the device in 8 MiB pieces: peak memory is the result plus 16 MiB.
     """
-    arrays, metadata = load_numpy(path)
-    tensors = {k: _tensor(a, device) for k, a in arrays.items()}
+    it = _iter_entries(path)
+    metadata = next(it)
+    tensors = {key: _read_tensor(dtype, shape, fill, device) for key, dtype, shape, fill in it}
     return (tensors, metadata) if return_metadata else tensors
+
+
+def _read_tensor(dtype, shape, fill, device):
+    from .autograd import Tensor
+    from .backend_ndarray import NDArray, default_device
+    device = default_device() if device is None else device
+    native = dtype.newbyteorder("=")
+    count = math.prod(shape)
+    if count * dtype.itemsize <= _CHUNK_BYTES:
+        arr = np.empty(shape, dtype=native)
+        fill(memoryview(arr.reshape(-1).view(np.uint8)))
+        return _tensor(_native(arr, dtype), device)
+    flat = NDArray.make((count,), device=device, dtype=native.name)
+    step = _CHUNK_BYTES // dtype.itemsize
+    chunk = np.empty(step, dtype=native)
+    for i in range(0, count, step):
+        part = chunk[:min(step, count - i)]
+        fill(memoryview(part.view(np.uint8)))
+        flat[i:i + part.size] = NDArray(_native(part, dtype), device=device, dtype=native.name)
+    return Tensor(flat.reshape(shape), requires_grad=False)
 
 
 def _tensor(a, device):

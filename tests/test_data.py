@@ -435,43 +435,89 @@ def test_dataloader_generic_dataset_and_bad_args():
 
 # ---------------------------------------------------------------- transforms
 def test_random_crop_matches_numpy_shift():
-    img = np.random.default_rng(1).standard_normal((2, 6, 5)).astype(np.float32)
+    # images are (H, W, C), as the course's transforms take them
+    img = np.random.default_rng(1).standard_normal((6, 5, 2)).astype(np.float32)
     for seed in range(12):
         dy, dx = np.random.default_rng(seed).integers(-2, 3, size=2)
         expected = np.zeros_like(img)
         for i in range(6):
             for j in range(5):
                 if 0 <= i + dy < 6 and 0 <= j + dx < 5:
-                    expected[:, i, j] = img[:, i + dy, j + dx]
+                    expected[i, j] = img[i + dy, j + dx]
         out = ndata.RandomCrop(padding=2, seed=seed)(img)
         assert out.shape == img.shape and out.dtype == img.dtype
         np.testing.assert_array_equal(out, expected)
 
 
 def test_random_flip():
-    img = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
-    np.testing.assert_array_equal(ndata.RandomFlipHorizontal(p=1.0)(img), img[:, :, ::-1])
+    img = np.arange(12, dtype=np.float32).reshape(3, 4, 1)
+    np.testing.assert_array_equal(ndata.RandomFlipHorizontal(p=1.0)(img), img[:, ::-1, :])
     np.testing.assert_array_equal(ndata.RandomFlipHorizontal(p=0.0)(img), img)
     flip = ndata.RandomFlipHorizontal(p=0.5, seed=3)
     draws = np.random.default_rng(3).random(200) < 0.5
     for d in draws:
         out = flip(img)
-        np.testing.assert_array_equal(out, img[:, :, ::-1] if d else img)
+        np.testing.assert_array_equal(out, img[:, ::-1] if d else img)
     with pytest.raises(ValueError, match="1.5"):
         ndata.RandomFlipHorizontal(p=1.5)
 
 
+def test_transforms_without_seed_follow_numpy_global_rng():
+    img = np.arange(5 * 4 * 2, dtype=np.float32).reshape(5, 4, 2)
+    np.random.seed(7)
+    flips = np.random.rand(20) < 0.5
+    np.random.seed(7)
+    flip = ndata.RandomFlipHorizontal()
+    for d in flips:
+        np.testing.assert_array_equal(flip(img), img[:, ::-1] if d else img)
+    np.random.seed(3)
+    shifts = [np.random.randint(low=-2, high=3, size=2) for _ in range(10)]
+    np.random.seed(3)
+    crop = ndata.RandomCrop(2)
+    padded = np.pad(img, ((2, 2), (2, 2), (0, 0)))
+    for dy, dx in shifts:
+        np.testing.assert_array_equal(crop(img), padded[2 + dy:2 + dy + 5, 2 + dx:2 + dx + 4])
+
+
 def test_normalize_and_transforms_in_dataset():
-    x = np.random.default_rng(2).random((4, 3, 2, 2)).astype(np.float32)
+    x = np.random.default_rng(2).random((4, 2, 2, 3)).astype(np.float32)  # (N, H, W, C)
     norm = ndata.Normalize(mean=[0.1, 0.2, 0.3], std=[0.5, 0.25, 2.0])
-    ref = (x[0].astype(np.float64) - np.array([0.1, 0.2, 0.3])[:, None, None]) / \
-        np.array([0.5, 0.25, 2.0])[:, None, None]
+    ref = (x[0].astype(np.float64) - np.array([0.1, 0.2, 0.3])) / np.array([0.5, 0.25, 2.0])
     np.testing.assert_allclose(norm(x[0]), ref, rtol=1e-6)
     ds = ndata.NDArrayDataset(x, np.zeros(4), transforms=[ndata.RandomFlipHorizontal(p=1.0), norm])
     xb, _ = ds.get_batch([1, 2])
-    np.testing.assert_allclose(xb[1], norm(x[2][..., ::-1]), rtol=1e-6)
+    np.testing.assert_allclose(xb[1], norm(x[2][:, ::-1]), rtol=1e-6)
     with pytest.raises(ValueError, match="numpy image"):
         ndata.RandomCrop(1)(np.zeros(3))
+    with pytest.raises(ValueError, match="3 mean values"):
+        norm(np.zeros((3, 2, 2), np.float32))  # channel-first image: refused, not misread
+
+
+def test_channel_first_datasets_hand_transforms_hwc():
+    images = np.random.default_rng(5).random((3, 2, 4, 5)).astype(np.float32)  # (N, C, H, W)
+
+    class Images(ndata.ImageLabelDataset):
+        def __init__(self, transforms):
+            super().__init__(transforms)
+            self.images, self.labels = images, np.arange(3)
+
+    seen = []
+    ds = Images([lambda im: seen.append(im.shape) or im[:, ::-1]])
+    x, _ = ds[1]
+    assert seen == [(4, 5, 2)]
+    np.testing.assert_array_equal(x, images[1][:, :, ::-1])  # W flipped, back to (C, H, W)
+
+
+def test_dataloader_shuffle_follows_np_random_seed():
+    ds = ndata.NDArrayDataset(np.arange(50, dtype=np.float32))
+    np.random.seed(11)
+    expected = np.random.permutation(50)
+    np.random.seed(11)
+    got = np.concatenate([b[0].numpy() for b in ndata.DataLoader(ds, 8, shuffle=True)])
+    np.testing.assert_array_equal(got, expected)
+    seeded = [np.concatenate([b[0].numpy() for b in ndata.DataLoader(ds, 8, shuffle=True, seed=4)])
+              for _ in range(2)]
+    np.testing.assert_array_equal(seeded[0], seeded[1])
 
 
 # ---------------------------------------------------------------- the real offline split

@@ -99,9 +99,10 @@ def check(device, case, relu, out_dtype):
 
 
 # M x N x K: ones, odd sizes, k not a multiple of 4 (tail groups), several n blocks (> 256)
-# and k blocks (> 256 bytes), one full-ish conv-shaped tile.
+# and k blocks (> 256 bytes), one full-ish conv-shaped tile, 8 channels over two k blocks.
 SHAPES = [(1, 1, 1), (1, 17, 5), (5, 1, 3), (7, 33, 9), (13, 16, 64), (6, 64, 4),
-          (97, 70, 130), (31, 257, 301), (200, 16, 27), (3, 300, 1030), (4, 5, 0)]
+          (97, 70, 130), (31, 257, 301), (200, 16, 27), (3, 300, 1030), (4, 5, 0),
+          (9, 8, 600)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))

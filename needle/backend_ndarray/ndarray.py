@@ -46,6 +46,62 @@ def _shape_arg(shape):
     return tuple(int(s) for s in shape)
 
 
+#: largest element count of an array or view, and bound of every index (as in the native
+#: backends, src/common/checked_size.h): byte offsets then always fit in int64
+MAX_ELEMENTS = 2**60
+_INT64_MAX = 2**63 - 1
+
+
+def check_view(shape, strides, offset, buffer_size, what="view"):
+    """Raise ValueError unless the view (tuples of ints, in elements) is valid for a buffer of
+    ``buffer_size`` elements: equal lengths, no negative dimension, fewer than 2^60 elements,
+    strides and offset within int64, and every element it reaches inside the buffer. An empty
+    view reaches nothing."""
+    if len(shape) != len(strides):
+        raise ValueError(f"{what}: shape {shape} and strides {strides} differ in length")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{what}: negative dimension in shape {shape}")
+    if any(not -_INT64_MAX - 1 <= v <= _INT64_MAX for v in strides + (offset,)):
+        raise ValueError(f"{what}: strides {strides} / offset {offset} are outside int64")
+    if prod(n for n in shape if n) >= MAX_ELEMENTS:  # even an empty shape must be representable
+        raise ValueError(f"{what}: shape {shape} has more than the limit of 2^60 elements")
+    if 0 in shape:
+        return
+    lo = hi = offset
+    for n, st in zip(shape, strides):
+        if st < 0:
+            lo += (n - 1) * st
+        else:
+            hi += (n - 1) * st
+    if lo < 0 or hi >= buffer_size:
+        raise ValueError(f"{what}: shape {shape} strides {strides} offset {offset} reaches "
+                         f"elements [{lo}, {hi}] outside a buffer of {buffer_size} elements")
+
+
+def _as_int(v, what):
+    """A Python int from an int-like value (bools and floats are refused, not truncated)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{what} must be integers, got {v!r}")
+    return int(v)
+
+
+def _ints(values, what):
+    return tuple(_as_int(v, what) for v in values)
+
+
+def _saturate_int(a, dtype):
+    """An integer/bool numpy array clipped to the range of the integer ``dtype``, without a
+    wider temporary: unchanged when its own dtype already fits (the cast happens later),
+    else clipped once in its own dtype."""
+    if a.dtype.kind == "b":
+        return a
+    lo, hi = INT_RANGES[dtype]
+    info = np.iinfo(a.dtype)
+    if info.min >= lo and info.max <= hi:
+        return a
+    return np.clip(a, builtins.max(lo, info.min), builtins.min(hi, info.max))
+
+
 @lru_cache(maxsize=4096)
 def _compact_strides(shape):
     stride, res = 1, []
@@ -85,7 +141,7 @@ class BackendDevice:
     def __getattr__(self, name):
         # Backend functions are looked up on the module once, then cached on the device.
         if name.startswith("__"):
-            raise AttributeError(name)
+            return self._backend_dunder(name)
         mod = self.__dict__.get("mod")
         if mod is None:
             why = BACKEND_IMPORT_ERRORS.get(f"ndarray_backend_{self.name}", "no device is present")
@@ -93,6 +149,18 @@ class BackendDevice:
         value = getattr(mod, name)
         self.__dict__[name] = value
         return value
+
+    # Module-level names every Python module has: never offered as device attributes.
+    _MODULE_DUNDERS = frozenset(("__name__", "__doc__", "__file__", "__loader__", "__spec__",
+                                 "__package__", "__builtins__", "__cached__", "__path__", "__dict__"))
+
+    def _backend_dunder(self, name):
+        """A dunder the backend declares (``__device_name__``, ``__tile_size__``, as the course's
+        backends do); protocol lookups (``__array__``, ``__len__``, ...) still fail."""
+        mod = self.__dict__.get("mod")
+        if mod is None or name in self._MODULE_DUNDERS or name not in vars(mod):
+            raise AttributeError(f"{self!r} has no attribute {name!r}")
+        return vars(mod)[name]
 
     def enabled(self):
         return self.mod is not None
@@ -140,11 +208,38 @@ def cpu_numpy():
 BACKEND_IMPORT_ERRORS = {}  # module name -> why it could not be imported
 
 
+def _load_backend_from(directory, name):
+    """The extension module ``name`` from ``directory`` (``$NEEDLE_BACKEND_DIR``: e.g. the
+    sanitizer build's modules), registered under this package's name."""
+    import glob
+    import importlib.util
+    import os
+    import sys
+    found = sorted(glob.glob(os.path.join(directory, f"{name}.*so"))) + sorted(
+        glob.glob(os.path.join(directory, f"{name}.pyd")))
+    if not found:
+        raise ModuleNotFoundError(f"no {name} module in NEEDLE_BACKEND_DIR={directory}")
+    full = f"{__package__}.{name}"
+    spec = importlib.util.spec_from_file_location(full, found[0])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[full]
+        raise
+    return module
+
+
 def _import_backend(name):
     """The compiled backend module, or None. A module that is missing is normal (not built); one
-    that exists but fails to load (stale or broken build) also warns, with the reason."""
+    that exists but fails to load (stale or broken build) also warns, with the reason. With
+    ``$NEEDLE_BACKEND_DIR`` set, the modules come from that directory instead of the package."""
+    import os
     from importlib import import_module
     try:
+        if os.environ.get("NEEDLE_BACKEND_DIR"):
+            return _load_backend_from(os.environ["NEEDLE_BACKEND_DIR"], name)
         return import_module(f"{__package__}.{name}")
     except ModuleNotFoundError as e:
         BACKEND_IMPORT_ERRORS[name] = f"not built ({e}); run `make build`"
@@ -197,9 +292,33 @@ def device_by_name(name):
     return makers[name]()
 
 
+# NEEDLE_BACKEND picks the default device, as the course's backend selection does: "nd" (the
+# default: the compiled CPU backend when built) or "np" (numpy); a device name also works.
+_BACKEND_CHOICES = {"nd": None, "np": "cpu_numpy", "cpu_numpy": "cpu_numpy", "cpu": "cpu", "cuda": "cuda"}
+
+
+def _backend_from_env():
+    import os
+    value = os.environ.get("NEEDLE_BACKEND", "nd").strip() or "nd"
+    if value not in _BACKEND_CHOICES:
+        raise RuntimeError(f"Unknown needle array backend NEEDLE_BACKEND={value!r}; "
+                           f"use one of {sorted(_BACKEND_CHOICES)}")
+    return _BACKEND_CHOICES[value]
+
+
+_DEFAULT_DEVICE_NAME = _backend_from_env()
+
+
 def default_device():
-    """``cpu()`` when the C++ backend is built, else ``cpu_numpy()``."""
-    return cpu() if _CPU_MOD is not None else cpu_numpy()
+    """The device ``NEEDLE_BACKEND`` names; by default ``cpu()`` when the C++ backend is built,
+    else ``cpu_numpy()``."""
+    if _DEFAULT_DEVICE_NAME is None:
+        return cpu() if _CPU_MOD is not None else cpu_numpy()
+    device = device_by_name(_DEFAULT_DEVICE_NAME)
+    if not device.enabled():
+        raise RuntimeError(f"NEEDLE_BACKEND={_DEFAULT_DEVICE_NAME} but device {device} is not available; "
+                           "unset NEEDLE_BACKEND or build that backend")
+    return device
 
 
 def all_devices():
@@ -235,6 +354,9 @@ class NDArray:
         device = default_device() if device is None else device
         is_np = isinstance(other, (np.ndarray, np.generic))
         other = np.asarray(other)
+        if other.dtype.kind not in "biuf":
+            raise TypeError(f"NDArray: cannot store {other.dtype} data (complex, object, string "
+                            f"and time values have no exact {DTYPES} form); convert it first")
         if dtype is None and is_np and other.dtype.name in DTYPES:
             np_dtype = other.dtype.name
         else:
@@ -245,7 +367,7 @@ class NDArray:
             self._init(src.astype(np_dtype))
             return
         if np_dtype != "float32" and other.dtype.kind in "iub":
-            other = np.clip(other.astype(np.int64), *INT_RANGES[np_dtype])  # saturate
+            other = _saturate_int(other, np_dtype)
         array = np.asarray(other, dtype=np_dtype, order="C")  # keeps 0-d arrays 0-d
         out = NDArray.make(array.shape, device=device, dtype=np_dtype)
         device.from_numpy(array, out._handle)
@@ -282,28 +404,25 @@ class NDArray:
         return NDArray._new(shape, _compact_strides(shape), device, device.Array(prod(shape), dtype), 0, dtype)
 
     def _view(self, shape, strides, offset):
+        check_view(shape, strides, offset, self._handle.size)
         return NDArray._new(shape, strides, self._device, self._handle, offset, self._dtype)
 
     @staticmethod
     def make(shape, strides=None, device=None, handle=None, offset=0, dtype="float32"):
         """A new NDArray with the given view; allocates a buffer unless ``handle`` is given
         (then the dtype is the handle's)."""
-        array = NDArray.__new__(NDArray)
-        array._shape = tuple(int(s) for s in shape)
-        if any(s < 0 for s in array._shape):
-            raise ValueError(f"negative dimension in shape {array._shape}")
-        array._strides = NDArray.compact_strides(array._shape) if strides is None else tuple(int(s) for s in strides)
-        if len(array._strides) != len(array._shape):
-            raise ValueError(f"shape {array._shape} and strides {array._strides} differ in length")
-        array._offset = int(offset)
-        array._device = device if device is not None else default_device()
-        if handle is None:
-            array._dtype = normalize_dtype(dtype)
-            array._handle = array._device.Array(prod(array._shape), array._dtype)
+        shape = _ints(shape, "NDArray.make: shape")
+        strides = _compact_strides(shape) if strides is None else _ints(strides, "NDArray.make: strides")
+        offset = _as_int(offset, "NDArray.make: offset")
+        device = device if device is not None else default_device()
+        if handle is None:  # a fresh buffer of prod(shape) elements: the view must fit in it
+            check_view(shape, strides, offset, MAX_ELEMENTS, "NDArray.make")
+            dtype = normalize_dtype(dtype)
+            handle = device.Array(prod(shape), dtype)
         else:
-            array._handle = handle
-            array._dtype = normalize_dtype(handle.dtype)
-        return array
+            dtype = normalize_dtype(handle.dtype)
+        check_view(shape, strides, offset, handle.size, "NDArray.make")
+        return NDArray._new(shape, strides, device, handle, offset, dtype)
 
     # properties ----------------------------------------------------------------------------
     @property
@@ -350,6 +469,11 @@ class NDArray:
     def __deepcopy__(self, memo):
         return self.copy()
 
+    def __array__(self, dtype=None, copy=None):
+        # np.asarray / np.testing / np.array_split accept NDArrays as course code expects.
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype, copy=False)
+
     def __reduce__(self):
         return (NDArray, (self.numpy(), self._device, self._dtype))
 
@@ -388,21 +512,21 @@ class NDArray:
 
     def as_strided(self, shape, strides):
         """A view with the given shape and strides (elements) at the same offset and buffer."""
-        shape, strides = tuple(int(s) for s in shape), tuple(int(s) for s in strides)
-        if len(shape) != len(strides):
-            raise ValueError(f"as_strided: shape {shape} and strides {strides} differ in length")
-        if any(s < 0 for s in shape):
-            raise ValueError(f"as_strided: negative dimension in shape {shape}")
-        if prod(shape) > 0:
-            lo = self._offset + builtins.sum((n - 1) * s for n, s in zip(shape, strides) if s < 0)
-            hi = self._offset + builtins.sum((n - 1) * s for n, s in zip(shape, strides) if s > 0)
-            if lo < 0 or hi >= self._handle.size:
-                raise ValueError(f"as_strided: shape {shape} strides {strides} offset {self._offset} "
-                                 f"reaches outside a buffer of {self._handle.size} elements")
-        return NDArray.make(shape, strides=strides, device=self.device, handle=self._handle,
-                            offset=self._offset)
+        shape, strides = _ints(shape, "as_strided: shape"), _ints(strides, "as_strided: strides")
+        check_view(shape, strides, self._offset, self._handle.size, "as_strided")
+        return NDArray._new(shape, strides, self._device, self._handle, self._offset, self._dtype)
 
     # views -------------------------------------------------------------------------------------
+    @property
+    def flat(self):
+        """A 1-D view of all elements in row-major order, sharing the buffer (the course's
+        ``backward_check`` writes through ``x.flat[j] += eps``). Needs row-major strides (any
+        offset); other views raise rather than hand back a copy that writes would not reach."""
+        if self._strides != _compact_strides(self._shape) and self.size > 1:
+            raise ValueError(f"flat: the view of shape {self.shape} with strides {self.strides} is not "
+                             "row-major contiguous; call .compact() first")
+        return self._view((self.size,), (1,), self._offset)
+
     def reshape(self, *new_shape):
         """Reshape (one dimension may be -1); a view of compact arrays, else of a compact copy."""
         new_shape = list(_shape_arg(new_shape))
@@ -447,6 +571,16 @@ class NDArray:
             else:
                 raise ValueError(f"cannot broadcast shape {self.shape} to {new_shape}")
         return self._view(new_shape, tuple(strides), self._offset)
+
+    def process_slice(self, sl, dim):
+        """``sl`` on axis ``dim`` as an explicit ``slice(start, stop, step)`` (numpy's rules for
+        None and negative bounds; steps must be positive)."""
+        if not 0 <= dim < self.ndim:
+            raise IndexError(f"process_slice: axis {dim} is out of range for shape {self.shape}")
+        start, stop, step = sl.indices(self.shape[dim])
+        if step <= 0:
+            raise ValueError(f"slice steps must be positive, got {step} on axis {dim}")
+        return slice(start, builtins.max(start, stop), step)
 
     def _view_of(self, idxs):
         """Shape, strides, offset of ``self[idxs]`` (numpy basic indexing, steps > 0)."""

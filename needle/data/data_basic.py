@@ -2,7 +2,8 @@
 
 A ``Dataset`` maps an integer index to a sample, a tuple of numpy arrays / numbers. The
 ``DataLoader`` groups samples into mini-batches and yields tuples of needle ``Tensor``s. All
-randomness (shuffling) comes from one ``np.random.Generator`` so a seed fixes the order.
+shuffling draws from numpy's global RNG (``np.random.seed`` fixes the order, as in the course)
+or from the loader's own ``np.random.Generator`` when it is given a ``seed``.
 """
 import numpy as np
 
@@ -78,6 +79,12 @@ class ImageLabelDataset(Dataset):
     def __len__(self):
         return self.labels.shape[0]
 
+    def apply_transforms(self, x):
+        # Transforms take (H, W, C) images (the course's layout); samples here are (C, H, W).
+        if not self.transforms:
+            return x
+        return np.ascontiguousarray(super().apply_transforms(x.transpose(1, 2, 0)).transpose(2, 0, 1))
+
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
             return self.apply_transforms(self.images[index]), int(self.labels[index])
@@ -101,8 +108,10 @@ class DataLoader:
         batch_size: samples per batch (the last batch may be smaller unless ``drop_last``).
         shuffle: draw a fresh permutation at the start of every epoch.
         drop_last: skip a final incomplete batch.
-        seed: an int, ``None`` (fresh entropy) or a ``np.random.Generator`` used for shuffling;
-            the same seed gives the same sequence of epochs.
+        seed: ``None`` (the default): shuffle with numpy's global RNG, one
+            ``np.random.permutation`` per epoch drawn when iteration starts, as the course's
+            DataLoader does (so ``np.random.seed`` fixes the order); an int or a
+            ``np.random.Generator``: a private stream, the same seed gives the same epochs.
         device: device of the yielded Tensors (``None``: ``needle.default_device()``).
         as_numpy: yield numpy arrays instead of Tensors (e.g. for calibration code).
 
@@ -119,7 +128,10 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
-        self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        if seed is None:
+            self.rng = np.random  # the global RNG: np.random.permutation, as in the course
+        else:
+            self.rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         self.device = device
         self.as_numpy = bool(as_numpy)
 
@@ -146,7 +158,11 @@ class DataLoader:
         return fields
 
     def __iter__(self):
-        for indices in self.batch_indices():
+        # The epoch's order is drawn when iteration starts (iter(loader)), as in the course.
+        return self._iterate(self.batch_indices())
+
+    def _iterate(self, batches):
+        for indices in batches:
             fields = self._get_batch(indices)
             if self.as_numpy:
                 yield fields

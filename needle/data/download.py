@@ -12,7 +12,6 @@ into place (``os.replace``) only after the checksum matched, so an interrupted o
 download never leaves a file that looks complete. A read-only data directory is never
 written to: a missing file there is an error.
 """
-import gzip
 import hashlib
 import os
 import time
@@ -92,12 +91,36 @@ def _is_writable_dir(directory):
         return True
 
 
-def _fetch_once(url, tmp_file, timeout, progress, desc):
-    """Stream ``url`` into the open binary file ``tmp_file``; return its SHA-256."""
+#: default limits of one download: the whole transfer must finish within the deadline (a
+#: server trickling bytes cannot hold it forever) and may not exceed max_bytes
+DEFAULT_DEADLINE = 1800.0
+DEFAULT_MAX_BYTES = 1 << 30
+#: largest decompressed size read_verified_gz accepts by default (MNIST's largest is 47 MB)
+DEFAULT_MAX_GZ_SIZE = 256 << 20
+
+
+def _fetch_once(url, tmp_file, timeout, progress, desc, deadline=None, max_bytes=None):
+    """Stream ``url`` into the open binary file ``tmp_file``; return its SHA-256.
+
+    deadline: a ``time.monotonic()`` value by which the transfer must be complete;
+    max_bytes: the most bytes accepted. Either raises TimeoutError / DataIntegrityError."""
     h = hashlib.sha256()
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+    def remaining():
+        if deadline is None:
+            return timeout
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"{url}: download did not finish within its deadline")
+        return min(timeout, left)
+
+    with urllib.request.urlopen(url, timeout=remaining()) as response:
         total = response.headers.get("Content-Length")
         total = int(total) if total is not None and total.isdigit() else None
+        if max_bytes is not None and total is not None and total > max_bytes:
+            raise DataIntegrityError(f"{url}: announces {total} bytes, more than the limit "
+                                     f"{max_bytes}")
+        sock = getattr(getattr(response, "fp", None), "raw", None)
+        sock = getattr(sock, "_sock", None)
         bar = None
         if progress and tqdm is not None:
             bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
@@ -105,12 +128,19 @@ def _fetch_once(url, tmp_file, timeout, progress, desc):
         received = 0
         try:
             while True:
-                chunk = response.read(1 << 16)
+                left = remaining()
+                if sock is not None:
+                    sock.settimeout(left)
+                # read1 returns what has arrived (read(n) would wait for all n bytes, however
+                # slowly they come), so the deadline is checked after every piece
+                chunk = response.read1(1 << 16)
                 if not chunk:
                     break
+                received += len(chunk)
+                if max_bytes is not None and received > max_bytes:
+                    raise DataIntegrityError(f"{url}: more than the limit of {max_bytes} bytes")
                 tmp_file.write(chunk)
                 h.update(chunk)
-                received += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
         finally:
@@ -122,7 +152,8 @@ def _fetch_once(url, tmp_file, timeout, progress, desc):
     return h.hexdigest()
 
 
-def download_url(urls, dest, sha256, *, retries=3, timeout=60.0, progress=True, backoff=1.0):
+def download_url(urls, dest, sha256, *, retries=3, timeout=60.0, progress=True, backoff=1.0,
+                 deadline=DEFAULT_DEADLINE, max_bytes=DEFAULT_MAX_BYTES):
     """Download the first reachable of ``urls`` to ``dest`` and verify its SHA-256.
 
     Args:
@@ -132,6 +163,8 @@ def download_url(urls, dest, sha256, *, retries=3, timeout=60.0, progress=True, 
         retries: attempts per URL on network errors (at least 1).
         timeout: socket timeout in seconds for each attempt.
         progress: show a tqdm progress bar.
+        deadline: seconds the whole download (all attempts and mirrors) may take at most.
+        max_bytes: largest file accepted (the transfer stops as soon as it is exceeded).
 
     Returns the destination ``Path``. Raises ``DataIntegrityError`` on a checksum mismatch
     (nothing is left on disk) and ``ConnectionError`` when every attempt failed. Whatever
@@ -144,13 +177,18 @@ def download_url(urls, dest, sha256, *, retries=3, timeout=60.0, progress=True, 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
+    end = time.monotonic() + float(deadline)
     for url in urls:
         for attempt in range(max(1, int(retries))):
+            if time.monotonic() >= end:
+                errors.append(f"{url}: the {deadline:g} s deadline of this download expired")
+                break
             try:
                 # Published under ``dest`` only when the checksum matched; any exception
                 # (network, mismatch, KeyboardInterrupt) discards the partial file.
                 with atomic_write(dest, "wb", suffix=".part") as tmp_file:
-                    digest = _fetch_once(url, tmp_file, timeout, progress, dest.name)
+                    digest = _fetch_once(url, tmp_file, timeout, progress, dest.name,
+                                         deadline=end, max_bytes=max_bytes)
                     if digest not in accepted:
                         raise DataIntegrityError(
                             f"checksum mismatch for {dest.name} downloaded from {url}: "
@@ -162,7 +200,7 @@ def download_url(urls, dest, sha256, *, retries=3, timeout=60.0, progress=True, 
                 if isinstance(e, urllib.error.HTTPError) and 400 <= e.code < 500:
                     break  # e.g. 404: retrying this URL will not help, try the next mirror
                 if attempt + 1 < retries:
-                    time.sleep(backoff * (attempt + 1))
+                    time.sleep(max(0.0, min(backoff * (attempt + 1), end - time.monotonic())))
     raise ConnectionError(f"could not download {dest.name}:\n  " + "\n  ".join(errors))
 
 
@@ -190,27 +228,77 @@ def ensure_file(directory, filename, urls, sha256, *, download=True, progress=Tr
     return download_url(urls, path, sha256, progress=progress)
 
 
-def read_verified_gz(path, gz_sha256=(), raw_sha256=()):
+def _open_regular(path):
+    """Open a regular file for reading (FIFOs and devices are refused without blocking)."""
+    from ..serialization import SerializationError, open_regular
+    try:
+        return open_regular(path)
+    except SerializationError as e:
+        raise DataIntegrityError(str(e)) from None
+
+
+def _gunzip_limited(f, path, max_size, digest=None):
+    """Decompress the gzip stream of the open file ``f`` (all members) into bytes, refusing
+    more than ``max_size`` decompressed bytes before producing them; ``digest`` (a hashlib
+    object) is updated with the decompressed bytes as they come."""
+    out = bytearray()
+    d = zlib.decompressobj(wbits=31)
+    fed = False  # the current member has received input but not ended yet
+    pending = b""
+    while True:
+        data = pending or f.read(1 << 20)
+        pending = b""
+        if not data:
+            break
+        fed = True
+        while data:
+            piece = d.decompress(data, max_size + 1 - len(out))
+            out += piece
+            if digest is not None:
+                digest.update(piece)
+            if len(out) > max_size:
+                raise DataIntegrityError(f"{path}: decompresses to more than {max_size} bytes "
+                                         f"(the limit for this file); refusing it")
+            if d.eof:  # a member ended: the rest may be another member
+                pending, d, fed = d.unused_data, zlib.decompressobj(wbits=31), False
+                break
+            data = d.unconsumed_tail
+    if fed:
+        raise DataIntegrityError(f"{path}: truncated gzip stream")
+    return bytes(out)
+
+
+def read_verified_gz(path, gz_sha256=(), raw_sha256=(), max_size=DEFAULT_MAX_GZ_SIZE):
     """Read a gzip file, check it, and return its decompressed bytes.
 
     The file is accepted when the SHA-256 of the .gz bytes is one of ``gz_sha256`` (the
     official archive) or the SHA-256 of the decompressed content is one of ``raw_sha256``
     (the same data recompressed, as in some offline copies). With both empty no checksum is
-    required. Raises ``DataIntegrityError`` naming the file on a truncated/corrupt gzip stream
-    or a checksum mismatch.
+    required. The compressed checksum is computed while streaming, before anything is
+    decompressed, and no more than ``max_size`` bytes are ever decompressed (a gzip bomb
+    stops there). Only regular files are read. Raises ``DataIntegrityError`` naming the file
+    on a truncated/corrupt gzip stream, a size over the limit or a checksum mismatch.
     """
     path = Path(path)
     gz_sha256 = {gz_sha256} if isinstance(gz_sha256, str) else set(gz_sha256)
     raw_sha256 = {raw_sha256} if isinstance(raw_sha256, str) else set(raw_sha256)
-    blob = path.read_bytes()
-    gz_digest = sha256_bytes(blob)
-    try:
-        raw = gzip.decompress(blob)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataIntegrityError(f"{path}: not a valid gzip file or truncated ({e})") from None
-    if gz_sha256 or raw_sha256:
-        if gz_digest not in gz_sha256 and sha256_bytes(raw) not in raw_sha256:
+    with _open_regular(path) as f:
+        h = hashlib.sha256()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        official = h.hexdigest() in gz_sha256
+        if (gz_sha256 or raw_sha256) and not official and not raw_sha256:
             raise DataIntegrityError(
-                f"{path}: checksum mismatch (sha256 of the file {gz_digest}); expected the "
-                "official file or its exact decompressed content. Delete it to download again.")
+                f"{path}: checksum mismatch (sha256 of the file {h.hexdigest()}); expected the "
+                "official file. Delete it to download again.")
+        f.seek(0)
+        raw_digest = hashlib.sha256() if raw_sha256 and not official else None
+        try:
+            raw = _gunzip_limited(f, path, max_size, raw_digest)
+        except zlib.error as e:
+            raise DataIntegrityError(f"{path}: not a valid gzip file or truncated ({e})") from None
+    if raw_digest is not None and raw_digest.hexdigest() not in raw_sha256:
+        raise DataIntegrityError(
+            f"{path}: checksum mismatch (sha256 of the file {h.hexdigest()}); expected the "
+            "official file or its exact decompressed content. Delete it to download again.")
     return raw

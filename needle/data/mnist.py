@@ -150,40 +150,66 @@ def _check_pair(images, labels, name):
 
 
 class MNISTDataset(ImageLabelDataset):
-    """MNIST digits as (image, label) pairs.
+    """MNIST digits as (image, label) pairs, in one of two forms.
 
-    Args:
-        split: ``"train"``, ``"test"``, ``"offline-train"`` (test images 0..7999) or
-            ``"offline-heldout"`` (test images 8000..9999).
-        data_dir: data directory (argument, else ``$NEEDLE_DATA_DIR``, else ``<repo>/data``).
-        transforms: list of per-sample transforms applied to the (1, 28, 28) image.
-        download: fetch missing files from the official mirrors (never into a read-only dir).
+    ``MNISTDataset(split="offline-train", data_dir=None, transforms=None, download=True)``:
+        split ``"train"``, ``"test"``, ``"offline-train"`` (test images 0..7999) or
+        ``"offline-heldout"`` (test images 8000..9999), read from the data directory
+        (argument, else ``$NEEDLE_DATA_DIR``, else ``<repo>/data``) with checksums, downloaded
+        when missing (never into a read-only dir). ``ds[i]`` is ``(image float32 (1, 28, 28)
+        in [0, 1], label int)``; an index array gives ``(images (B, 1, 28, 28), labels (B,)
+        uint8)``.
 
-    ``ds[i]`` is ``(image float32 (1, 28, 28) in [0, 1], label int)``; an index array gives
-    ``(images (B, 1, 28, 28), labels (B,) uint8)``.
+    ``MNISTDataset(image_filename, label_filename, transforms=None)``: the course's form,
+        two idx .gz files read as they are. Images are flat like the course's: ``ds[i]`` is
+        ``(float32 (784,) in [0, 1], label int)``, a slice or index array gives ``((B, 784),
+        (B,) uint8)``; transforms see each image as (28, 28, 1).
     """
 
     def __init__(self, split="offline-train", data_dir=None, transforms=None, download=True):
         super().__init__(transforms)
+        if split not in _SPLITS and data_dir is not None and _looks_like_file(split):
+            self.split = None
+            self._read_files(split, data_dir)
+            return
+        if split not in _SPLITS:
+            raise ValueError(f"unknown MNIST split {split!r}; expected one of {sorted(_SPLITS)}, or "
+                             "the course's form MNISTDataset(image_filename, label_filename)")
         self.split = split
         images, labels = load_mnist(split, data_dir, download)
         self._set_arrays(images, labels)
 
     @classmethod
     def from_files(cls, image_filename, label_filename, transforms=None):
-        """The course's constructor: read two (unverified) idx .gz files directly."""
+        """The course's constructor (same as ``MNISTDataset(image_filename, label_filename)``)."""
+        return cls(image_filename, label_filename, transforms)
+
+    def _read_files(self, image_filename, label_filename):
         images = read_idx_gz(image_filename)
         labels = read_idx_gz(label_filename)
         _check_pair(images, labels, Path(image_filename))
-        self = cls.__new__(cls)
-        ImageLabelDataset.__init__(self, transforms)
-        self.split = None
-        self._set_arrays(images, labels)
-        return self
+        self.images = images.reshape(images.shape[0], -1).astype(np.float32) / np.float32(255.0)
+        self.image_shape = images.shape[1:] + (1,)
+        self.labels = labels.astype(np.uint8)
 
     def _set_arrays(self, images, labels):
         self.images = (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
         self.labels = labels.astype(np.uint8)
+
+    def apply_transforms(self, x):
+        if self.images.ndim != 2 or not self.transforms:
+            return super().apply_transforms(x)
+        # the course's flat images: transforms see (28, 28, 1), the sample stays (784,)
+        img = x.reshape(self.image_shape)
+        for tform in self.transforms:
+            img = tform(img)
+        return np.ascontiguousarray(img).reshape(-1)
+
+
+def _looks_like_file(name):
+    """True for a path-like first argument (the course's image filename)."""
+    return isinstance(name, Path) or (isinstance(name, str) and ("/" in name or name.endswith(".gz")
+                                                                  or Path(name).exists()))
 
 
 class MNISTOfflineSplit(NamedTuple):

@@ -416,13 +416,14 @@ class LayerNorm1d(Module):
         if len(x.shape) != 2 or x.shape[1] != self.dim:
             raise ValueError(f"LayerNorm1d expects (N, {self.dim}) inputs, got shape {x.shape}")
         n = x.shape[0]
+        # the course's op sequence ((x - mean) / sqrt(var + eps)), so float32 gradients agree
         mean = ops.reshape(ops.summation(x, (1,)) / self.dim, (n, 1))
         centered = x - ops.broadcast_to(mean, x.shape)
-        var = ops.reshape(ops.summation(centered * centered, (1,)) / self.dim, (n, 1))
-        inv_std = ops.broadcast_to(ops.power_scalar(var + self.eps, -0.5), x.shape)
+        var = ops.reshape(ops.summation(centered ** 2, (1,)) / self.dim, (n, 1))
+        std = ops.broadcast_to((var + self.eps) ** 0.5, x.shape)
         w = ops.broadcast_to(ops.reshape(self.weight, (1, self.dim)), x.shape)
         b = ops.broadcast_to(ops.reshape(self.bias, (1, self.dim)), x.shape)
-        return w * (centered * inv_std) + b
+        return w * (centered / std) + b
 
 
 class Dropout(Module):

@@ -1,4 +1,5 @@
-"""Model zoo: MnistCNN (the kit's default model) and ResNet9 (10-414/714 hw4, CIFAR-10).
+"""Model zoo: MnistCNN (the kit's default model), ResNet9 (10-414/714 hw4, CIFAR-10) and the
+hw2 MLP ResNet (``ResidualBlock``, ``MLPResNet``, on flat (N, dim) inputs).
 
 Both models are built from ``ConvBN`` blocks, a ``Sequential`` of Conv -> BatchNorm2d ->
 ReLU, the pattern the quantizer folds into one integer convolution with a fused ReLU.
@@ -6,10 +7,11 @@ Inputs are NCHW float32 Tensors; outputs are (N, 10) logits.
 """
 from pathlib import Path
 
-from .nn_basic import Module, Sequential, Residual, Flatten, Linear, ReLU
+from .nn_basic import Module, Sequential, Residual, Flatten, Linear, ReLU, BatchNorm1d, Dropout
 from .nn_conv import Conv, BatchNorm2d
 
-__all__ = ["ConvBN", "MnistCNN", "ResNet9", "DEFAULT_CHECKPOINT", "pretrained_mnist_cnn"]
+__all__ = ["ConvBN", "MnistCNN", "ResNet9", "ResidualBlock", "MLPResNet", "DEFAULT_CHECKPOINT",
+           "pretrained_mnist_cnn"]
 
 # the shipped float checkpoint (see checkpoints/README.md)
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "mnist_cnn.safetensors"
@@ -105,6 +107,28 @@ class ResNet9(Module):
 
     def forward(self, x):
         return self.model(x)
+
+
+def ResidualBlock(dim, hidden_dim, norm=BatchNorm1d, drop_prob=0.1):
+    """The hw2 residual block on (N, dim): ReLU(x + norm(Linear(Dropout(ReLU(norm(Linear(x))))))),
+    hidden width ``hidden_dim``; ``norm`` is a module class called with the feature count."""
+    return Sequential(
+        Residual(Sequential(
+            Linear(dim, hidden_dim), norm(hidden_dim), ReLU(), Dropout(drop_prob),
+            Linear(hidden_dim, dim), norm(dim),
+        )),
+        ReLU(),
+    )
+
+
+def MLPResNet(dim, hidden_dim=100, num_blocks=3, num_classes=10, norm=BatchNorm1d, drop_prob=0.1):
+    """The hw2 MLP ResNet: (N, dim) -> Linear -> ReLU -> ``num_blocks`` x
+    ``ResidualBlock(hidden_dim, hidden_dim // 2)`` -> Linear -> (N, num_classes) logits."""
+    return Sequential(
+        Linear(dim, hidden_dim), ReLU(),
+        *[ResidualBlock(hidden_dim, hidden_dim // 2, norm, drop_prob) for _ in range(num_blocks)],
+        Linear(hidden_dim, num_classes),
+    )
 
 
 def pretrained_mnist_cnn(path=None, device=None):

@@ -7,3 +7,7 @@ from .ops_logarithmic import __all__ as _log_all
 from .ops_tuple import __all__ as _tuple_all
 
 __all__ = list(_math_all) + list(_log_all) + list(_tuple_all)
+from .ops_sequence import *
+from .ops_sequence import __all__ as _sequence_all
+
+__all__ += list(_sequence_all)

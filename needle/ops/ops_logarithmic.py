@@ -1,7 +1,7 @@
 """Numerically stable log-sum-exp and log-softmax."""
 from typing import Optional
 
-from ..autograd import TensorOp
+from ..autograd import Tensor, TensorOp
 from .ops_mathematic import (
     _keepdims_shape, _normalize_axes, broadcast_to, exp, reshape, summation,
 )
@@ -24,12 +24,14 @@ class LogSumExp(TensorOp):
         return lse.reshape(out_shape)
 
     def gradient(self, out_grad, node):
+        # softmax(Z) as exp(Z - max) / sum(exp(Z - max)): exp(Z - lse) would lose it in float32
+        # when |Z| is large (lse rounds to max, every tied entry would get weight 1).
         Z = node.inputs[0]
         axes = _normalize_axes(self.axes, len(Z.shape))
         keep = _keepdims_shape(Z.shape, axes)
-        lse = broadcast_to(reshape(node, keep), Z.shape)
-        grad = broadcast_to(reshape(out_grad, keep), Z.shape)
-        return grad * exp(Z - lse)
+        m = Z.realize_cached_data().max(axis=axes, keepdims=True).broadcast_to(Z.shape)
+        e = exp(Z - Tensor.make_const(m))
+        return broadcast_to(reshape(out_grad / summation(e, axes), keep), Z.shape) * e
 
 
 def logsumexp(a, axes=None):

@@ -304,20 +304,148 @@ class QuantizedModel(Module):
         return f"QuantizedModel({self.spec()})"
 
 
+# Limits of a model description read from a file (docs/ARCHITECTURE.md, "Limits and
+# validation"): generous for any model of this course, small enough that nothing read from a
+# file can make the loader allocate or recurse without bound.
+_MAX_SPEC_DEPTH = 32
+_MAX_SPEC_MODULES = 4096
+_MAX_CHANNELS = 1 << 16
+_MAX_KERNEL = 64
+_MAX_STRIDE = 64
+_MAX_PADDING = 1024
+
+
+def _spec_int(where, args, name, lo, hi, default=None):
+    v = args.get(name, default)
+    if type(v) is not int or not lo <= v <= hi:
+        raise ValueError(f"{where}: {name} must be an integer in [{lo}, {hi}], got {v!r:.50}")
+    return v
+
+
+def _spec_choice(where, args, name, choices, default):
+    v = args.get(name, default)
+    if not isinstance(v, (str, bool)) or v not in choices or type(v) is not type(default):
+        raise ValueError(f"{where}: {name} must be one of {list(choices)}, got {v!r:.50}")
+    return v
+
+
+_LEAF_ARGS = {
+    "QuantStub": {"dtype"}, "DeQuantStub": set(), "QuantizedFlatten": set(),
+    "QuantizedReLU": set(), "QuantizedAdd": {"relu", "out_dtype"},
+    "QuantizedLinear": {"in_features", "out_features", "relu", "out_dtype"},
+    "QuantizedConv2d": {"in_channels", "out_channels", "kernel_size", "stride", "padding",
+                        "relu", "out_dtype"},
+}
+
+
+def check_spec(spec, where="model description"):
+    """Validate a module description (:func:`module_spec` output read from a file) against
+    hard limits before anything is built. Returns the buffer elements it needs per dtype,
+    ``{"int8": n, "int32": n, "float32": n}``; raises ValueError naming the bad entry."""
+    need = {"int8": 0, "int32": 0, "float32": 0}
+    count = [0]
+
+    def walk(node, path, depth):
+        count[0] += 1
+        if depth > _MAX_SPEC_DEPTH or count[0] > _MAX_SPEC_MODULES:
+            raise ValueError(f"{where}: more than {_MAX_SPEC_MODULES} modules or deeper than "
+                             f"{_MAX_SPEC_DEPTH} levels")
+        if not isinstance(node, dict) or len(node) != 1:
+            raise ValueError(f"{where}: {path}: a module is {{type: arguments}}, got "
+                             f"{node!r:.100}")
+        (kind, args), = node.items()
+        at = f"{where}: {path} ({kind})"
+        if kind == "Sequential":
+            if not isinstance(args, list):
+                raise ValueError(f"{at}: children must be a list, got {args!r:.100}")
+            for i, child in enumerate(args):
+                walk(child, f"{path}.{i}", depth + 1)
+            return
+        if kind == "QuantizedResidual":
+            if not isinstance(args, dict) or set(args) != {"fn", "add"} or not (
+                    isinstance(args["add"], dict) and list(args["add"]) == ["QuantizedAdd"]):
+                raise ValueError(f"{at}: needs exactly 'fn' and a QuantizedAdd 'add', got "
+                                 f"{args!r:.100}")
+            walk(args["fn"], f"{path}.fn", depth + 1)
+            walk(args["add"], f"{path}.add", depth + 1)
+            return
+        if kind == "Identity":
+            if args != {}:
+                raise ValueError(f"{at}: takes no arguments, got {args!r:.100}")
+            return
+        if kind not in _LEAF_ARGS:
+            raise ValueError(f"{at}: unknown module type {kind!r:.50}")
+        if not isinstance(args, dict) or not set(args) <= _LEAF_ARGS[kind]:
+            raise ValueError(f"{at}: invalid arguments {args!r:.100} (keys must be among "
+                             f"{sorted(_LEAF_ARGS[kind])})")
+        if kind == "QuantStub":
+            _spec_choice(at, args, "dtype", ("uint8", "int8"), "uint8")
+            need["float32"] += 1
+            need["int32"] += 1
+            return
+        if kind in ("QuantizedAdd", "QuantizedConv2d", "QuantizedLinear"):
+            _spec_choice(at, args, "relu", (False, True), False)
+            _spec_choice(at, args, "out_dtype", ("uint8", "int8", "int32"), "uint8")
+        if kind == "QuantizedAdd":
+            need["float32"] += 3
+            need["int32"] += 3
+            return
+        if kind == "QuantizedLinear":
+            n = _spec_int(at, args, "out_features", 1, _MAX_CHANNELS)
+            k = _spec_int(at, args, "in_features", 1, _MAX_CHANNELS)
+        elif kind == "QuantizedConv2d":
+            n = _spec_int(at, args, "out_channels", 1, _MAX_CHANNELS)
+            c = _spec_int(at, args, "in_channels", 1, _MAX_CHANNELS)
+            ks = _spec_int(at, args, "kernel_size", 1, _MAX_KERNEL)
+            _spec_int(at, args, "stride", 1, _MAX_STRIDE, default=1)
+            if args.get("padding") is not None:
+                _spec_int(at, args, "padding", 0, _MAX_PADDING)
+            k = ks * ks * c
+        else:
+            return  # DeQuantStub, QuantizedFlatten, QuantizedReLU: no buffers
+        need["int8"] += n * k
+        need["int32"] += n + 2
+        need["float32"] += n + 2
+
+    if not isinstance(spec, dict) or set(spec) != {"quant", "body"}:
+        raise ValueError(f"{where}: expected {{'quant': ..., 'body': ...}}, got {spec!r:.100}")
+    walk(spec["quant"], "quant", 0)
+    if list(spec["quant"]) != ["QuantStub"]:
+        raise ValueError(f"{where}: 'quant' must be a QuantStub, got {spec['quant']!r:.100}")
+    walk(spec["body"], "body", 0)
+    return need
+
+
 def load_quantized(path, device=None):
-    """Rebuild a :class:`QuantizedModel` saved with ``needle.save(qmodel, path)``."""
-    tensors, meta = serialization.load(path, device=device, return_metadata=True)
+    """Rebuild a :class:`QuantizedModel` saved with ``needle.save(qmodel, path)``.
+
+    The file's header and model description are validated first (hard limits, and every
+    layer's buffers must match the tensors the file holds), so a hostile file is refused
+    with a ValueError before anything is allocated from its metadata.
+    """
+    entries, meta = serialization.read_header(path)
     if SPEC_KEY not in meta:
         raise ValueError(f"{path}: not a quantized needle model (no {SPEC_KEY!r} metadata)")
     try:
         spec = json.loads(meta[SPEC_KEY])
         config = QConfig.from_json(meta.get(CONFIG_KEY, "{}"))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ValueError(f"{path}: corrupt quantized-model metadata: {e}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        raise ValueError(f"{path}: corrupt quantized-model metadata: "
+                         f"{type(e).__name__}: {str(e):.200}") from None
+    need = check_spec(spec, f"{path}: {SPEC_KEY}")
+    for d in QuantizedModel.PACKED:
+        if d not in entries:
+            raise ValueError(f"{path}: quantized model file has no {d!r} tensor")
+        dtype, shape, _, _ = entries[d]
+        held = int(np.prod(shape, dtype=object))
+        if dtype.name != d or held != need[d]:
+            raise ValueError(f"{path}: tensor {d!r} ({dtype.name}, {held} values) does not "
+                             f"match the model description, which needs {need[d]} {d} values")
     from ..backend_ndarray import default_device
     device = default_device() if device is None else device
     model = QuantizedModel(build_module(spec["quant"], device), build_module(spec["body"],
                                                                              device), config)
     _move_buffers(model, device)
+    tensors = serialization.load(path, device=device)
     model.load_state_dict(tensors)
     return model

@@ -66,14 +66,39 @@ class PackedWeights:
         return self._packed[device]
 
     def params(self, device, **arrays):
-        """int32 NDArrays of the per-channel vectors on ``device``, cached per device: a layer
-        builds a new PackedWeights whenever its weights, bias or scales change."""
-        key = (device, tuple(sorted(arrays)))
-        if key not in self._params:
-            self._params[key] = {name: NDArray(np.asarray(a, np.int32).reshape(self.n),
-                                               device=device, dtype="int32")
-                                 for name, a in arrays.items()}
-        return self._params[key]
+        """int32 NDArrays [N] of the per-channel vectors on ``device``. They are cached under
+        their values (dtype, shape and bytes), never under their names alone, so a call with
+        another bias, multiplier or shift always gets its own vectors."""
+        out = {}
+        for name, a in arrays.items():
+            v = _channel_vector(name, a, self.n)
+            key = (device, name, v.tobytes())
+            if key not in self._params:
+                if len(self._params) >= _MAX_CACHED_PARAMS:
+                    self._params.pop(next(iter(self._params)))  # oldest first
+                self._params[key] = NDArray(v, device=device, dtype="int32")
+            out[name] = self._params[key]
+        return out
+
+
+#: per PackedWeights: enough for a layer's few parameter sets, bounded for callers that vary them
+_MAX_CACHED_PARAMS = 64
+
+
+def _channel_vector(name, a, n):
+    """``a`` as a C-contiguous int32 numpy vector of length n; raises on other lengths, on
+    values outside int32 and on non-integer input (instead of wrapping or truncating)."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iub":
+        raise TypeError(f"qgemm: {name} must hold integers, got dtype {arr.dtype}")
+    if arr.size != n:
+        raise ValueError(f"qgemm: {name} has {arr.size} values, expected n = {n}")
+    if arr.size and arr.dtype != np.int32:
+        info = np.iinfo(np.int32)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            raise ValueError(f"qgemm: {name} values [{lo}, {hi}] are outside the int32 range")
+    return np.ascontiguousarray(arr.reshape(n), dtype=np.int32)
 
 
 def qgemm(a, weights, a_zero_point, bias, multiplier, shift, out_zero_point=0, relu=False,
@@ -93,6 +118,9 @@ def qgemm(a, weights, a_zero_point, bias, multiplier, shift, out_zero_point=0, r
     if multiplier is None:
         multiplier = np.zeros(n, np.int32)
         shift = np.zeros(n, np.int32)
+    bias = np.zeros(n, np.int32) if bias is None else _channel_vector("bias", bias, n)
+    multiplier = _channel_vector("multiplier", multiplier, n)
+    shift = _channel_vector("shift", shift, n)
     if _use_backend(device):
         a = a.compact()
         out = NDArray.make((m, n), device=device, dtype=out_dtype)

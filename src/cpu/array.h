@@ -11,6 +11,8 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+
+#include "../common/checked_size.h"
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -73,8 +75,11 @@ class AlignedArray {
  public:
   AlignedArray(std::size_t size, DType dtype) : size_(size), dtype_(dtype) {
     const std::size_t elem = dtype_size(dtype);
-    if (size > (std::numeric_limits<std::size_t>::max() - kAlignment) / elem)
-      throw std::invalid_argument("Array size " + std::to_string(size) + " is too large");
+    // The limit every native size check uses (checked_size.h): byte counts and view indices
+    // of any buffer then fit in int64.
+    if (size >= static_cast<std::size_t>(kMaxElements))
+      throw std::invalid_argument("Array size " + std::to_string(size) +
+                                  " exceeds the limit of 2^60 elements");
     // Round the byte count up to whole cache lines (>= one line, so size 0 is fine too).
     std::size_t bytes = (size * elem + kAlignment - 1) / kAlignment * kAlignment;
     if (bytes == 0) bytes = kAlignment;

@@ -162,6 +162,8 @@ void ewise_binary(BinaryOp op, const float* a, const float* b, float* out, int64
 void scalar_binary(BinaryOp op, const float* a, float val, float* out, int64_t n) {
   if (op == BinaryOp::kPower && val == 2.0f)  // x ** 2 (variances): exact, and it vectorizes
     return map1(a, out, n, [](float x) { return x * x; });
+  if (op == BinaryOp::kPower && val == 0.5f)  // x ** 0.5 as numpy does it: correctly rounded sqrt
+    return map1(a, out, n, [](float x) { return std::sqrt(x); });
   apply_binary(op, [&](auto f) { map1(a, out, n, [f, val](float x) { return f(x, val); }); });
 }
 

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/checked_size.h"
 #include "array.h"
 #include "ewise.h"
 #include "gemm_f32.h"
@@ -108,6 +109,11 @@ void from_numpy(const py::array& src, AlignedArray& out) {
   if (name != dtype_name(out.dtype()))
     throw py::type_error("from_numpy: numpy dtype " + name + " does not match Array dtype " +
                          dtype_name(out.dtype()));
+  // A byte-swapped array ('>i4') has the same dtype name; copying its bytes would be wrong.
+  const char order = src.dtype().byteorder();
+  if (order == '>' || (order != '=' && order != '|' && order != '<'))
+    throw py::type_error("from_numpy: numpy array is not in native byte order; convert it with "
+                         ".astype('" + name + "') first");
   if (static_cast<size_t>(src.size()) != out.size())
     fail("from_numpy: numpy array has " + std::to_string(src.size()) + " elements, Array has " +
          std::to_string(out.size()));
@@ -201,7 +207,7 @@ void bind_unary(py::module_& m, const char* name, UnaryOp op) {
 template <void (*Kernel)(const float*, float*, int64_t, int64_t)>
 void reduce(const char* what, const AlignedArray& a, AlignedArray& out, int64_t reduce_size) {
   need_float(what, {&a, &out});
-  if (reduce_size <= 0 || isize(a) != isize(out) * reduce_size)
+  if (reduce_size <= 0 || isize(a) != checked_mul(isize(out), reduce_size, what))
     fail(std::string(what) + ": input size " + std::to_string(a.size()) + " != out size " +
          std::to_string(out.size()) + " * reduce_size " + std::to_string(reduce_size));
   MaybeReleaseGil nogil(isize(a));
@@ -211,7 +217,8 @@ void reduce(const char* what, const AlignedArray& a, AlignedArray& out, int64_t 
 void matmul(const AlignedArray& a, const AlignedArray& b, AlignedArray& out, int64_t m, int64_t n,
             int64_t p) {
   need_float("matmul", {&a, &b, &out});
-  if (m < 0 || n < 0 || p < 0 || isize(a) != m * n || isize(b) != n * p || isize(out) != m * p)
+  if (m < 0 || n < 0 || p < 0 || isize(a) != checked_mul(m, n, "matmul") ||
+      isize(b) != checked_mul(n, p, "matmul") || isize(out) != checked_mul(m, p, "matmul"))
     fail("matmul: sizes a=" + std::to_string(a.size()) + " b=" + std::to_string(b.size()) + " out=" +
          std::to_string(out.size()) + " do not fit m=" + std::to_string(m) + " n=" + std::to_string(n) +
          " p=" + std::to_string(p));
@@ -225,6 +232,55 @@ void matmul(const AlignedArray& a, const AlignedArray& b, AlignedArray& out, int
            static_cast<float*>(out.raw()), m, p, n);
 }
 
+// The course's tiled layout: a matrix of rows x cols stored as [rows/T][cols/T][T][T] blocks.
+constexpr int64_t kTile = 8;
+
+void untile(const float* tiled, float* rowmajor, int64_t rows, int64_t cols) {
+  const int64_t tc = cols / kTile;
+  for (int64_t bi = 0; bi < rows / kTile; ++bi)
+    for (int64_t bj = 0; bj < tc; ++bj) {
+      const float* blk = tiled + (bi * tc + bj) * kTile * kTile;
+      for (int64_t i = 0; i < kTile; ++i)
+        std::memcpy(rowmajor + (bi * kTile + i) * cols + bj * kTile, blk + i * kTile, kTile * sizeof(float));
+    }
+}
+
+void retile(const float* rowmajor, float* tiled, int64_t rows, int64_t cols) {
+  const int64_t tc = cols / kTile;
+  for (int64_t bi = 0; bi < rows / kTile; ++bi)
+    for (int64_t bj = 0; bj < tc; ++bj) {
+      float* blk = tiled + (bi * tc + bj) * kTile * kTile;
+      for (int64_t i = 0; i < kTile; ++i)
+        std::memcpy(blk + i * kTile, rowmajor + (bi * kTile + i) * cols + bj * kTile, kTile * sizeof(float));
+    }
+}
+
+// out = a @ b on tiled operands (m, n, p in elements, each a multiple of the tile size): the
+// blocks are gathered into row-major scratch so the one tuned float32 GEMM does the work.
+void matmul_tiled(const AlignedArray& a, const AlignedArray& b, AlignedArray& out, int64_t m, int64_t n,
+                  int64_t p) {
+  need_float("matmul_tiled", {&a, &b, &out});
+  if (m < 0 || n < 0 || p < 0 || m % kTile || n % kTile || p % kTile)
+    fail("matmul_tiled: m=" + std::to_string(m) + " n=" + std::to_string(n) + " p=" + std::to_string(p) +
+         " must be non-negative multiples of the tile size " + std::to_string(kTile));
+  if (isize(a) != m * n || isize(b) != n * p || isize(out) != m * p)
+    fail("matmul_tiled: sizes a=" + std::to_string(a.size()) + " b=" + std::to_string(b.size()) + " out=" +
+         std::to_string(out.size()) + " do not fit m=" + std::to_string(m) + " n=" + std::to_string(n) +
+         " p=" + std::to_string(p));
+  py::gil_scoped_release nogil;
+  float* c = static_cast<float*>(out.raw());
+  if (m == 0 || p == 0) return;
+  if (n == 0) {
+    std::fill(c, c + out.size(), 0.0f);
+    return;
+  }
+  std::vector<float> ra(static_cast<size_t>(m * n)), rb(static_cast<size_t>(n * p)), rc(static_cast<size_t>(m * p));
+  untile(static_cast<const float*>(a.raw()), ra.data(), m, n);
+  untile(static_cast<const float*>(b.raw()), rb.data(), n, p);
+  gemm_f32(ra.data(), rb.data(), rc.data(), m, p, n);
+  retile(rc.data(), c, m, p);
+}
+
 }  // namespace
 }  // namespace cpu
 }  // namespace needle
@@ -233,6 +289,7 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   using namespace needle::cpu;
   m.doc() = "needle's CPU backend (C++): flat aligned buffers and the kernels NDArray calls.";
   m.attr("__device_name__") = "cpu";
+  m.attr("__tile_size__") = kTile;
   py::register_local_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
@@ -280,6 +337,8 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("reduce_sum", [](const AlignedArray& a, AlignedArray& out, int64_t r) { reduce<reduce_sum>("reduce_sum", a, out, r); },
         py::arg("a"), py::arg("out"), py::arg("reduce_size"));
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("p"));
+  m.def("matmul_tiled", &matmul_tiled, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"),
+        py::arg("p"), "out = a @ b on [rows/T][cols/T][T][T] tiled buffers, T = __tile_size__.");
   m.def("gemm_f32_isa", [] { return std::string(needle::cpu::gemm_f32_isa()); },
         "Instruction-set path the float32 matmul uses (honours NEEDLE_ISA).");
 

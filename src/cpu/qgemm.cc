@@ -8,6 +8,7 @@
 #include <exception>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_features.h"
@@ -19,7 +20,8 @@ namespace needle {
 namespace cpu {
 namespace qgemm_detail {
 
-// The portable path, block_scalar, is in qgemm_scalar.cc (the course's C++ exercise).
+// The portable path, kQgemmScalar, is in qgemm_scalar.cc (the course's C++ exercise); each
+// fast path's kernel is in its qgemm_<isa>.cc.
 
 // ---- packing and epilogue -------------------------------------------------------------------
 void conv_tile(const QgemmArgs& g, int64_t m0, int64_t mc, uint8_t* tile) {
@@ -31,6 +33,7 @@ void conv_tile(const QgemmArgs& g, int64_t m0, int64_t mc, uint8_t* tile) {
   const uint8_t flip = g.a_type == QType::kInt8 ? 0x80 : 0;
   const uint8_t pad = static_cast<uint8_t>(cv.pad_value) ^ flip;
   const uint8_t* x = static_cast<const uint8_t*>(g.a);
+  const int64_t run = kw * c;
   int64_t n = m0 / (cv.ho * cv.wo), oh = (m0 % (cv.ho * cv.wo)) / cv.wo, ow = m0 % cv.wo;
   for (int64_t r = 0; r < mc; ++r) {
     uint8_t* d = tile + r * kp;
@@ -40,8 +43,13 @@ void conv_tile(const QgemmArgs& g, int64_t m0, int64_t mc, uint8_t* tile) {
     for (int64_t th = 0; th < kh; ++th) {
       const int64_t ih = ih0 + th;
       if (inside && !flip) {  // the whole kernel row is one contiguous run of kw * c bytes
-        std::memcpy(d, img + (ih * w + iw0) * c, static_cast<size_t>(kw * c));
-        d += kw * c;
+        const uint8_t* src = img + (ih * w + iw0) * c;
+        if (run <= 16) {  // small runs (a 3x3 kernel on 1 channel): no library call per row
+          for (int64_t j = 0; j < run; ++j) d[j] = src[j];
+        } else {
+          std::memcpy(d, src, static_cast<size_t>(run));
+        }
+        d += run;
         continue;
       }
       for (int64_t tw = 0; tw < kw; ++tw, d += c) {
@@ -101,26 +109,58 @@ void pack_a(const QgemmArgs& g, int64_t m0, int64_t mc, int64_t k0, int64_t kc, 
   }
 }
 
-void epilogue_scalar(const QEpilogue& ep, const int32_t* cbuf, int64_t m0, int64_t mc,
-                     int64_t n0, int64_t nc) {
+void pack_a_rows(const QgemmArgs& g, const uint8_t* conv_rows, int64_t m0, int64_t mc,
+                 int64_t k0, int64_t kc, int64_t ld, uint8_t* dst) {
+  const int64_t have = std::max<int64_t>(0, std::min(kc, g.k - k0));  // real bytes per row
+  const int64_t kp = round_up(g.k, kQKGroup);
+  const bool flip = g.a_type == QType::kInt8 && conv_rows == nullptr;  // tiles are uint8 already
+  for (int64_t r = 0; r < mc; ++r) {
+    uint8_t* d = dst + r * ld;
+    const uint8_t* src = conv_rows ? conv_rows + r * kp + k0
+                                   : static_cast<const uint8_t*>(g.a) + (m0 + r) * g.k + k0;
+    if (flip)
+      for (int64_t j = 0; j < have; ++j) d[j] = src[j] ^ 0x80;
+    else
+      std::memcpy(d, src, static_cast<size_t>(have));
+    std::memset(d + have, 0, static_cast<size_t>(ld - have));
+  }
+}
+
+namespace {
+// Rows of one output type. Everything in locals: byte stores may alias anything, so fields
+// read through `ep` would be reloaded after every store.
+template <class Out>
+void epilogue_rows(const QEpilogue& ep, const int32_t* cbuf, int64_t m0, int64_t mc, int64_t n0,
+                   int64_t nc) {
+  const int64_t* offset = ep.offset + n0;
+  const int32_t* mult = ep.mult + n0;
+  const int32_t* shift = ep.total_shift + n0;
+  const int64_t* round = ep.round + n0;
+  const int64_t lo = ep.lo, hi = ep.hi, zp = ep.zp, ldo = ep.n;
+  Out* out = static_cast<Out*>(ep.out) + m0 * ldo + n0;
   for (int64_t r = 0; r < mc; ++r) {
     const int32_t* crow = cbuf + r * kNC;
-    const int64_t base = (m0 + r) * ep.n + n0;
+    Out* orow = out + r * ldo;
     for (int64_t j = 0; j < nc; ++j) {
-      const int64_t c = n0 + j;
-      int64_t acc = static_cast<int64_t>(crow[j]) + ep.offset[c];
+      int64_t acc = static_cast<int64_t>(crow[j]) + offset[j];
       acc = std::min<int64_t>(std::max<int64_t>(acc, INT32_MIN), INT32_MAX);
-      if (ep.out_type == QType::kInt32) {
-        static_cast<int32_t*>(ep.out)[base + j] = static_cast<int32_t>(acc);
-        continue;
+      if constexpr (std::is_same<Out, int32_t>::value) {
+        orow[j] = static_cast<int32_t>(acc);
+      } else {
+        const int64_t y = ((acc * mult[j] + round[j]) >> shift[j]) + zp;
+        orow[j] = static_cast<Out>(std::min<int64_t>(std::max<int64_t>(y, lo), hi));
       }
-      int64_t y = (acc * ep.mult[c] + ep.round[c]) >> ep.total_shift[c];
-      y = std::min<int64_t>(std::max<int64_t>(y + ep.zp, ep.lo), ep.hi);
-      if (ep.out_type == QType::kUint8)
-        static_cast<uint8_t*>(ep.out)[base + j] = static_cast<uint8_t>(y);
-      else
-        static_cast<int8_t*>(ep.out)[base + j] = static_cast<int8_t>(y);
     }
+  }
+}
+}  // namespace
+
+void epilogue_scalar(const QEpilogue& ep, const int32_t* cbuf, int64_t m0, int64_t mc,
+                     int64_t n0, int64_t nc) {
+  switch (ep.out_type) {
+    case QType::kInt32: return epilogue_rows<int32_t>(ep, cbuf, m0, mc, n0, nc);
+    case QType::kUint8: return epilogue_rows<uint8_t>(ep, cbuf, m0, mc, n0, nc);
+    case QType::kInt8: return epilogue_rows<int8_t>(ep, cbuf, m0, mc, n0, nc);
   }
 }
 
@@ -160,38 +200,62 @@ const char* qgemm_isa_name(QgemmIsa isa) {
     case QgemmIsa::kAvxVnni: return "avxvnni";
     case QgemmIsa::kAvx512: return "avx512";
     case QgemmIsa::kVnni512: return "vnni";
+    case QgemmIsa::kAmx: return "amx";
+    case QgemmIsa::kAmxEmulated: return "amx-emulated";
   }
   return "unknown";
 }
 
 QgemmIsa qgemm_isa_from_name(const char* name) {
   const std::string s(name);
-  for (int i = 0; i <= static_cast<int>(QgemmIsa::kVnni512); ++i)
+  for (int i = 0; i < kQgemmIsaCount; ++i)
     if (s == qgemm_isa_name(static_cast<QgemmIsa>(i))) return static_cast<QgemmIsa>(i);
   throw std::invalid_argument("unknown int8 GEMM path '" + s +
-                              "'; expected one of scalar, avx2, avxvnni, avx512, vnni");
+                              "'; expected one of scalar, avx2, avxvnni, avx512, vnni, amx, "
+                              "amx-emulated");
 }
 
+namespace {
+// The kernel of each path; nullptr where this build has none.
+const QgemmKernel* kernel_of(QgemmIsa isa) {
+  switch (isa) {
+    case QgemmIsa::kScalar: return &kQgemmScalar;
+    case QgemmIsa::kAmxEmulated: return &kQgemmAmxEmulated;
+#if NEEDLE_QGEMM_X86
+    case QgemmIsa::kAvx2: return &kQgemmAvx2;
+    case QgemmIsa::kAvxVnni: return &kQgemmAvxVnni;
+    case QgemmIsa::kAvx512: return &kQgemmAvx512;
+    case QgemmIsa::kVnni512: return &kQgemmVnni512;
+    case QgemmIsa::kAmx: return &kQgemmAmx;
+#endif
+    default: return nullptr;
+  }
+}
+}  // namespace
+
 bool qgemm_isa_supported(QgemmIsa isa) {
-#if defined(__x86_64__) && defined(__GNUC__)
+  if (kernel_of(isa) == nullptr) return false;
   switch (isa) {
     case QgemmIsa::kScalar: return true;
+    case QgemmIsa::kAmxEmulated: return true;
     case QgemmIsa::kAvx2: return has_avx2_fma();
     case QgemmIsa::kAvxVnni: return has_avx_vnni();
     case QgemmIsa::kAvx512: return has_avx512bw();
     case QgemmIsa::kVnni512: return has_avx512_vnni();
+    case QgemmIsa::kAmx: return has_amx_int8();  // (its epilogue also needs AVX-512)
   }
   return false;
-#else
-  return isa == QgemmIsa::kScalar;
-#endif
 }
 
 QgemmIsa qgemm_default_isa() {
   const int forced = g_forced.load();
   if (forced >= 0) return static_cast<QgemmIsa>(forced);
-  for (QgemmIsa isa : {QgemmIsa::kVnni512, QgemmIsa::kAvxVnni, QgemmIsa::kAvx512,
-                       QgemmIsa::kAvx2})
+  if (isa_demands_amx() && !qgemm_isa_supported(QgemmIsa::kAmx))
+    throw std::runtime_error(std::string("NEEDLE_ISA=amx, but the AMX int8 path is not "
+                                         "available here: ") + amx_status() +
+                             ". Unset NEEDLE_ISA (or set it to vnni) to use the best other path.");
+  for (QgemmIsa isa : {QgemmIsa::kAmx, QgemmIsa::kVnni512, QgemmIsa::kAvxVnni,
+                       QgemmIsa::kAvx512, QgemmIsa::kAvx2})
     if (qgemm_isa_supported(isa)) return isa;
   return QgemmIsa::kScalar;
 }
@@ -208,14 +272,11 @@ void qgemm_clear_forced_isa() { g_forced.store(-1); }
 // ---- the driver -----------------------------------------------------------------------------
 void qgemm(const QgemmArgs& g, QgemmIsa isa) {
   if (g.m <= 0 || g.n <= 0) return;
-  BlockFn block = block_scalar;
-  switch (isa) {
-    case QgemmIsa::kScalar: block = block_scalar; break;
-    case QgemmIsa::kAvx2: block = block_avx2; break;
-    case QgemmIsa::kAvxVnni: block = block_avxvnni; break;
-    case QgemmIsa::kAvx512: block = block_avx512; break;
-    case QgemmIsa::kVnni512: block = block_vnni512; break;
-  }
+  const QgemmKernel* kernel = kernel_of(isa);
+  if (kernel == nullptr)
+    throw std::invalid_argument(std::string("int8 GEMM path '") + qgemm_isa_name(isa) +
+                                "' is not part of this build");
+  const BlockFn block = kernel->block;
   // Per-channel epilogue constants. int8 activations are fed to the kernel as x + 128.
   const int64_t zp_eff =
       static_cast<int64_t>(g.a_zero_point) + (g.a_type == QType::kInt8 ? 128 : 0);
@@ -306,18 +367,19 @@ double qgemm_peak_gops(QgemmIsa isa, double seconds) {
   if (!qgemm_isa_supported(isa))
     throw std::invalid_argument(std::string("int8 path '") + qgemm_isa_name(isa) +
                                 "' is not supported here");
-  switch (isa) {
-    case QgemmIsa::kAvx2: return time_loop(peak_loop_avx2, seconds);
-    case QgemmIsa::kAvxVnni: return time_loop(peak_loop_avxvnni, seconds);
-    case QgemmIsa::kAvx512: return time_loop(peak_loop_avx512, seconds);
-    case QgemmIsa::kVnni512: return time_loop(peak_loop_vnni512, seconds);
-    default: throw std::invalid_argument("no peak loop for the scalar path");
-  }
+  const QgemmKernel* kernel = kernel_of(isa);
+  if (kernel == nullptr || kernel->peak_loop == nullptr)
+    throw std::invalid_argument(std::string("no peak loop for the int8 path '") +
+                                qgemm_isa_name(isa) + "'");
+  return time_loop(kernel->peak_loop, seconds);
 }
 
 double f32_fma_peak_gflops(double seconds) {
+#if NEEDLE_QGEMM_X86
   if (has_avx512f()) return time_loop(fma_loop_avx512, seconds);
   if (has_avx2_fma()) return time_loop(fma_loop_avx2, seconds);
+#endif
+  (void)seconds;
   throw std::invalid_argument("no FMA unit detected");
 }
 

@@ -11,7 +11,8 @@
 // The inner product runs in int32 with the activations as uint8 (int8 activations are
 // shifted by +128, which the zero point absorbs); zero points never enter the inner loop.
 //
-// Paths, chosen at run time: AVX-512 VNNI, AVX-VNNI (256-bit), AVX-512BW and AVX2 (exact
+// Paths, chosen at run time: AMX-INT8 tiles (tdpbusd on 16 x 64-byte tiles; the packed
+// panel above is already the tile layout of B: 16 rows of q x 64 bytes), AVX-512 VNNI, AVX-VNNI (256-bit), AVX-512BW and AVX2 (exact
 // 16-bit widening with vpmaddwd), and portable C++ (qgemm_scalar.cc, the course's C++
 // exercise: used only when the scalar path is selected). All give identical bits.
 #pragma once
@@ -20,7 +21,13 @@
 namespace needle {
 namespace cpu {
 
-enum class QgemmIsa : int { kScalar = 0, kAvx2 = 1, kAvxVnni = 2, kAvx512 = 3, kVnni512 = 4 };
+// kAmxEmulated runs the AMX path's blocking, packing and tile sequence on a portable C++
+// model of the tile instructions: slow, always available, never chosen automatically; it
+// proves the AMX code bit-exact on CPUs without AMX.
+enum class QgemmIsa : int {
+  kScalar = 0, kAvx2 = 1, kAvxVnni = 2, kAvx512 = 3, kVnni512 = 4, kAmx = 5, kAmxEmulated = 6
+};
+constexpr int kQgemmIsaCount = 7;
 enum class QType : int { kUint8 = 0, kInt8 = 1, kInt32 = 2 };
 
 constexpr int64_t kQPanel = 16;  // output channels per packed panel
@@ -68,11 +75,13 @@ struct QgemmArgs {
 void qgemm(const QgemmArgs& args, QgemmIsa isa);
 
 // The path used when none is forced: the best the CPU offers below the NEEDLE_ISA cap, or the
-// one set by qgemm_force_isa.
+// one set by qgemm_force_isa. With NEEDLE_ISA=amx on a machine without usable AMX it throws
+// std::runtime_error saying why (CPU flags or the kernel's refusal of tile data).
 QgemmIsa qgemm_default_isa();
 bool qgemm_isa_supported(QgemmIsa isa);
 const char* qgemm_isa_name(QgemmIsa isa);
-// Parses "scalar", "avx2", "avxvnni", "avx512", "vnni"; throws std::invalid_argument otherwise.
+// Parses "scalar", "avx2", "avxvnni", "avx512", "vnni", "amx", "amx-emulated"; throws
+// std::invalid_argument otherwise.
 QgemmIsa qgemm_isa_from_name(const char* name);
 // Forces a path for later calls (tests); `clear` returns to automatic choice.
 void qgemm_force_isa(QgemmIsa isa);

@@ -6,6 +6,26 @@
 
 #include "qgemm.h"
 
+// The x86-64 kernels (qgemm_<isa>.cc) are compiled only where the compiler understands
+// per-function target attributes; elsewhere the scalar path (and the AMX emulation) remain.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define NEEDLE_QGEMM_X86 1
+#else
+#define NEEDLE_QGEMM_X86 0
+#endif
+
+// NEEDLE_TARGET_PUSH("avx2,fma") ... NEEDLE_TARGET_POP: everything between is compiled for
+// that instruction set (the dispatcher calls it only when the CPU supports it).
+#define NEEDLE_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define NEEDLE_TARGET_PUSH(t) \
+  NEEDLE_PRAGMA(clang attribute push(__attribute__((target(t))), apply_to = function))
+#define NEEDLE_TARGET_POP _Pragma("clang attribute pop")
+#else
+#define NEEDLE_TARGET_PUSH(t) _Pragma("GCC push_options") NEEDLE_PRAGMA(GCC target(t))
+#define NEEDLE_TARGET_POP _Pragma("GCC pop_options")
+#endif
+
 namespace needle {
 namespace cpu {
 namespace qgemm_detail {
@@ -13,7 +33,7 @@ namespace qgemm_detail {
 // Cache blocking (bytes of k; rows; columns). A micro-panel of B (kKC x 64 bytes = 32 KB)
 // stays in L1
 // while the micro-kernel sweeps the kMC rows of A; the int32 tile kMC x kNC lives in L2.
-// kMC is a multiple of every micro-kernel's row count (4 and 6).
+// kMC is a multiple of every micro-kernel's row count (4, 6 and the tile kernel's 32).
 constexpr int64_t kMC = 96;
 constexpr int64_t kKC = 512;
 constexpr int64_t kNC = 256;
@@ -47,31 +67,39 @@ void pack_a(const QgemmArgs& g, int64_t m0, int64_t mc, int64_t k0, int64_t kc, 
 // +128), row stride round_up(k, 4), k padding zero: tile holds mc * round_up(k, 4) bytes.
 void conv_tile(const QgemmArgs& g, int64_t m0, int64_t mc, uint8_t* tile);
 
+// Packs rows [m0, m0 + mc) and k range [k0, k0 + kc) of the activations (or of the
+// convolution's im2col tile, row stride round_up(k, 4)) row-major as uint8: dst[r * ld + j]
+// for j < ld, zero for k >= K; ld >= kc. The layout of the tile kernels (one row per tile row).
+void pack_a_rows(const QgemmArgs& g, const uint8_t* conv_rows, int64_t m0, int64_t mc,
+                 int64_t k0, int64_t kc, int64_t ld, uint8_t* dst);
+
 // One work item: rows [m0, m0 + mc) x columns [n0, n0 + nc) of the output, all of k, written
 // to out through the epilogue. Per-thread scratch: apack kMC * kKC bytes, cbuf kMC * kNC
 // int32, tile kMC * round_up(k, 4) bytes (convolutions only).
 using BlockFn = void (*)(const QgemmArgs& g, const QEpilogue& ep, int64_t m0, int64_t mc,
                          int64_t n0, int64_t nc, uint8_t* apack, int32_t* cbuf, uint8_t* tile);
+using EpilogueFn = void (*)(const QEpilogue& ep, const int32_t* cbuf, int64_t m0, int64_t mc,
+                            int64_t n0, int64_t nc);
 
-void block_scalar(const QgemmArgs&, const QEpilogue&, int64_t, int64_t, int64_t, int64_t,
-                  uint8_t*, int32_t*, uint8_t*);
-void block_avx2(const QgemmArgs&, const QEpilogue&, int64_t, int64_t, int64_t, int64_t,
-                uint8_t*, int32_t*, uint8_t*);
-void block_avxvnni(const QgemmArgs&, const QEpilogue&, int64_t, int64_t, int64_t, int64_t,
-                   uint8_t*, int32_t*, uint8_t*);
-void block_avx512(const QgemmArgs&, const QEpilogue&, int64_t, int64_t, int64_t, int64_t,
-                  uint8_t*, int32_t*, uint8_t*);
-void block_vnni512(const QgemmArgs&, const QEpilogue&, int64_t, int64_t, int64_t, int64_t,
-                   uint8_t*, int32_t*, uint8_t*);
+// One instruction-set path: its work item and (fast paths) its register-only throughput loop,
+// which runs `iters` iterations and returns the operations performed (2 per multiply-add).
+struct QgemmKernel {
+  BlockFn block = nullptr;
+  double (*peak_loop)(int64_t iters) = nullptr;
+};
 
-// Register-only throughput loops for the peak measurement: run `iters` iterations and return
-// the number of operations performed (2 per multiply-add).
-double peak_loop_avx2(int64_t iters);      // int8 via vpmaddwd widening
-double peak_loop_avxvnni(int64_t iters);
-double peak_loop_avx512(int64_t iters);
-double peak_loop_vnni512(int64_t iters);
-double fma_loop_avx2(int64_t iters);       // float32 FMA, 256-bit
-double fma_loop_avx512(int64_t iters);     // float32 FMA, 512-bit
+// Each defined by its own file (qgemm_scalar.cc, qgemm_<isa>.cc); the x86 ones only on x86-64.
+extern const QgemmKernel kQgemmScalar, kQgemmAmxEmulated;
+extern const QgemmKernel kQgemmAvx2, kQgemmAvxVnni, kQgemmAvx512, kQgemmVnni512, kQgemmAmx;
+
+// Base of the vector traits types of qgemm_kernel.h (tile traits set kTiles = true).
+struct VectorTraits {
+  static constexpr bool kTiles = false;
+};
+
+// float32 FMA throughput loops (same contract as peak_loop), 256-bit and 512-bit.
+double fma_loop_avx2(int64_t iters);
+double fma_loop_avx512(int64_t iters);
 
 }  // namespace qgemm_detail
 }  // namespace cpu

@@ -55,7 +55,7 @@ int32_t requantize_scalar(int32_t acc, int32_t multiplier, int32_t shift,
 
 namespace qgemm_detail {
 
-void block_scalar(const QgemmArgs& g, const QEpilogue& ep, int64_t m0, int64_t mc, int64_t n0,
+static void block_scalar(const QgemmArgs& g, const QEpilogue& ep, int64_t m0, int64_t mc, int64_t n0,
                   int64_t nc, uint8_t* /*apack*/, int32_t* cbuf, uint8_t* tile) {
   const int64_t k = g.k, kp = round_up(k, kQKGroup);
   thread_local std::vector<uint8_t> arows;
@@ -110,6 +110,8 @@ void block_scalar(const QgemmArgs& g, const QEpilogue& ep, int64_t m0, int64_t m
     }
   }
 }
+
+const QgemmKernel kQgemmScalar = {block_scalar, nullptr};
 
 }  // namespace qgemm_detail
 }  // namespace cpu

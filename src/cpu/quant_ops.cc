@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "../common/checked_size.h"
 #include "array.h"
+#include "cpu_features.h"
 #include "qgemm.h"
 
 namespace py = pybind11;
@@ -67,7 +69,7 @@ std::unique_ptr<AlignedArray> qpack_weights_py(const AlignedArray& w, int64_t n,
   if (w.dtype() != DType::kInt8)
     type_error(std::string("qpack_weights needs int8 weights, got ") + dtype_name(w.dtype()));
   check_dims("qpack_weights", 0, n, k);
-  if (static_cast<int64_t>(w.size()) != n * k)
+  if (static_cast<int64_t>(w.size()) != checked_mul(n, k, "qpack_weights"))
     value_error("qpack_weights: weight size " + s(w.size()) + " != n*k = " + s(n) + "*" + s(k));
   auto out = std::make_unique<AlignedArray>(
       static_cast<size_t>(kHeaderBytes + qpack_size(n, k)), DType::kInt8);
@@ -151,7 +153,8 @@ void qgemm_py(const AlignedArray& a, const AlignedArray& packed, AlignedArray& o
   QgemmArgs g;
   check_gemm_params("qgemm", packed, out, n, k, a_zero_point, colsum, bias, multiplier, shift,
                     out_zero_point, relu, g);
-  if (static_cast<int64_t>(a.size()) != m * k || static_cast<int64_t>(out.size()) != m * n)
+  if (static_cast<int64_t>(a.size()) != checked_mul(m, k, "qgemm") ||
+      static_cast<int64_t>(out.size()) != checked_mul(m, n, "qgemm"))
     value_error("qgemm: sizes a=" + s(a.size()) + " out=" + s(out.size()) +
                 " do not fit m=" + s(m) + " n=" + s(n) + " k=" + s(k));
   g.a = a.raw();
@@ -175,14 +178,16 @@ void qconv2d_nhwc_py(const AlignedArray& x, const AlignedArray& packed, AlignedA
                 " c=" + s(c) + " c_out=" + s(c_out) + " kernel=" + s(kh) + "x" + s(kw) +
                 " stride=" + s(stride) + " padding=" + s(padding));
   const int64_t lim = int64_t(1) << 20;
-  if (h > lim || w > lim || c > lim || kh > lim || kw > lim || padding > lim || stride > lim ||
-      static_cast<double>(batch) * h * w * c > 1e15)
-    value_error("qconv2d_nhwc: geometry too large");
+  if (h > lim || w > lim || c > lim || kh > lim || kw > lim || padding > lim || stride > lim)
+    value_error("qconv2d_nhwc: geometry too large (h, w, c, kernel, stride and padding must be "
+                "at most 2^20)");
+  const int64_t in_size = checked_product({batch, h, w, c}, "qconv2d_nhwc input");
   if (h + 2 * padding < kh || w + 2 * padding < kw)
     value_error("qconv2d_nhwc: kernel " + s(kh) + "x" + s(kw) + " is larger than the padded " +
                 "input " + s(h + 2 * padding) + "x" + s(w + 2 * padding));
   const int64_t ho = (h + 2 * padding - kh) / stride + 1, wo = (w + 2 * padding - kw) / stride + 1;
-  const int64_t k = kh * kw * c, m = batch * ho * wo;
+  const int64_t k = checked_product({kh, kw, c}, "qconv2d_nhwc"),
+                m = checked_product({batch, ho, wo}, "qconv2d_nhwc");
   check_dims("qconv2d_nhwc", m, c_out, k);
   const bool is_u8 = x.dtype() == DType::kUint8;
   if (a_zero_point < (is_u8 ? 0 : -128) || a_zero_point > (is_u8 ? 255 : 127))
@@ -191,10 +196,9 @@ void qconv2d_nhwc_py(const AlignedArray& x, const AlignedArray& packed, AlignedA
   QgemmArgs g;
   check_gemm_params("qconv2d_nhwc", packed, out, c_out, k, a_zero_point, colsum, bias,
                     multiplier, shift, out_zero_point, relu, g);
-  if (static_cast<int64_t>(x.size()) != batch * h * w * c)
-    value_error("qconv2d_nhwc: input size " + s(x.size()) + " != batch*h*w*c = " +
-                s(batch * h * w * c));
-  if (static_cast<int64_t>(out.size()) != m * c_out)
+  if (static_cast<int64_t>(x.size()) != in_size)
+    value_error("qconv2d_nhwc: input size " + s(x.size()) + " != batch*h*w*c = " + s(in_size));
+  if (static_cast<int64_t>(out.size()) != checked_mul(m, c_out, "qconv2d_nhwc"))
     value_error("qconv2d_nhwc: output size " + s(out.size()) + " != batch*ho*wo*c_out = " +
                 s(batch) + "*" + s(ho) + "*" + s(wo) + "*" + s(c_out));
   QConvGeom geom;
@@ -220,7 +224,7 @@ void qconv2d_nhwc_py(const AlignedArray& x, const AlignedArray& packed, AlignedA
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> names;
-  for (int i = 0; i <= static_cast<int>(QgemmIsa::kVnni512); ++i)
+  for (int i = 0; i < kQgemmIsaCount; ++i)
     if (qgemm_isa_supported(static_cast<QgemmIsa>(i)))
       names.emplace_back(qgemm_isa_name(static_cast<QgemmIsa>(i)));
   return names;
@@ -266,7 +270,8 @@ void register_quant_ops(py::module_& m) {
           }
           return std::string(qgemm_isa_name(qgemm_default_isa()));
         }, py::arg("name"),
-        "Force the int8 GEMM path ('scalar', 'avx2', 'avxvnni', 'avx512', 'vnni') or return to\n"
+        "Force the int8 GEMM path ('scalar', 'avx2', 'avxvnni', 'avx512', 'vnni', 'amx',\n"
+        "'amx-emulated') or return to\n"
         "automatic choice ('auto'). Returns the path now in use.");
   m.def("_qgemm_isas", &available_isas, "The int8 GEMM paths this CPU can run, lowest first.");
   m.def("_qgemm_peak_gops", [](const std::string& name, double seconds) {
@@ -277,6 +282,8 @@ void register_quant_ops(py::module_& m) {
           return qgemm_peak_gops(isa, seconds);
         }, py::arg("isa"), py::arg("seconds") = 0.2,
         "Measured one-thread peak of the int8 multiply-add unit (GOP/s) on path `isa`.");
+  m.def("_amx_status", [] { return std::string(amx_status()); },
+        "Why the AMX int8 path is or is not usable here, in words.");
   m.def("_f32_peak_gflops", [](double seconds) {
           py::gil_scoped_release release;
           return f32_fma_peak_gflops(seconds);

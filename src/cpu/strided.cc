@@ -9,6 +9,7 @@
 #include <string>
 #include <type_traits>
 
+#include "../common/checked_size.h"
 #include "parallel.h"
 
 namespace needle {
@@ -214,28 +215,7 @@ void check_view(const StridedView& v, int64_t buffer_size, const char* what) {
   if (v.shape.size() != v.strides.size())
     throw std::invalid_argument(std::string(what) + ": shape " + vec_str(v.shape) + " and strides " +
                                 vec_str(v.strides) + " differ in length");
-  const int64_t big = std::numeric_limits<int64_t>::max() / 4;
-  int64_t size = 1;
-  for (int64_t s : v.shape) {
-    if (s < 0)
-      throw std::invalid_argument(std::string(what) + ": negative dimension in shape " + vec_str(v.shape));
-    if (s > 0 && size > big / s)
-      throw std::invalid_argument(std::string(what) + ": shape " + vec_str(v.shape) + " is too large");
-    size *= s;
-  }
-  if (size == 0) return;  // reaches nothing
-  int64_t lo = v.offset, hi = v.offset;
-  for (size_t d = 0; d < v.shape.size(); ++d) {
-    const int64_t n = v.shape[d] - 1, st = v.strides[d];
-    if (n > 0 && (st > big / n || st < -big / n))
-      throw std::invalid_argument(std::string(what) + ": stride " + std::to_string(st) + " is too large");
-    (st < 0 ? lo : hi) += n * st;
-  }
-  if (v.offset < 0 || lo < 0 || hi >= buffer_size)
-    throw std::invalid_argument(std::string(what) + ": view shape=" + vec_str(v.shape) + " strides=" +
-                                vec_str(v.strides) + " offset=" + std::to_string(v.offset) +
-                                " reaches elements [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                                "] outside a buffer of " + std::to_string(buffer_size) + " elements");
+  view_extent(v.shape.data(), v.strides.data(), v.shape.size(), v.offset, buffer_size, what);
 }
 
 StridedView coalesce(const StridedView& v) {

@@ -18,7 +18,8 @@ struct StridedView {
 };
 
 // Throws std::invalid_argument (naming the values) unless shape and strides have the same
-// length, no dimension is negative, and every element the view reaches lies in [0, buffer_size).
+// length, no dimension is negative, the element count is below 2^60 and every element the view
+// reaches lies in [0, buffer_size), all computed without overflow (checked_size.h).
 void check_view(const StridedView& v, int64_t buffer_size, const char* what);
 
 // Drops size-1 axes and merges axes that are contiguous with each other, so the innermost loop

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "../common/checked_size.h"
+
 namespace needle {
 namespace cuda {
 
@@ -104,6 +106,10 @@ struct CudaArray {
     if (size_ < 0) {
       throw std::invalid_argument("Array size must be >= 0, got " + std::to_string(size_));
     }
+    if (size_ >= kMaxElements) {
+      throw std::invalid_argument("Array size " + std::to_string(size_) +
+                                  " exceeds the limit of 2^60 elements");
+    }
     size = static_cast<size_t>(size_);
     require_device();
     if (size > 0) {
@@ -163,7 +169,8 @@ struct StridedView {
 };
 
 // Validates a view of `buffer_size` elements and returns it with its element count in `count`.
-// Every index the view can reach must lie inside [0, buffer_size), checked here, before launch.
+// Every index the view can reach must lie inside [0, buffer_size), checked here, before launch,
+// with overflow-safe arithmetic (checked_size.h, shared with the CPU backend).
 inline StridedView make_view(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides,
                              int64_t offset, size_t buffer_size, const char* op, size_t* count) {
   if (shape.size() != strides.size()) {
@@ -174,31 +181,16 @@ inline StridedView make_view(const std::vector<int64_t>& shape, const std::vecto
     throw std::invalid_argument(std::string(op) + ": at most " + std::to_string(kMaxDims) +
                                 " dims are supported, got " + std::to_string(shape.size()));
   }
+  const ViewExtent e = view_extent(shape.data(), strides.data(), shape.size(), offset,
+                                   static_cast<int64_t>(buffer_size), op);
   StridedView v{};
   v.ndim = static_cast<int32_t>(shape.size());
   v.offset = offset;
-  size_t n = 1;
-  int64_t lo = offset, hi = offset;
   for (size_t i = 0; i < shape.size(); ++i) {
-    if (shape[i] < 0) {
-      throw std::invalid_argument(std::string(op) + ": negative dimension " +
-                                  std::to_string(shape[i]) + " in shape");
-    }
     v.shape[i] = shape[i];
     v.strides[i] = strides[i];
-    n *= static_cast<size_t>(shape[i]);
-    if (shape[i] > 0) {
-      int64_t span = (shape[i] - 1) * strides[i];
-      if (span > 0) hi += span; else lo += span;
-    }
   }
-  if (n > 0 && (lo < 0 || hi >= static_cast<int64_t>(buffer_size))) {
-    throw std::invalid_argument(std::string(op) + ": view (offset " + std::to_string(offset) +
-                            ") reaches elements [" + std::to_string(lo) + ", " +
-                            std::to_string(hi) + "] outside a buffer of " +
-                            std::to_string(buffer_size) + " elements");
-  }
-  *count = n;
+  *count = static_cast<size_t>(e.count);
   return v;
 }
 

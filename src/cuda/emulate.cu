@@ -30,6 +30,19 @@ namespace {
 
 constexpr int kCStyle = py::array::c_style | py::array::forcecast;
 
+// The emulation runs the kernels thread by thread on one core: it is for small test shapes.
+// Larger operands or results are refused before anything is allocated or copied.
+constexpr int64_t kMaxEmulatedElements = int64_t(1) << 26;
+
+void check_emulated(const char* what, std::initializer_list<int64_t> dims) {
+  const int64_t n = checked_product(dims, what);
+  if (n > kMaxEmulatedElements) {
+    throw std::invalid_argument(std::string("emulate.") + what + ": " + std::to_string(n) +
+                                " elements exceeds the emulation limit of 2^26 (use small test "
+                                "shapes)");
+  }
+}
+
 std::string np_dtype_name(const py::array& a) { return std::string(py::str(a.dtype())); }
 
 template <typename T>
@@ -42,6 +55,7 @@ py::array_t<T, kCStyle> as_2d(const py::array& x, const char* what, const char* 
     throw std::invalid_argument(std::string("emulate: ") + what + " must be 2-D, got " +
                                 std::to_string(x.ndim()) + "-D");
   }
+  check_emulated(what, {int64_t(x.shape(0)), int64_t(x.shape(1))});
   return py::array_t<T, kCStyle>::ensure(x);
 }
 
@@ -54,6 +68,7 @@ py::array_t<float> emulate_matmul(const py::array& a_in, const py::array& b_in) 
     throw std::invalid_argument("emulate.matmul: inner dimensions differ: " + std::to_string(K) +
                                 " and " + std::to_string(b.shape(0)));
   }
+  check_emulated("matmul", {M, P});
   py::array_t<float> out({M, P});
   using namespace sgemm;
   struct ThreadAcc { float v[TM][TN]; };
@@ -191,6 +206,13 @@ py::array emulate_qgemm(const py::array& a_in, const py::array& w_in, int32_t a_
                                   std::to_string(v->size()));
     }
   }
+  if (K > qtile::kMaxK) {
+    throw std::invalid_argument("emulate.qgemm: k = " + std::to_string(K) + " exceeds " +
+                                std::to_string(qtile::kMaxK) + " (the int32 accumulator could "
+                                "overflow)");
+  }
+  check_emulated("qgemm", {M, N});
+  check_emulated("qgemm", {N, qtile::padded_k(K)});
   const DType out_type = parse_dtype(out_dtype);
   if (out_type == DType::kFloat32) throw DTypeError("emulate.qgemm: out_dtype must be integer");
   for (int32_t s : shift) {
@@ -244,6 +266,7 @@ py::array emulate_compact(const py::array& buf_in, const std::vector<int64_t>& s
   const DType dt = parse_dtype(np_dtype_name(buf_in));
   size_t n = 0;
   StridedView v = make_view(shape, strides, offset, size_t(buf_in.size()), "compact", &n);
+  check_emulated("compact", {int64_t(n)});
   py::array result;
   dispatch_dtype(dt, [&](auto tag) {
     using T = decltype(tag);
@@ -260,6 +283,7 @@ py::array emulate_compact(const py::array& buf_in, const std::vector<int64_t>& s
 py::array emulate_astype(const py::array& x_in, const std::string& dtype) {
   const DType src = parse_dtype(np_dtype_name(x_in));
   const DType dst = parse_dtype(dtype);
+  check_emulated("astype", {int64_t(x_in.size())});
   py::array result;
   dispatch_dtype(src, [&](auto src_tag) {
     using Src = decltype(src_tag);

@@ -240,7 +240,7 @@ void reduce(const CudaArray& a, CudaArray& out, int64_t reduce_size, const char*
     throw std::invalid_argument(std::string(name) + ": reduce_size must be >= 1, got " +
                                 std::to_string(reduce_size));
   }
-  require_size(a, out.size * static_cast<size_t>(reduce_size), name, "a");
+  require_size(a, size_t(checked_mul(int64_t(out.size), reduce_size, name)), name, "a");
   if (out.size == 0) return;
   const int warps_per_block = kBlockSize / 32;
   size_t blocks = (out.size + warps_per_block - 1) / warps_per_block;
@@ -281,9 +281,9 @@ void matmul(const CudaArray& a, const CudaArray& b, CudaArray& out, int64_t m, i
                                 std::to_string(m) + ", " + std::to_string(n) + ", " +
                                 std::to_string(p) + ")");
   }
-  require_size(a, size_t(m * n), "matmul", "a");
-  require_size(b, size_t(n * p), "matmul", "b");
-  require_size(out, size_t(m * p), "matmul", "out");
+  require_size(a, size_t(checked_mul(m, n, "matmul")), "matmul", "a");
+  require_size(b, size_t(checked_mul(n, p, "matmul")), "matmul", "b");
+  require_size(out, size_t(checked_mul(m, p, "matmul")), "matmul", "out");
   if (m == 0 || p == 0) return;
   size_t gx = (size_t(m) + sgemm::BM - 1) / sgemm::BM, gy = (size_t(p) + sgemm::BN - 1) / sgemm::BN;
   if (gx > 0x7fffffffu || gy > 65535u) {
@@ -343,6 +343,11 @@ void from_numpy(py::array arr, CudaArray& out) {
                        dtype_name(out.dtype));
     }
   });
+  const char order = arr.dtype().byteorder();
+  if (order == '>') {
+    throw DTypeError("from_numpy: numpy array is not in native byte order; convert it with "
+                     ".astype first");
+  }
   if (static_cast<size_t>(arr.size()) != out.size) {
     throw std::invalid_argument("from_numpy: numpy array has " + std::to_string(arr.size()) +
                                 " elements, out has " + std::to_string(out.size));

@@ -36,8 +36,13 @@ std::unique_ptr<CudaArray> qpack_weights(const CudaArray& w, int64_t n, int64_t 
     throw std::invalid_argument("qpack_weights: negative shape (n, k) = (" + std::to_string(n) +
                                 ", " + std::to_string(k) + ")");
   }
-  require_size(w, size_t(n * k), "qpack_weights", "w");
+  if (k > kMaxK) {
+    throw std::invalid_argument("qpack_weights: k = " + std::to_string(k) + " exceeds " +
+                                std::to_string(kMaxK));
+  }
+  require_size(w, size_t(checked_mul(n, k, "qpack_weights")), "qpack_weights", "w");
   const int64_t kp = padded_k(k);
+  checked_mul(n, kp, "qpack_weights");
   auto packed = std::make_unique<CudaArray>(n * kp, "int8");
   if (n * kp > 0) {
     qpack_kernel<<<grid_for(size_t(n * kp)), kBlockSize>>>(w.data<int8_t>(),
@@ -231,14 +236,14 @@ void qgemm(const CudaArray& a, const CudaArray& packed, CudaArray& out, int64_t 
                                 std::to_string(kMaxK) +
                                 ", beyond which the int32 accumulator may overflow");
   }
-  require_size(a, size_t(m * k), "qgemm", "a");
-  if (packed.size != size_t(n * padded_k(k))) {
+  require_size(a, size_t(checked_mul(m, k, "qgemm")), "qgemm", "a");
+  if (packed.size != size_t(checked_mul(n, padded_k(k), "qgemm"))) {
     throw std::invalid_argument("qgemm: packed weights have " + std::to_string(packed.size) +
                                 " bytes, expected " + std::to_string(n * padded_k(k)) +
                                 " for (n, k) = (" + std::to_string(n) + ", " + std::to_string(k) +
                                 "); pack them with this module's qpack_weights");
   }
-  require_size(out, size_t(m * n), "qgemm", "out");
+  require_size(out, size_t(checked_mul(m, n, "qgemm")), "qgemm", "out");
   require_int32_vector(colsum, n, "colsum");
   require_int32_vector(bias, n, "bias");
   require_int32_vector(multiplier, n, "multiplier");
