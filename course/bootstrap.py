@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -159,16 +160,24 @@ def cuda_plan() -> tuple[bool, str | None]:
     return True, "75"   # no GPU: one architecture is enough for the host emulation
 
 
-def _source_hash(root: Path, options: str) -> str:
-    h = hashlib.sha256(options.encode())
+def _source_hashes(root: Path, options: str) -> dict:
+    """{"options": ..., "files": {native source: sha256}}: what a build depends on."""
+    files = {}
     for base in ("src", "CMakeLists.txt"):
         p = Path(root) / base
-        files = sorted(p.rglob("*")) if p.is_dir() else [p]
-        for f in files:
+        for f in (sorted(p.rglob("*")) if p.is_dir() else [p]):
             if f.is_file() and f.suffix in _NATIVE_SUFFIXES:
-                h.update(str(f.relative_to(root)).encode())
-                h.update(f.read_bytes())
-    return h.hexdigest()
+                files[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return {"options": options, "files": files}
+
+
+def _touch_changed(root: Path, old: dict, new: dict) -> None:
+    """Give sources whose content changed since the last build a new mtime: a copy or a sync
+    (git checkout, Drive) may keep an old one, and make would then skip them."""
+    now = time.time()
+    for rel, digest in new["files"].items():
+        if old.get("files", {}).get(rel) != digest:
+            os.utime(Path(root) / rel, (now, now))
 
 
 def _modules_present(root: Path, cuda: bool) -> bool:
@@ -189,10 +198,14 @@ def ensure_built(root: Path, force: bool = False, jobs: int | None = None) -> bo
     cuda, arch = cuda_plan()
     options = f"python={sys.executable} cuda={cuda} arch={arch}"
     build = root / "build"
-    digest = _source_hash(root, options)
-    if not force and stamp.exists() and stamp.read_text() == digest \
-            and _modules_present(root, cuda):
+    digest = _source_hashes(root, options)
+    try:
+        previous = json.loads(stamp.read_text()) if stamp.exists() else {}
+    except ValueError:
+        previous = {}
+    if not force and previous == digest and _modules_present(root, cuda):
         return False
+    _touch_changed(root, previous, digest)
     if shutil.which("cmake") is None:
         raise SetupError("cmake is not installed: install CMake (and a C++ compiler), then run "
                          "this again")
@@ -222,7 +235,7 @@ def ensure_built(root: Path, force: bool = False, jobs: int | None = None) -> bo
     if not cuda:                             # an older CUDA module would not match the sources
         for so in (root / "needle" / "backend_ndarray").glob("ndarray_backend_cuda*.so"):
             so.unlink()
-    stamp.write_text(digest)
+    stamp.write_text(json.dumps(digest, indent=0, sort_keys=True))
     print(f"built in {time.time() - t0:.0f}s", flush=True)
     return True
 
