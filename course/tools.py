@@ -115,9 +115,10 @@ def check(root: Path, nb_id: str, run_pytest: bool = True) -> int:
     t0 = time.time()
     cells = run_notebook_tests(root, nb_id)
     lib = {}
-    if run_pytest:
-        print(f"  ... and the library tests of its exercises", flush=True)
-        lib = run_library_tests(root, [p for ex in nb["exercises"] for p in ex["pytest"]])
+    prefixes = [p for ex in nb["exercises"] for p in ex["pytest"]]
+    if run_pytest and prefixes:
+        print("  ... and the library tests of its exercises", flush=True)
+        lib = run_library_tests(root, prefixes)
     all_ok = True
     for ex in nb["exercises"]:
         results = {f"cell {t}": cells.get(t, "test cell not found in the notebook")
