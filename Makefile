@@ -5,6 +5,8 @@
 #   make bench    kernel and model benchmarks (JSON, markdown table, plot in bench/results)
 #   make train    retrain the shipped float checkpoint (checkpoints/mnist_cnn.safetensors)
 #   make release / autograde / feedback   the instructor's nbgrader pipeline
+#   make colab-emulation   the release's notebooks in a Colab-like runtime (after make release)
+# Students get their own Makefile (course/Makefile.student: build, check, validate, submit).
 # Outside a virtual environment (e.g. Colab) use the current interpreter: make build VENV=
 PYTHON ?= python3
 VENV ?= .venv
@@ -65,6 +67,11 @@ autograde: build
 
 feedback: build
 	$(PY) -m graders.feedback
+
+# The release's notebooks in fresh kernels of a Colab-like runtime (graders/colab_emulation.py).
+.PHONY: colab-emulation
+colab-emulation: release
+	$(PY) -m graders.colab_emulation --release release
 
 # Rebuild the course notebooks from graders/nbsrc/*.nbsrc and store their outputs (instructor).
 notebooks: build

@@ -5,10 +5,14 @@ student's versions of library files at their repository paths (e.g.
 ``needle/quant/reference.py``, ``src/cpu/qgemm.cc``). For each (student, assignment):
 
 1. a grading workspace (``build/grading/ws``) is synchronised with the student release
-   (``release/``: stubs everywhere) and the student's library files listed in the release
-   manifest are laid over it; any other file of the submission is ignored, so a student cannot
-   replace tests or framework code. Only files whose content changed are rewritten, so the
-   native build below recompiles just what differs from the previous submission;
+   (``release/``: stubs everywhere) and the library files of the grading policy
+   (graders/workspace.py) are laid over it: the student's code for the exercises of this
+   notebook, the course's reference for earlier notebooks' exercises (one early mistake does
+   not cascade), stubs for later ones. Any other file of the submission is ignored, so a
+   student cannot replace tests or framework code. A file of this notebook's exercises that
+   the submission lacks is named in the report. Only files whose content changed are
+   rewritten, so the native build below recompiles just what differs from the previous
+   submission;
 2. the native backends are rebuilt from those files (CPU always; CUDA when a GPU is present,
    or, without one, when the assignment's student files include CUDA sources and nvcc exists:
    then for one architecture only, since the notebook tests the kernels' host emulation);
@@ -18,23 +22,29 @@ student's versions of library files at their repository paths (e.g.
    notebook's setup cell imports needle from there). Test cells are restored from the gradebook
    (edited or deleted ones too), every cell runs with a timeout (graders/nbgrader_config.py).
 
-Afterwards the scores go to ``graders/output/grades.csv`` (one row per student and assignment)
-and ``graders/output/cell_grades.csv`` (one row per graded cell).
+Each grading writes ``autograded/<student>/<assignment>/grade_report.json`` (files taken from
+the student, missing files with their exercises, exercises whose stub still raised). The
+scores go to ``graders/output/grades.csv`` (one row per student and assignment, with the
+report's summary in ``notes``) and ``graders/output/cell_grades.csv`` (one row per graded
+cell).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import filecmp
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .course import (AUTOGRADED_DIR, GRADEBOOK, REPO, SUBMITTED_DIR, load_manifest, nbgrader,
-                     walk_repo)
+from .course import (AUTOGRADED_DIR, GRADEBOOK, REPO, SUBMITTED_DIR, course_manifest,
+                     load_manifest, nbgrader, unpack_submission, walk_repo)
+from .workspace import grading_files, unwritten_exercises
 
 OUTPUT = REPO / "graders" / "output"
 WORKSPACE = "build/grading/ws"
@@ -61,23 +71,45 @@ def _sync_file(src: Path, dest: Path) -> bool:
     return True
 
 
-def prepare_workspace(release_dir: Path, ws: Path, submission: Path, student_files) -> list:
-    """Make ``ws`` = release + the student's library files; return the overlaid paths."""
+def _sync_bytes(data: bytes, dest: Path) -> bool:
+    if dest.is_file() and not dest.is_symlink() and dest.read_bytes() == data:
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() or dest.is_symlink():
+        dest.unlink()
+    dest.write_bytes(data)
+    return True
+
+
+def prepare_workspace(release_dir: Path, ws: Path, submission: Path, student_files,
+                      files: dict | None = None) -> list:
+    """Make ``ws`` = release + the library files of the grading policy; return the paths
+    taken from the student.
+
+    files: {repository path: bytes} from graders.workspace.grading_files (the policy: the
+    student's code for this notebook's exercises, the reference for earlier ones). Without it,
+    every file of ``student_files`` present in the submission is laid over the release."""
     wanted = {}
     for rel in walk_repo(release_dir):
         wanted[rel] = release_dir / rel
     overlaid = []
-    for rel in student_files:
-        cand = submission / rel
-        if cand.is_file() and not cand.is_symlink():
-            wanted[rel] = cand
-            overlaid.append(rel)
+    if files is None:
+        for rel in student_files:
+            cand = submission / rel
+            if cand.is_file() and not cand.is_symlink():
+                wanted[rel] = cand
+                overlaid.append(rel)
+    else:
+        wanted.update(files)
     ws.mkdir(parents=True, exist_ok=True)
     for rel in walk_repo(ws):
         if rel not in wanted:
             (ws / rel).unlink()
     for rel, src in wanted.items():
-        _sync_file(src, ws / rel)
+        if isinstance(src, bytes):
+            _sync_bytes(src, ws / rel)
+        else:
+            _sync_file(src, ws / rel)
     return overlaid
 
 
@@ -92,7 +124,8 @@ def nvcc_present() -> bool:
 
 def needs_cuda_build(manifest: dict, assignment: str) -> bool:
     """Whether the student files of ``assignment`` include CUDA sources (.cu / .cuh)."""
-    files = manifest["assignments"].get(assignment, {}).get("library_files", [])
+    info = manifest["assignments"].get(assignment, {})
+    files = info.get("own_files", info.get("library_files", []))
     student = set(manifest["student_files"])
     return any(f in student and f.endswith((".cu", ".cuh")) for f in files)
 
@@ -163,7 +196,16 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     release_dir = Path(manifest["release_dir"])
     ws = root / WORKSPACE
     submission = root / SUBMITTED_DIR / student / assignment
-    overlaid = prepare_workspace(release_dir, ws, submission, manifest["student_files"])
+    if not (submission / f"{assignment}.ipynb").is_file():
+        raise RuntimeError(f"[{student}/{assignment}] the submission has no {assignment}.ipynb: "
+                           f"nothing graded")
+    reference_dir = Path(manifest.get("reference_dir") or REPO)
+    files, report = grading_files(assignment, release_dir, reference_dir, submission)
+    unpack_problems = submission / "UNPACK_PROBLEMS.txt"
+    if unpack_problems.is_file():
+        report["notes"] += unpack_problems.read_text(errors="replace").splitlines()
+    prepare_workspace(release_dir, ws, submission, manifest["student_files"], files)
+    overlaid = report["from_student"]
     build_ok = True
     if build:
         cuda = gpu_present() if cuda is None else cuda
@@ -175,13 +217,65 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     extra = [f"--Execute.timeout={timeout}"] if timeout else []
     # The data stays where the instructor's repository finds it (the workspace has none).
     data_dir = os.environ.get("NEEDLE_DATA_DIR") or str(REPO / "data")
-    env = {"NEEDLE_ROOT": str(ws), "PYTHONDONTWRITEBYTECODE": "1", "NEEDLE_DATA_DIR": data_dir}
+    env = {"NEEDLE_ROOT": str(ws), "PYTHONDONTWRITEBYTECODE": "1", "NEEDLE_DATA_DIR": data_dir,
+           "NEEDLE_SETUP_BUILD": "0"}   # the notebook's setup cell must not rebuild
     res = nbgrader(["autograde", assignment, "--student", student, "--force"], root,
                    extra=extra, env=env, capture=quiet, check=False)
     if res.returncode != 0:
         tail = res.stdout[-3000:] if quiet and res.stdout else ""
         raise RuntimeError(f"nbgrader autograde {assignment} --student {student} failed:\n{tail}")
-    return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0}
+    raised = stub_errors(root / AUTOGRADED_DIR / student / assignment / f"{assignment}.ipynb")
+    unwritten = unwritten_exercises(assignment, submission)
+    report["not_implemented"] = [e for e in (f"{ex['id']} {ex['name']}" for _, ex in
+                                             course_manifest().exercises(assignment))
+                                 if e in raised or e in unwritten] if assignment in \
+        [n["id"] for n in course_manifest().NOTEBOOKS] else raised
+    write_grade_report(root, student, assignment, report)
+    return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,
+            "report": report}
+
+
+#: what an unwritten exercise raises (course/manifest.py stub_message)
+STUB_MESSAGE = re.compile(r"(?P<name>[\w.]+): exercise (?P<id>\d+\.\d+) of notebook "
+                          r"(?P<notebook>\w+)")
+
+
+def stub_errors(nb_path: Path) -> list:
+    """'<id> <name>' of the exercises whose stub raised in a graded notebook, in cell order."""
+    import nbformat
+    if not nb_path.is_file():
+        return []
+    found = []
+    for cell in nbformat.read(str(nb_path), as_version=4).cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                for m in STUB_MESSAGE.finditer(str(out.get("evalue", ""))):
+                    label = f"{m.group('id')} {m.group('name')}"
+                    if label not in found:
+                        found.append(label)
+    return found
+
+
+def write_grade_report(root: Path, student: str, assignment: str, report: dict) -> Path:
+    """grade_report.json beside the autograded notebook: which files were the student's,
+    which were missing, which exercises still raised their stub."""
+    path = root / AUTOGRADED_DIR / student / assignment / "grade_report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def describe_report(report: dict) -> str:
+    """One line for the console and grades.csv, e.g. 'missing needle/quant/reference.py
+    (3.1 choose_qparams, ...); not implemented: 3.2 quantize'."""
+    parts = []
+    if report.get("missing"):
+        parts.append(f"missing {', '.join(report['missing'])} "
+                     f"({', '.join(report['missing_exercises'])}: graded as not written)")
+    if report.get("not_implemented"):
+        parts.append("not implemented: " + ", ".join(report["not_implemented"]))
+    parts += report.get("notes", [])
+    return "; ".join(parts)
 
 
 def cell_scores(root: Path, student: str, assignment: str) -> dict:
@@ -209,18 +303,38 @@ def export_csv(root: Path, out_dir: Path = OUTPUT) -> tuple[Path, Path]:
             open(per_sub, "w", newline="") as f1, open(per_cell, "w", newline="") as f2:
         w1, w2 = csv.writer(f1), csv.writer(f2)
         w1.writerow(["student", "assignment", "score", "max_score", "auto_score",
-                     "needs_manual_grade"])
+                     "needs_manual_grade", "notes"])
         w2.writerow(["student", "assignment", "notebook", "cell", "score", "max_score"])
         for a in gb.assignments:
             for sub in a.submissions:
                 auto = sum(g.auto_score or 0 for nb in sub.notebooks for g in nb.grades)
+                rep = root / AUTOGRADED_DIR / sub.student_id / a.name / "grade_report.json"
+                notes = describe_report(json.loads(rep.read_text())) if rep.is_file() else ""
                 w1.writerow([sub.student_id, a.name, f"{sub.score:g}", f"{sub.max_score:g}",
-                             f"{auto:g}", sub.needs_manual_grade])
+                             f"{auto:g}", sub.needs_manual_grade, notes])
                 for nb in sub.notebooks:
                     for g in nb.grades:
                         w2.writerow([sub.student_id, a.name, nb.name, g.name,
                                      "" if g.score is None else f"{g.score:g}", f"{g.max_score:g}"])
     return per_sub, per_cell
+
+
+def unpack_archives(archives: Path, submitted: Path) -> int:
+    """Unpack every ``<archives>/<student>/*.zip``; checksum problems are printed and kept in
+    ``submitted/<student>/<notebook>/UNPACK_PROBLEMS.txt``. Returns the number unpacked."""
+    n = 0
+    for zpath in sorted(Path(archives).glob("*/*.zip")):
+        student = zpath.parent.name
+        try:
+            dest, problems = unpack_submission(zpath, submitted, student)
+        except Exception as e:  # noqa: BLE001 - a corrupt archive must not stop the others
+            print(f"  [{student}] {zpath.name}: not unpacked: {type(e).__name__}: {e}")
+            continue
+        n += 1
+        if problems:
+            (dest / "UNPACK_PROBLEMS.txt").write_text("\n".join(problems) + "\n")
+            print(f"  [{student}/{dest.name}] " + "; ".join(problems))
+    return n
 
 
 def main(argv=None) -> int:
@@ -230,8 +344,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, help="per-cell timeout in seconds (config: 900)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     ap.add_argument("--no-build", action="store_true", help="skip the native rebuild")
+    ap.add_argument("--unpack", type=Path, metavar="DIR",
+                    help="first unpack DIR/<student>/<notebook>.zip (`make submit` archives) "
+                         "into submitted/<student>/<notebook>/")
     args = ap.parse_args(argv)
     manifest = load_manifest(REPO)
+    if args.unpack:
+        unpack_archives(args.unpack, REPO / SUBMITTED_DIR)
     pairs = find_submissions(REPO, args.student, args.assignment)
     if not pairs:
         print(f"no submissions in {REPO / SUBMITTED_DIR} (expected submitted/<student>/<assignment>/)")
@@ -253,6 +372,8 @@ def main(argv=None) -> int:
         total = sum(m for _, m, _ in scores.values())
         print(f"  [{student}/{assignment}] {got:g}/{total:g} points "
               f"(library files: {', '.join(info['overlaid']) or 'none'}; {info['seconds']:.0f}s)")
+        if describe_report(info["report"]):
+            print(f"  [{student}/{assignment}] {describe_report(info['report'])}")
     per_sub, per_cell = export_csv(REPO)
     print(f"grades: {per_sub.relative_to(REPO)}, {per_cell.relative_to(REPO)} "
           f"(autograded notebooks in {AUTOGRADED_DIR}/)")

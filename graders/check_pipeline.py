@@ -2,18 +2,24 @@
 
 Runs in a scratch course under build/check/ (never touches release/, submitted/, autograded/):
 
-(a) ``graders.release`` builds a release; its native code builds and ``needle`` imports from it;
-    autograding the untouched release runs every notebook (errors only from the stubs, none
-    before the first graded cell) and gives 0 points on every autograded cell;
-(b) the reference solution, submitted the way a student would (release notebook with the
-    solution cells filled in + the reference library files), gets full automatic marks;
+(a) + (b) the student's path: ``graders.release`` builds a release; for each notebook k in
+    order, a student copy of the release gets the reference code of exactly the exercises of
+    notebooks before k (course/manifest.py), the student tool (``python -m course submit``)
+    writes its archive, which is unpacked (checksums verified) and autograded: k's exercises
+    left as stubs, the notebook runs with only stub errors (none before the first graded
+    cell), every autograded cell scores 0 and the grade report names each of k's exercises;
+    with k's exercises' reference code too (library files and solution cells), full
+    automatic marks. The first grading also checks that the release builds and imports;
 (c) no solution code, model answer or hidden test text appears anywhere in the release;
 (d) grader audit: every wrong solution of graders/audit_catalog.py, applied to the reference
     and autograded (only the notebooks it affects), loses points; the table shows which tests
     caught it;
 (e) tampering: an edited and a deleted test cell are restored and still graded; an infinite
     loop in a solution times out (short timeout here) and the other cells are still graded;
-    feedback does not show hidden tests.
+    feedback does not show hidden tests;
+(f) Colab emulation (graders/colab_emulation.py): the release's notebooks in fresh kernels of
+    a Colab-like environment, with only stub errors, then, with the reference solutions in
+    the "Drive" copy, with no error.
 
 Exit status 0 only when every check passes. ``--only-audit NAME`` / ``--skip-audit`` /
 ``--notebooks`` restrict the work while developing.
@@ -36,14 +42,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nbformat  # noqa: E402
 
 from graders.audit_catalog import CATALOG, Patch  # noqa: E402
-from graders.autograde import WORKSPACE, autograde_one, cell_scores  # noqa: E402
+from graders.autograde import STUB_MESSAGE, WORKSPACE, autograde_one, cell_scores  # noqa: E402
 from graders.course import (AUTOGRADED_DIR, FEEDBACK_DIR, REPO, SUBMITTED_DIR,  # noqa: E402
-                            tool_path, walk_repo)
+                            course_manifest, reference_notebook, tool_path,
+                            unpack_submission, walk_repo)
+from graders.workspace import splice_functions  # noqa: E402
+from graders.colab_emulation import emulate  # noqa: E402
 from graders.feedback import generate_feedback  # noqa: E402
 from graders.release import release  # noqa: E402
 from graders.strip import find_regions, language_of  # noqa: E402
 
 CHECK = REPO / "build" / "check"
+MANIFEST = course_manifest()
 TAMPER = {
     "notebook": "03_quant_basics",
     "edit": "test_quantize",                  # its source is replaced by `pass`
@@ -56,8 +66,10 @@ STUB_ERRORS = ("NotImplementedError",)
 
 
 def _stub_error(ename, evalue):
-    """A Python stub raises NotImplementedError; a C++ stub a RuntimeError 'not implemented: f'."""
-    return ename in STUB_ERRORS or (ename == "RuntimeError" and "not implemented" in evalue)
+    """A Python stub raises NotImplementedError; a C++ stub a RuntimeError with the same
+    message ('<function>: exercise <n.m> of notebook <id>')."""
+    return ename in STUB_ERRORS or (ename == "RuntimeError" and (
+        STUB_MESSAGE.search(evalue) is not None or "not implemented" in evalue))
 _MARKER_LINE = re.compile(r"^\s*(###|//)\s*(BEGIN|END)\s+(SOLUTION|HIDDEN TESTS)\s*$")
 
 
@@ -83,17 +95,6 @@ def _read_nb(path):
 
 def _grade_id(cell):
     return cell.metadata.get("nbgrader", {}).get("grade_id")
-
-
-def reference_notebook(name, release_dir):
-    """The release notebook with every solution cell filled in from the instructor notebook."""
-    inst = {_grade_id(c): c for c in _read_nb(REPO / "notebooks" / f"{name}.ipynb").cells}
-    nb = _read_nb(release_dir / "notebooks" / f"{name}.ipynb")
-    for cell in nb.cells:
-        nbg = cell.metadata.get("nbgrader", {})
-        if nbg.get("solution") and _grade_id(cell) in inst:
-            cell.source = inst[_grade_id(cell)].source
-    return nb
 
 
 def make_submission(student, name, nb, library_files, patches=()):
@@ -127,6 +128,57 @@ def make_submission(student, name, nb, library_files, patches=()):
     return sub
 
 
+def student_copy(release_dir, name, include_own):
+    """A student's copy of the release after the notebooks before ``name`` (and ``name``
+    itself with ``include_own``): the reference code of exactly those exercises (course
+    manifest) laid into its library files, and with ``include_own`` the notebook's solution
+    cells filled in."""
+    k = MANIFEST.notebook_index(name)
+    label = "reference" if include_own else "release"
+    dest = CHECK / "students" / f"{label}-{name}"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(release_dir, dest)
+    by_file = {}
+    for nb in MANIFEST.NOTEBOOKS[:k + 1 if include_own else k]:
+        for ex in nb["exercises"]:
+            f = MANIFEST.library_file(ex)
+            if f:
+                by_file.setdefault(f, []).append(MANIFEST.location(ex)[1])
+    for f, funcs in by_file.items():
+        ref_text = (REPO / f).read_text()
+        if f.endswith(".py"):
+            text, notes = splice_functions((dest / f).read_text(), ref_text, funcs, f)
+            if notes:
+                raise RuntimeError(f"student copy {dest}: {notes}")
+        else:
+            text = ref_text                      # a native file holds one notebook's exercises
+        (dest / f).write_text(text)
+    if include_own:
+        nbformat.write(reference_notebook(name, release_dir), str(dest / "notebooks" / f"{name}.ipynb"))
+    return dest
+
+
+def submit_tool(copy, name, out_dir):
+    """The student tool's ``submit`` (``make submit NB=..``) run in the student's copy."""
+    env = {k: v for k, v in os.environ.items() if k != "NEEDLE_ROOT"}
+    res = subprocess.run([sys.executable, "-m", "course", "submit", name, "--out", str(out_dir)],
+                         cwd=copy, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"make submit NB={name} failed in {copy}:\n{res.stdout}{res.stderr}")
+    return Path(out_dir) / f"{name}.zip"
+
+
+def student_tool(copy, tool, name):
+    """(exit status, output) of ``python -m course <tool> <name>`` in a student copy (the
+    native build skipped: notebook 03 needs none)."""
+    env = {k: v for k, v in os.environ.items() if k != "NEEDLE_ROOT"}
+    env.update({"NEEDLE_SETUP_BUILD": "0", "PATH": tool_path()})
+    res = subprocess.run([sys.executable, "-m", "course", tool, name], cwd=copy, env=env,
+                         capture_output=True, text=True)
+    return res.returncode, res.stdout + res.stderr
+
+
 def autograded_nb(student, name):
     return _read_nb(CHECK / AUTOGRADED_DIR / student / name / f"{name}.ipynb")
 
@@ -143,14 +195,6 @@ def notebook_errors(nb):
 
 def auto_scores(student, name):
     return {k: v for k, v in cell_scores(CHECK, student, name).items() if v[2]}
-
-
-def validate(nb_path, needle_root):
-    """Output of `nbgrader validate` (exit status 0 whatever the verdict) for a notebook."""
-    env = {**os.environ, "NEEDLE_ROOT": str(needle_root), "PATH": tool_path()}
-    res = subprocess.run([sys.executable, "-m", "nbgrader", "validate", str(nb_path)],
-                         cwd=nb_path.parent, env=env, capture_output=True, text=True)
-    return res.stdout + res.stderr
 
 
 # ---------------------------------------------------------------------------------- (c) leaks
@@ -243,7 +287,8 @@ def scan_release(release_dir):
 def run(args) -> int:
     t_start = time.time()
     rep = Report()
-    for d in ("release", SUBMITTED_DIR, AUTOGRADED_DIR, FEEDBACK_DIR, "build/course"):
+    for d in ("release", SUBMITTED_DIR, AUTOGRADED_DIR, FEEDBACK_DIR, "build/course", "students",
+              "archives"):
         if (CHECK / d).exists():
             shutil.rmtree(CHECK / d)
     CHECK.mkdir(parents=True, exist_ok=True)
@@ -260,59 +305,87 @@ def run(args) -> int:
     def grade(student, name, **kw):
         return autograde_one(CHECK, student, name, manifest, jobs=args.jobs, **kw)
 
-    # (a) the untouched release ---------------------------------------------------------
-    print("== (a) untouched release", flush=True)
-    for i, name in enumerate(names):
-        sub = CHECK / SUBMITTED_DIR / "release" / name
-        sub.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(release_dir / "notebooks" / f"{name}.ipynb", sub)
-        info = grade("release", name)
-        print(f"  autograded untouched {name} in {info['seconds']:.0f}s", flush=True)
-        if i == 0:
-            rep.add("release builds (native backends from stubs)", info["build_ok"],
-                    f"log in {CHECK / 'build/grading/logs'}")
-            ws = CHECK / WORKSPACE
-            imp = subprocess.run(
-                [sys.executable, "-c", "import needle, needle.quant; print(needle.default_device())"],
-                cwd=ws, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ws)})
-            rep.add("release imports (import needle, needle.quant)", imp.returncode == 0,
-                    (imp.stdout.strip() or imp.stderr.strip().splitlines()[-1:][0]
-                     if (imp.stdout.strip() or imp.stderr.strip()) else ""))
-        nb = autograded_nb("release", name)
-        errs = notebook_errors(nb)
-        first_graded = min([i for i, c in enumerate(nb.cells)
-                            if c.metadata.get("nbgrader", {}).get("grade")], default=len(nb.cells))
-        bad = [e for e in errs if e[0] < first_graded or not _stub_error(e[2], e[3])]
-        rep.add(f"{name}: release notebook runs (only stub errors)", not bad,
-                "; ".join(f"cell {i} {g or ''} {en}: {ev}" for i, g, en, ev in bad[:3]))
-        scores = auto_scores("release", name)
-        nonzero = {k[1]: v[0] for k, v in scores.items() if v[0]}
-        rep.add(f"{name}: untouched release scores 0 on {len(scores)} autograded cells",
-                scores and not nonzero, f"non-zero: {nonzero}" if nonzero else "")
-
-    # (b) the reference solution --------------------------------------------------------
-    print("== (b) reference solution", flush=True)
+    # (a) + (b) the student's path ------------------------------------------------------
+    # For each notebook k in order, a student copy of the release holds the reference code of
+    # the exercises of notebooks before k ("stubs": k's own exercises untouched) or up to and
+    # including k ("reference": k's solution cells filled in too); the student tool writes the
+    # submission archive, which is unpacked and graded like a real one.
+    print("== (a) + (b) the student's path, notebook by notebook", flush=True)
     ref_scores = {}
-    for name in names:
-        make_submission("reference", name, reference_notebook(name, release_dir), lib_files(name))
-        grade("reference", name)
-        scores = auto_scores("reference", name)
-        ref_scores[name] = scores
-        got = sum(v[0] or 0 for v in scores.values())
-        full = sum(v[1] for v in scores.values())
-        missing = {k[1]: f"{v[0]}/{v[1]}" for k, v in scores.items() if (v[0] or 0) < v[1]}
-        rep.add(f"{name}: reference gets full automatic marks ({got:g}/{full:g})",
-                scores and not missing, f"short: {missing}" if missing else "")
+    for i, name in enumerate(names):
+        for label in ("release", "reference"):
+            t0 = time.time()
+            copy = student_copy(release_dir, name, include_own=label == "reference")
+            archive = submit_tool(copy, name, CHECK / "archives" / label)
+            _, problems = unpack_submission(archive, CHECK / SUBMITTED_DIR, label)
+            if problems:
+                rep.add(f"{name}: {label} archive unpacks with matching checksums", False,
+                        "; ".join(problems))
+            info = grade(label, name)
+            scores = auto_scores(label, name)
+            print(f"  {label:9} {name}: archive + grading in {time.time() - t0:.0f}s "
+                  f"(grading {info['seconds']:.0f}s)", flush=True)
+            if label == "reference":
+                ref_scores[name] = scores
+                got = sum(v[0] or 0 for v in scores.values())
+                full = sum(v[1] for v in scores.values())
+                missing = {k[1]: f"{v[0]}/{v[1]}" for k, v in scores.items()
+                           if (v[0] or 0) < v[1]}
+                rep.add(f"{name}: reference (exercises up to {name}) gets full automatic marks "
+                        f"({got:g}/{full:g})", scores and not missing,
+                        f"short: {missing}" if missing else "")
+                continue
+            if i == 0:
+                rep.add("release builds (native backends from stubs)", info["build_ok"],
+                        f"log in {CHECK / 'build/grading/logs'}")
+                ws = CHECK / WORKSPACE
+                imp = subprocess.run(
+                    [sys.executable, "-c",
+                     "import needle, needle.quant; print(needle.default_device())"],
+                    cwd=ws, capture_output=True, text=True,
+                    env={**os.environ, "PYTHONPATH": str(ws)})
+                rep.add("release imports (import needle, needle.quant)", imp.returncode == 0,
+                        (imp.stdout.strip() or imp.stderr.strip().splitlines()[-1:][0]
+                         if (imp.stdout.strip() or imp.stderr.strip()) else ""))
+            nb = autograded_nb(label, name)
+            errs = notebook_errors(nb)
+            first_graded = min([i for i, c in enumerate(nb.cells)
+                                if c.metadata.get("nbgrader", {}).get("grade")],
+                               default=len(nb.cells))
+            bad = [e for e in errs if e[0] < first_graded or not _stub_error(e[2], e[3])]
+            rep.add(f"{name}: its exercises as stubs, the notebook runs (only stub errors)",
+                    not bad, "; ".join(f"cell {i} {g or ''} {en}: {ev}" for i, g, en, ev in bad[:3]))
+            nonzero = {k[1]: v[0] for k, v in scores.items() if v[0]}
+            rep.add(f"{name}: its exercises as stubs score 0 on {len(scores)} autograded cells",
+                    scores and not nonzero, f"non-zero: {nonzero}" if nonzero else "")
+            want = [f"{ex['id']} {ex['name']}" for _, ex in MANIFEST.exercises(name)]
+            named = info["report"].get("not_implemented", [])
+            rep.add(f"{name}: the grade report names its {len(want)} unwritten exercises",
+                    set(want) <= set(named),
+                    "" if set(want) <= set(named) else f"named {named}, expected {want}")
 
-    # `nbgrader validate`, the students' pre-submission check, exits 0 even when tests fail:
-    # its verdict is in the output.
+    # The student tools on notebook 03 in the two student copies: `check` summarises per
+    # exercise, `validate` (nbgrader validate, which itself exits 0 whatever the verdict) has
+    # a truthful exit status.
     name = "03_quant_basics" if "03_quant_basics" in names else names[0]
-    for label, student, root, want in (("reference", "reference", REPO, "Success!"),
-                                       ("untouched release", "release", release_dir,
-                                        "VALIDATION FAILED")):
-        out = validate(CHECK / SUBMITTED_DIR / student / name / f"{name}.ipynb", root)
-        rep.add(f"nbgrader validate on the {label} {name} reports {want!r}", want in out,
-                "" if want in out else out.strip().splitlines()[-1:])
+    n_ex = len(list(MANIFEST.exercises(name)))
+    for label, want_rc in (("reference", 0), ("release", 1)):
+        copy = CHECK / "students" / f"{label}-{name}"
+        for tool in ("check", "validate"):
+            t0 = time.time()
+            rc, out = student_tool(copy, tool, name)
+            lines = [ln for ln in out.splitlines()
+                     if re.match(r"^\d+\.\d+ [\w.]+: \d+/\d+ passed$", ln)]
+            ok = rc == want_rc
+            if tool == "check":
+                full = [ln for ln in lines if re.search(r": (\d+)/\1 passed$", ln)]
+                ok &= len(lines) == n_ex and len(full) == (n_ex if want_rc == 0 else 0)
+            rep.add(f"make {tool} NB={name[:2]} on the {label} copy exits {want_rc}"
+                    + (f" with {n_ex} per-exercise lines" if tool == "check" else "")
+                    + f" ({time.time() - t0:.0f}s)", ok,
+                    "" if ok else f"exit {rc}: " + " | ".join(out.strip().splitlines()[-8:]))
+            if tool == "check" and label == "reference":
+                print("\n".join("    " + ln for ln in lines))
 
     # (c) leaks -------------------------------------------------------------------------
     print("== (c) leak scan", flush=True)
@@ -399,6 +472,15 @@ def run(args) -> int:
         rep.add("feedback does not show hidden tests", "HIDDEN TESTS" not in fb and not shown,
                 f"{len(shown)} hidden lines shown" if shown else "")
 
+    # (f) Colab emulation -------------------------------------------------------------
+    if args.colab:
+        print("== (f) Colab emulation", flush=True)
+        t0 = time.time()
+        res = emulate(release_dir, CHECK / "colab")
+        rep.add(f"Colab emulation: {len(names)} notebooks with only stub errors, then with the "
+                f"reference solutions on Drive with none ({time.time() - t0:.0f}s)", res["ok"],
+                "; ".join(res["problems"][:4]))
+
     passed = sum(ok for _, ok, _ in rep.rows)
     print(f"\n{passed}/{len(rep.rows)} checks passed in {time.time() - t_start:.0f}s")
     # The closing line in the conventional "N passed, N failed" form that test logs end with.
@@ -411,6 +493,7 @@ def main(argv=None) -> int:
     ap.add_argument("--notebooks", nargs="*", help="only these notebooks")
     ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--skip-tamper", action="store_true")
+    ap.add_argument("--colab", action="store_true", help="also run the Colab emulation (f)")
     ap.add_argument("--only-audit", action="append", help="only this mutation (repeatable)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     return run(ap.parse_args(argv))
