@@ -1,4 +1,4 @@
-"""Peak memory of loading large tensors (ru_maxrss above the interpreter's baseline).
+"""Peak memory of loading large tensors (VmHWM above the interpreter's baseline; Linux).
 
     .venv/bin/python bench/bench_memory.py [--mib 256]
 
@@ -22,9 +22,11 @@ CASES = {
 }
 
 SCRIPT = """
-import resource, numpy as np, needle
+import numpy as np, needle
 from needle.backend_ndarray import NDArray
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def rss():  # VmHWM: the peak of this process only (ru_maxrss inherits the parent's at fork)
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmHWM"))
 PATH, N = {path!r}, {n}
 before = rss()
 {body}

@@ -99,6 +99,16 @@ def failures(results):
 UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
 
 
+def _peak_kib():
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited from the
+    parent at fork); ru_maxrss where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _worker():
     if not UNDER_ASAN:  # ASan reserves terabytes of address space for its shadow memory
         resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_LIMIT, ADDRESS_LIMIT))
@@ -106,7 +116,7 @@ def _worker():
     cases = json.loads(sys.stdin.read())
     for i, (family, seed) in enumerate(cases):
         print(f"START {i}", flush=True)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _peak_kib()
         try:
             outcome, detail = fuzz_cases.FAMILIES[family](seed)
         except MemoryError as e:
@@ -117,7 +127,7 @@ def _worker():
             outcome, detail = "clean", f"{type(e).__name__}: {str(e)[:200]}"
         except Exception as e:  # noqa: BLE001 - an undocumented exception is a finding
             outcome, detail = "wrong", f"unexpected {type(e).__name__}: {str(e)[:300]}"
-        grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+        grew = _peak_kib() - before
         if grew > BLOWUP_KIB and outcome != "wrong" and not UNDER_ASAN:
             outcome, detail = "blowup", f"resident memory grew by {grew // 1024} MiB"
         print("DONE " + json.dumps([i, outcome, detail]), flush=True)
