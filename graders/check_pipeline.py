@@ -367,9 +367,9 @@ def run(args) -> int:
     # The student tools on notebook 03 in the two student copies: `check` summarises per
     # exercise, `validate` (nbgrader validate, which itself exits 0 whatever the verdict) has
     # a truthful exit status.
-    name = "03_quant_basics" if "03_quant_basics" in names else names[0]
+    name = "03_quant_basics"
     n_ex = len(list(MANIFEST.exercises(name)))
-    for label, want_rc in (("reference", 0), ("release", 1)):
+    for label, want_rc in (("reference", 0), ("release", 1)) if name in names else ():
         copy = CHECK / "students" / f"{label}-{name}"
         for tool in ("check", "validate"):
             t0 = time.time()
