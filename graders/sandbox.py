@@ -56,8 +56,7 @@ RESULT_FD = 3
 UNSHARE_FLAGS = ["--mount", "--pid", "--fork", "--kill-child", "--net", "--ipc", "--uts",
                  "--propagation", "private"]
 NAMESPACES = ["mount", "pid", "net", "ipc", "uts"]
-SYSTEM_DIRS = ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/sys",
-               "/opt"]
+SYSTEM_DIRS = ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/sys"]
 DEVICES = ["null", "zero", "full", "random", "urandom", "tty"]
 UID_BASE, UID_SPAN = 200000, 50000
 
