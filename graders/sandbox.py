@@ -147,7 +147,8 @@ def _clean_env(env, uid_home):
 
 
 def run_isolated(cmd, *, rw_dir, ro_binds=(), workdir=None, limits: Limits = Limits(),
-                 env=None, copy_back=True, allow_unisolated=False) -> SandboxResult:
+                 env=None, copy_back=True, allow_unisolated=False,
+                 stdin: bytes | None = None) -> SandboxResult:
     """Run ``cmd`` (argv list) in a fresh sandbox; see the module docstring.
 
     rw_dir: host directory copied into the writable area ``SANDBOX_RW`` (and, with
@@ -156,6 +157,7 @@ def run_isolated(cmd, *, rw_dir, ro_binds=(), workdir=None, limits: Limits = Lim
         (sandbox paths absolute, outside ``SANDBOX_RW``).
     workdir: working directory inside (default ``SANDBOX_RW``).
     env: extra environment variables (the rest of the host's environment is not passed).
+    stdin: bytes the command reads on its standard input (default: nothing).
     """
     rw_dir = Path(rw_dir).resolve()
     if not rw_dir.is_dir():
@@ -192,6 +194,9 @@ def run_isolated(cmd, *, rw_dir, ro_binds=(), workdir=None, limits: Limits = Lim
     with tempfile.TemporaryDirectory(prefix="nq-sandbox-") as tmp:
         cfg["state"] = tmp
         cfg_path = Path(tmp) / "config.json"
+        if stdin is not None:
+            Path(tmp, "stdin").write_bytes(stdin)
+            cfg["stdin"] = str(Path(tmp, "stdin"))
         cfg_path.write_text(json.dumps(cfg))
         init = [sys.executable, "-I", "-S", os.path.abspath(__file__), "--init", str(cfg_path)]
         if pr["isolated"]:
@@ -422,7 +427,8 @@ def _init(cfg_path):
         os.dup2(w_res, RESULT_FD, inheritable=True)
         os.close(w_res)
         p_out, p_err = os.pipe(), os.pipe()
-        proc = subprocess.Popen(cfg["cmd"], env=cfg["env"], stdin=subprocess.DEVNULL,
+        stdin = open(cfg["stdin"], "rb") if cfg.get("stdin") else subprocess.DEVNULL
+        proc = subprocess.Popen(cfg["cmd"], env=cfg["env"], stdin=stdin,
                                 stdout=p_out[1], stderr=p_err[1], pass_fds=(RESULT_FD,),
                                 preexec_fn=_child_setup(cfg, root), close_fds=True)
         os.close(RESULT_FD)
