@@ -5,10 +5,14 @@ student's versions of library files at their repository paths (e.g.
 ``needle/quant/reference.py``, ``src/cpu/qgemm.cc``). For each (student, assignment):
 
 1. a grading workspace (``build/grading/ws``) is synchronised with the student release
-   (``release/``: stubs everywhere) and the student's library files listed in the release
-   manifest are laid over it; any other file of the submission is ignored, so a student cannot
-   replace tests or framework code. Only files whose content changed are rewritten, so the
-   native build below recompiles just what differs from the previous submission;
+   (``release/``: stubs everywhere) and the library files of the grading policy
+   (graders/workspace.py) are laid over it: the student's code for the exercises of this
+   notebook, the course's reference for earlier notebooks' exercises (one early mistake does
+   not cascade), stubs for later ones. Any other file of the submission is ignored, so a
+   student cannot replace tests or framework code. A file of this notebook's exercises that
+   the submission lacks is named in the report. Only files whose content changed are
+   rewritten, so the native build below recompiles just what differs from the previous
+   submission;
 2. the native backends are rebuilt from those files (CPU always; CUDA when a GPU is present,
    or, without one, when the assignment's student files include CUDA sources and nvcc exists:
    then for one architecture only, since the notebook tests the kernels' host emulation);
@@ -18,8 +22,11 @@ student's versions of library files at their repository paths (e.g.
    notebook's setup cell imports needle from there). Test cells are restored from the gradebook
    (edited or deleted ones too), every cell runs with a timeout (graders/nbgrader_config.py).
 
-Afterwards the scores go to ``graders/output/grades.csv`` (one row per student and assignment)
-and ``graders/output/cell_grades.csv`` (one row per graded cell).
+Each grading writes ``autograded/<student>/<assignment>/grade_report.json`` (files taken from
+the student, missing files with their exercises, exercises whose stub still raised). The
+scores go to ``graders/output/grades.csv`` (one row per student and assignment, with the
+report's summary in ``notes``) and ``graders/output/cell_grades.csv`` (one row per graded
+cell).
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ import csv
 import filecmp
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -38,6 +46,7 @@ from pathlib import Path
 from .course import (AUTOGRADED_DIR, GRADEBOOK, NB_RELEASE_DIR, REPO, SUBMITTED_DIR,
                      load_manifest, nbgrader, walk_repo)
 from .sandbox import SANDBOX_RW, Limits, SandboxUnavailable, probe, run_isolated
+from .workspace import grading_files
 
 OUTPUT = REPO / "graders" / "output"
 WORKSPACE = "build/grading/ws"
@@ -64,23 +73,45 @@ def _sync_file(src: Path, dest: Path) -> bool:
     return True
 
 
-def prepare_workspace(release_dir: Path, ws: Path, submission: Path, student_files) -> list:
-    """Make ``ws`` = release + the student's library files; return the overlaid paths."""
+def _sync_bytes(data: bytes, dest: Path) -> bool:
+    if dest.is_file() and not dest.is_symlink() and dest.read_bytes() == data:
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() or dest.is_symlink():
+        dest.unlink()
+    dest.write_bytes(data)
+    return True
+
+
+def prepare_workspace(release_dir: Path, ws: Path, submission: Path, student_files,
+                      files: dict | None = None) -> list:
+    """Make ``ws`` = release + the library files of the grading policy; return the paths
+    taken from the student.
+
+    files: {repository path: bytes} from graders.workspace.grading_files (the policy: the
+    student's code for this notebook's exercises, the reference for earlier ones). Without it,
+    every file of ``student_files`` present in the submission is laid over the release."""
     wanted = {}
     for rel in walk_repo(release_dir):
         wanted[rel] = release_dir / rel
     overlaid = []
-    for rel in student_files:
-        cand = submission / rel
-        if cand.is_file() and not cand.is_symlink():
-            wanted[rel] = cand
-            overlaid.append(rel)
+    if files is None:
+        for rel in student_files:
+            cand = submission / rel
+            if cand.is_file() and not cand.is_symlink():
+                wanted[rel] = cand
+                overlaid.append(rel)
+    else:
+        wanted.update(files)
     ws.mkdir(parents=True, exist_ok=True)
     for rel in walk_repo(ws):
         if rel not in wanted:
             (ws / rel).unlink()
     for rel, src in wanted.items():
-        _sync_file(src, ws / rel)
+        if isinstance(src, bytes):
+            _sync_bytes(src, ws / rel)
+        else:
+            _sync_file(src, ws / rel)
     return overlaid
 
 
@@ -95,7 +126,8 @@ def nvcc_present() -> bool:
 
 def needs_cuda_build(manifest: dict, assignment: str) -> bool:
     """Whether the student files of ``assignment`` include CUDA sources (.cu / .cuh)."""
-    files = manifest["assignments"].get(assignment, {}).get("library_files", [])
+    info = manifest["assignments"].get(assignment, {})
+    files = info.get("own_files", info.get("library_files", []))
     student = set(manifest["student_files"])
     return any(f in student and f.endswith((".cu", ".cuh")) for f in files)
 
@@ -197,11 +229,17 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     release_dir = Path(manifest["release_dir"])
     ws = root / WORKSPACE
     submission = root / SUBMITTED_DIR / student / assignment
+    if not (submission / f"{assignment}.ipynb").is_file():
+        raise RuntimeError(f"[{student}/{assignment}] the submission has no {assignment}.ipynb: "
+                           f"nothing graded")
     rec_path = record_path(root, student, assignment)
     rec_path.parent.mkdir(parents=True, exist_ok=True)
     if rec_path.exists():
         rec_path.unlink()
-    overlaid = prepare_workspace(release_dir, ws, submission, manifest["student_files"])
+    reference_dir = Path(manifest.get("reference_dir") or REPO)
+    files, report = grading_files(assignment, release_dir, reference_dir, submission)
+    prepare_workspace(release_dir, ws, submission, manifest["student_files"], files)
+    overlaid = report["from_student"]
     build_ok = True
     if build:
         cuda = gpu_present() if cuda is None else cuda
@@ -214,6 +252,7 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     # sandbox binds it read-only.
     data_dir = os.environ.get("NEEDLE_DATA_DIR") or str(REPO / "data")
     env = {"NEEDLE_ROOT": str(ws), "PYTHONDONTWRITEBYTECODE": "1", "NEEDLE_DATA_DIR": data_dir,
+           "NEEDLE_SETUP_BUILD": "0",   # the notebook's setup cell must not rebuild
            "NQ_GRADING_WS": str(ws), "NQ_GRADING_RECORD": str(rec_path),
            "NQ_RELEASE_NOTEBOOKS": str(root / NB_RELEASE_DIR / assignment),
            "NQ_ALLOW_UNISOLATED": "1" if allow_unisolated else "0"}
@@ -229,9 +268,12 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
         record.setdefault("errors", []).append(f"nbgrader autograde failed: {tail[-800:]}")
         rec_path.write_text(json.dumps(record, indent=1))
         raise RuntimeError(f"nbgrader autograde {assignment} --student {student} failed:\n{tail}")
+    report["not_implemented"] = stub_errors(root / AUTOGRADED_DIR / student / assignment
+                                            / f"{assignment}.ipynb")
+    write_grade_report(root, student, assignment, report)
     rec_path.write_text(json.dumps(record, indent=1))
     return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,
-            "record": record}
+            "record": record, "report": report}
 
 
 def isolation_summary(record: dict) -> str:
@@ -242,6 +284,49 @@ def isolation_summary(record: dict) -> str:
     if iso.get("method") == "refused":
         return "refused: no isolation"
     return "NOT ISOLATED" if iso else "unknown"
+
+
+#: what an unwritten exercise raises (course/manifest.py stub_message)
+STUB_MESSAGE = re.compile(r"(?P<name>[\w.]+): exercise (?P<id>\d+\.\d+) of notebook "
+                          r"(?P<notebook>\w+)")
+
+
+def stub_errors(nb_path: Path) -> list:
+    """'<id> <name>' of the exercises whose stub raised in a graded notebook, in cell order."""
+    import nbformat
+    if not nb_path.is_file():
+        return []
+    found = []
+    for cell in nbformat.read(str(nb_path), as_version=4).cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                for m in STUB_MESSAGE.finditer(str(out.get("evalue", ""))):
+                    label = f"{m.group('id')} {m.group('name')}"
+                    if label not in found:
+                        found.append(label)
+    return found
+
+
+def write_grade_report(root: Path, student: str, assignment: str, report: dict) -> Path:
+    """grade_report.json beside the autograded notebook: which files were the student's,
+    which were missing, which exercises still raised their stub."""
+    path = root / AUTOGRADED_DIR / student / assignment / "grade_report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def describe_report(report: dict) -> str:
+    """One line for the console and grades.csv, e.g. 'missing needle/quant/reference.py
+    (3.1 choose_qparams, ...); not implemented: 3.2 quantize'."""
+    parts = []
+    if report.get("missing"):
+        parts.append(f"missing {', '.join(report['missing'])} "
+                     f"({', '.join(report['missing_exercises'])}: graded as not written)")
+    if report.get("not_implemented"):
+        parts.append("not implemented: " + ", ".join(report["not_implemented"]))
+    parts += report.get("notes", [])
+    return "; ".join(parts)
 
 
 def cell_scores(root: Path, student: str, assignment: str) -> dict:
@@ -281,7 +366,10 @@ def export_csv(root: Path, out_dir: Path = OUTPUT) -> tuple[Path, Path]:
             for sub in a.submissions:
                 auto = sum(g.auto_score or 0 for nb in sub.notebooks for g in nb.grades)
                 rec = _read_record(root, sub.student_id, a.name)
-                notes = "; ".join(rec.get("errors", []) + rec.get("repairs", []))[:2000]
+                rep = root / AUTOGRADED_DIR / sub.student_id / a.name / "grade_report.json"
+                notes = [describe_report(json.loads(rep.read_text()))] if rep.is_file() else []
+                notes = "; ".join(n for n in notes + rec.get("errors", []) + rec.get("repairs", [])
+                                  if n)[:2000]
                 w1.writerow([sub.student_id, a.name, f"{sub.score:g}", f"{sub.max_score:g}",
                              f"{auto:g}", sub.needs_manual_grade, isolation_summary(rec), notes])
                 graded.add((sub.student_id, a.name))
@@ -336,6 +424,8 @@ def main(argv=None) -> int:
         total = sum(m for _, m, _ in scores.values())
         print(f"  [{student}/{assignment}] {got:g}/{total:g} points "
               f"(library files: {', '.join(info['overlaid']) or 'none'}; {info['seconds']:.0f}s)")
+        if describe_report(info["report"]):
+            print(f"  [{student}/{assignment}] {describe_report(info['report'])}")
     per_sub, per_cell = export_csv(REPO)
     print(f"grades: {per_sub.relative_to(REPO)}, {per_cell.relative_to(REPO)} "
           f"(autograded notebooks in {AUTOGRADED_DIR}/)")

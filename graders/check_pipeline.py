@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nbformat  # noqa: E402
 
 from graders.audit_catalog import CATALOG, Patch  # noqa: E402
-from graders.autograde import WORKSPACE, autograde_one, cell_scores  # noqa: E402
+from graders.autograde import STUB_MESSAGE, WORKSPACE, autograde_one, cell_scores  # noqa: E402
 from graders.course import (AUTOGRADED_DIR, FEEDBACK_DIR, REPO, SUBMITTED_DIR,  # noqa: E402
                             tool_path, walk_repo)
 from graders.feedback import generate_feedback  # noqa: E402
@@ -56,8 +56,10 @@ STUB_ERRORS = ("NotImplementedError",)
 
 
 def _stub_error(ename, evalue):
-    """A Python stub raises NotImplementedError; a C++ stub a RuntimeError 'not implemented: f'."""
-    return ename in STUB_ERRORS or (ename == "RuntimeError" and "not implemented" in evalue)
+    """A Python stub raises NotImplementedError; a C++ stub a RuntimeError with the same
+    message ('<function>: exercise <n.m> of notebook <id>')."""
+    return ename in STUB_ERRORS or (ename == "RuntimeError" and (
+        STUB_MESSAGE.search(evalue) is not None or "not implemented" in evalue))
 _MARKER_LINE = re.compile(r"^\s*(###|//)\s*(BEGIN|END)\s+(SOLUTION|HIDDEN TESTS)\s*$")
 
 
