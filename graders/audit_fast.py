@@ -32,8 +32,9 @@ from graders.course import REPO, walk_repo  # noqa: E402
 NATIVE_SUFFIXES = (".cc", ".cu", ".cuh", ".h", ".cpp")
 
 RUNNER = r'''
-import json, sys, traceback, os
+import json, sys
 cells = json.load(open(sys.argv[1]))
+stop_on = set(json.loads(sys.argv[3]))     # a failure of one of these ends the run (caught)
 out = open(sys.argv[2], "w")
 ns = {"__name__": "__main__", "display": print}
 for role, gid, src in cells:
@@ -45,6 +46,8 @@ for role, gid, src in cells:
     if role == "test":
         out.write(json.dumps([gid, ok, err]) + "\n")
         out.flush()
+        if not ok and gid in stop_on:
+            break
 '''
 
 
@@ -92,8 +95,9 @@ def _link_copy(src: Path, dest: Path):
     shutil.copytree(src, dest, copy_function=os.link, ignore=shutil.ignore_patterns("build"))
 
 
-def run_tests(ws: Path, name: str, cell_patches=(), timeout=600):
-    """{test grade_id: (passed, error)} of notebook ``name`` run against workspace ``ws``."""
+def run_tests(ws: Path, name: str, cell_patches=(), timeout=600, stop_on=()):
+    """{test grade_id: (passed, error)} of notebook ``name`` run against workspace ``ws``;
+    the run ends at the first failing test of ``stop_on`` (the rest count as failed)."""
     cells = notebook_cells(name, cell_patches)
     with tempfile.TemporaryDirectory(prefix="nq-audit-") as tmp:
         cj, rj = Path(tmp, "cells.json"), Path(tmp, "results.jsonl")
@@ -101,7 +105,8 @@ def run_tests(ws: Path, name: str, cell_patches=(), timeout=600):
         env = {**os.environ, "NEEDLE_ROOT": str(ws), "MPLBACKEND": "Agg",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ws)}
         try:
-            subprocess.run([sys.executable, "-c", RUNNER, str(cj), str(rj)], cwd=ws / "notebooks",
+            subprocess.run([sys.executable, "-c", RUNNER, str(cj), str(rj),
+                            json.dumps(sorted(stop_on))], cwd=ws / "notebooks",
                            env=env, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
@@ -147,52 +152,83 @@ def build(ws: Path, log: Path, cuda: bool) -> bool:
                    for c in cmds)
 
 
-def audit(release_dir: Path, student_files, mutations, work: Path, native=False, log=print):
-    """Rows (mutation, caught test ids, error) for every mutation."""
+def _mutant(m, ref_ws, ref, work, slot):
+    """(caught test ids, error) of one Python-level mutation, in work/mutant-<slot>."""
+    ws = work / f"mutant-{slot}"
+    _link_copy(ref_ws, ws)
+    apply_file_patches(ws, m.patches)
+    caught = []
+    for name in m.notebooks:
+        passing = [g for g, (ok, _) in ref[name].items() if ok]
+        got = run_tests(ws, name, [p for p in m.patches if p.cell], stop_on=passing)
+        caught += [f"{name}:{g}" for g in passing if not got.get(g, (False,))[0]]
+        if caught:
+            break
+    return caught, ""
+
+
+def _native_mutant(m, ref_ws, ref, work):
+    ws = work / "native"
+    if not ws.exists():
+        shutil.copytree(ref_ws, ws)
+    saved = {p.file: (ws / p.file).read_text() for p in m.patches if p.file}
+    try:
+        apply_file_patches(ws, m.patches)
+        cuda = any(p.file.endswith((".cu", ".cuh")) for p in m.patches if p.file)
+        if not build(ws, work / f"build-{m.name}.log", cuda):
+            return [], "native build failed"
+        caught = []
+        for name in m.notebooks:
+            passing = [g for g, (ok, _) in ref[name].items() if ok]
+            got = run_tests(ws, name, [p for p in m.patches if p.cell], stop_on=passing)
+            caught += [f"{name}:{g}" for g in passing if not got.get(g, (False,))[0]]
+        return caught, ""
+    finally:
+        for rel, text in saved.items():
+            (ws / rel).unlink()
+            (ws / rel).write_text(text)
+
+
+def audit(release_dir: Path, student_files, mutations, work: Path, native=False, jobs=2,
+          log=print):
+    """(rows (mutation, caught test ids or None, note), reference failures)."""
+    from concurrent.futures import ThreadPoolExecutor
     ref_ws = reference_workspace(work / "reference", release_dir, student_files)
+    names = sorted({n for m in mutations for n in m.notebooks})
     ref = {}
-    rows = []
-    native_ws = None
-    for m in mutations:
-        todo = list(m.notebooks)
-        if is_native(m) and not native:
-            rows.append((m, None, "native: runs with --native (make audit)"))
-            continue
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for name, res in zip(names, pool.map(lambda n: run_tests(ref_ws, n), names)):
+            ref[name] = res
+    results = {}
+
+    def one(args):
+        k, m = args
         t0 = time.time()
         try:
-            if is_native(m):
-                if native_ws is None:
-                    native_ws = work / "native"
-                    if native_ws.exists():
-                        shutil.rmtree(native_ws)
-                    shutil.copytree(ref_ws, native_ws)
-                ws = native_ws
-                saved = {p.file: (ws / p.file).read_text() for p in m.patches if p.file}
-                apply_file_patches(ws, m.patches)
-                cuda = any(p.file.endswith((".cu", ".cuh")) for p in m.patches if p.file)
-                ok = build(ws, work / f"build-{m.name}.log", cuda)
-            else:
-                ws = work / "mutant"
-                _link_copy(ref_ws, ws)
-                apply_file_patches(ws, m.patches)
-                saved, ok = None, True
-            caught = []
-            for name in todo:
-                if name not in ref:
-                    ref[name] = run_tests(ref_ws, name)
-                got = run_tests(ws, name, [p for p in m.patches if p.cell]) if ok else {}
-                for gid, (passed, _) in ref[name].items():
-                    if passed and not got.get(gid, (False,))[0]:
-                        caught.append(f"{name}:{gid}")
-            rows.append((m, caught, "" if ok else "native build failed"))
+            out = _mutant(m, ref_ws, ref, work, k % max(1, jobs))
         except (ValueError, OSError) as e:
-            rows.append((m, None, str(e)))
-        finally:
-            if is_native(m) and native_ws is not None and saved:
-                for rel, text in saved.items():
-                    (native_ws / rel).write_text(text)
-        log(f"  {m.name}: {'caught by ' + ', '.join(rows[-1][1][:3]) if rows[-1][1] else rows[-1][2] or 'NOT CAUGHT'}"
+            out = (None, str(e))
+        log(f"  {m.name}: {'caught by ' + ', '.join(out[0][:2]) if out[0] else out[1] or 'NOT CAUGHT'}"
             f" ({time.time() - t0:.0f}s)")
+        return m.name, out
+    python_muts = [m for m in mutations if not is_native(m)]
+    # one worker per slot: slot k % jobs is used by one thread at a time
+    for start in range(0, len(python_muts), max(1, jobs)):
+        batch = list(enumerate(python_muts[start:start + max(1, jobs)]))
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            results.update(dict(pool.map(one, batch)))
+    for m in mutations:
+        if is_native(m):
+            if not native:
+                results[m.name] = (None, "C++/CUDA: runs in make audit (--native)")
+                continue
+            t0 = time.time()
+            try:
+                results[m.name] = _native_mutant(m, ref_ws, ref, work)
+            except (ValueError, OSError) as e:
+                results[m.name] = (None, str(e))
+            log(f"  {m.name}: {results[m.name]} ({time.time() - t0:.0f}s)")
+    rows = [(m, *results[m.name]) for m in mutations]
     broken_ref = {f"{n}:{g}": e for n, r in ref.items() for g, (ok, e) in r.items() if not ok}
     return rows, broken_ref
 
@@ -218,6 +254,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--native", action="store_true", help="also C++/CUDA mutations (rebuilds)")
     ap.add_argument("--only", action="append", help="only this mutation (repeatable)")
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     ap.add_argument("--reuse", action="store_true",
                     help="use the pipeline check's release (build/check) instead of a new one")
     args = ap.parse_args(argv)
@@ -232,7 +269,8 @@ def main(argv=None):
         rel = work / "release"
         manifest = release(REPO, out=rel, course_root=work)
     muts = [m for m in CATALOG if not args.only or m.name in args.only]
-    rows, broken = audit(rel, manifest["student_files"], muts, work, native=args.native)
+    rows, broken = audit(rel, manifest["student_files"], muts, work, native=args.native,
+                         jobs=args.jobs)
     caught, ran = print_table(rows)
     if broken:
         print(f"  reference fails tests: {broken}")
