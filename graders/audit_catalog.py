@@ -353,9 +353,12 @@ CATALOG += [
              "y = np.where(acc >= 0, (acc * m + (np.int64(1) << (s - 1))) >> s, -((-acc * m + (np.int64(1) << (s - 1))) >> s))")),
     M("requantize", "requantize_float_math", "requantizes in float64 (rint(acc * M))", NB3,
       F("y = (acc * m + (np.int64(1) << (s - 1))) >> s", "y = np.rint(acc * (m / 2.0 ** s)).astype(np.int64)")),
-    M("requantize", "requantize_zp_before_shift", "adds the zero point before the shift", NB3,
-      F("return np.clip(y + int(out_zero_point), lo, hi).astype(name)\n\n\ndef qgemm_reference",
-        "return np.clip(((acc * m + (np.int64(out_zero_point) << s) + (np.int64(1) << (s - 1))) >> s), lo, hi).astype(name) if False else np.clip(y + int(out_zero_point) + (y < 0), lo, hi).astype(name)\n\n\ndef qgemm_reference")),
+    M("requantize", "requantize_zp_before_shift", "adds the zero point to acc before scaling",
+      NB3, F("y = (acc * m + (np.int64(1) << (s - 1))) >> s",
+             "y = ((acc + int(out_zero_point)) * m + (np.int64(1) << (s - 1))) >> s"),
+      F("return np.clip(y + int(out_zero_point), lo, hi).astype(name)\n    ### END SOLUTION\n\n\n"
+        "def weight_colsum", "return np.clip(y, lo, hi).astype(name)\n    ### END SOLUTION\n\n\n"
+        "def weight_colsum")),
     # 4.1 MinMaxObserver._observe
     M("MinMaxObserver._observe", "minmax_first_batch", "keeps only the first batch's range", NB4,
       F("self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)", "pass", file=OBS)),
@@ -464,6 +467,39 @@ CATALOG += [
     M("quantized_add", "qadd_relu_at_zero", "fused ReLU clamps at code 0", NB7,
       F("    y = (ya + yb + (1 << (L - 1))) >> L\n    if relu:\n        lo = max(lo, int(out_zero_point))",
         "    y = (ya + yb + (1 << (L - 1))) >> L\n    if relu:\n        lo = max(lo, 0)")),
+]
+
+CATALOG += [
+    M("quantize_weight", "qweight_scale_not_per_channel", "returns one scale, not one per channel",
+      NB7, F("scale = np.broadcast_to(np.asarray(scale, np.float32), (w.shape[axis],)).copy()",
+             "scale = np.asarray(scale, np.float32).reshape(-1)[:1].copy()", file=CONV)),
+    M("quantize_weight", "qweight_axis_zero", "quantizes along axis 0, not the channel axis",
+      NB7, F("q = R.quantize(w, scale, zp, \"int8\", axis=obs.axis, qmin=qmin, qmax=qmax)",
+             "q = R.quantize(w, scale, zp, \"int8\", axis=0, qmin=qmin, qmax=qmax)", file=CONV)),
+    M("QuantStub.forward", "quantstub_no_saturation", "QuantStub wraps instead of saturating",
+      NB7, F("q = (r + float(zp)).astype(self.dtype)",
+             "q = ((r + float(zp)).astype(\"int32\") % 256).astype(\"float32\").astype(self.dtype)",
+             file=MODULES)),
+    M("QuantStub.forward", "quantstub_multiplies_scale", "QuantStub multiplies by the scale",
+      NB7, F("r = (data / s).astype(\"int32\").astype(\"float32\")",
+             "r = (data * s).astype(\"int32\").astype(\"float32\")", file=MODULES)),
+    M("DeQuantStub.forward", "dequantstub_adds_zp", "DeQuantStub adds the zero point", NB7,
+      F("x = data.astype(\"float32\") - float(q.zero_point)",
+        "x = data.astype(\"float32\") + float(q.zero_point)", file=MODULES)),
+    M("DeQuantStub.forward", "dequantstub_divides", "DeQuantStub divides by the scale", NB7,
+      F("            x = x * float(q.scale)", "            x = x / float(q.scale)", file=MODULES)),
+    M("QuantizedConv2d.forward", "qconv_pad_one_side", "pads only the top and left", NB7,
+      F("x = x.pad(((0, 0), (p, p), (p, p), (0, 0)), value=d[\"zp_in\"])",
+        "x = x.pad(((0, 0), (p, 0), (p, 0), (0, 0)), value=d[\"zp_in\"])\n            x = x.pad(((0, 0), (0, p), (0, p), (0, 0)), value=0)", file=MODULES)),
+    M("QuantizedConv2d.forward", "qconv_patch_order", "patches in (c, kh, kw) order", NB7,
+      F("cols = x.as_strided((N, Ho, Wo, K, K, C), (sN, sH * s, sW * s, sH, sW, sC))",
+        "cols = x.as_strided((N, Ho, Wo, C, K, K), (sN, sH * s, sW * s, sC, sH, sW))", file=MODULES)),
+    M("QuantizedFlatten.forward", "flatten_no_permute_no_compact", "reshapes without permuting",
+      NB7, F("x = x.permute((0, 3, 1, 2)).compact()", "x = x.compact()\n        x = x.reshape((x.shape[0], x.shape[3], x.shape[1], x.shape[2]))", file=MODULES)),
+    M("QuantizedFlatten.forward", "flatten_nhcw", "permutes to NHCW", NB7,
+      F("x = x.permute((0, 3, 1, 2)).compact()", "x = x.permute((0, 1, 3, 2)).compact()", file=MODULES)),
+    M("quantized_add", "qadd_truncating_rescale", "rescales the inputs with truncation", NB7,
+      F("return (x * np.int64(m) + (np.int64(1) << (s - 1))) >> s", "return (x * np.int64(m)) >> s")),
 ]
 
 # the exercise of the first catalog's mutations (by name)

@@ -102,7 +102,7 @@ def run_tests(ws: Path, name: str, cell_patches=(), timeout=600, stop_on=()):
     with tempfile.TemporaryDirectory(prefix="nq-audit-") as tmp:
         cj, rj = Path(tmp, "cells.json"), Path(tmp, "results.jsonl")
         cj.write_text(json.dumps(cells))
-        env = {**os.environ, "NEEDLE_ROOT": str(ws), "MPLBACKEND": "Agg",
+        env = {**os.environ, "NEEDLE_ROOT": str(ws), "MPLBACKEND": "Agg", "NEEDLE_SETUP_BUILD": "0",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ws)}
         try:
             subprocess.run([sys.executable, "-c", RUNNER, str(cj), str(rj),

@@ -47,6 +47,7 @@ class Case:
     lose: tuple = ()            # robust: the only cells allowed to lose points
     host_checks: tuple = ()     # "no_marker_files", "no_marker_process", "small_notebook"
     timeout: int | None = None
+    needs_sandbox: bool = False  # only the sandbox defeats it (skipped where none can be made)
 
 
 # Code a cheating library file runs on import (appended to the stubbed reference.py).
@@ -189,7 +190,7 @@ CASES = [
     Case("read_instructor_files", "cheat",
          "walks up from NEEDLE_ROOT / cwd / / for the instructor's reference.py, notebooks and "
          "gradebook and uses the model solution", "03_quant_basics",
-         trick=(_stubbed_with(_WALK_UP),), stub_files=(REF,)),
+         trick=(_stubbed_with(_WALK_UP),), needs_sandbox=True, stub_files=(REF,)),
     Case("ast_transformer_swallows", "cheat",
          "a library file adds an IPython AST transformer wrapping every later cell in try/except",
          "03_quant_basics", trick=(_stubbed_with(_AST_TRY),), stub_files=(REF,)),
@@ -240,12 +241,12 @@ def read_safetensors(path):
     Case("escape_sandbox", "cheat",
          "a library file writes files into release/ and the workspace, leaves a process running "
          "and writes the grading record named in the environment", "03_quant_basics",
-         trick=(_stubbed_with(_ESCAPE),), stub_files=(REF,),
+         trick=(_stubbed_with(_ESCAPE),), needs_sandbox=True, stub_files=(REF,),
          host_checks=("no_marker_files", "no_marker_process")),
     Case("kill_executor", "cheat",
          "a library file kills its parent process (the notebook executor) to leave a notebook "
          "without errors", "03_quant_basics",
-         trick=(_stubbed_with(_KILL_EXECUTOR),), stub_files=(REF,)),
+         trick=(_stubbed_with(_KILL_EXECUTOR),), needs_sandbox=True, stub_files=(REF,)),
     Case("forged_idle_status", "cheat",
          "a wrong solution publishes a forged 'idle' status before it fails, hiding the error",
          "00_setup", stub_cells=("impl_saturate",),

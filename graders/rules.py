@@ -136,24 +136,33 @@ RULES = {
                                                   "cuda_tile_contiguous_cols"]),
     ],
     "quantize_weight": [
-        ("per output channel, reduced range", ["qweight_per_tensor", "qweight_full_range"]),
+        ("per output channel along the given axis, reduced range",
+         ["qweight_per_tensor", "qweight_full_range", "qweight_scale_not_per_channel",
+          "qweight_axis_zero"]),
     ],
     "QuantStub.forward": [
-        ("round half to even, add the zero point", ["quantstub_ignores_zp",
-                                                    "quantstub_truncates"]),
+        ("x / scale, round half to even, add the zero point, saturate",
+         ["quantstub_ignores_zp", "quantstub_truncates", "quantstub_no_saturation",
+          "quantstub_multiplies_scale"]),
     ],
     "DeQuantStub.forward": [
-        ("(q - zp) * scale, per channel", ["dequantstub_ignores_zp", "dequantstub_first_scale"]),
+        ("(q - zp) * scale, per channel", ["dequantstub_ignores_zp", "dequantstub_first_scale",
+                                           "dequantstub_adds_zp", "dequantstub_divides"]),
     ],
     "QuantizedConv2d.forward": [
-        ("pad with the input zero point; stride", ["qconv_pads_zero", "qconv_stride_ignored"]),
+        ("pad every side with the input zero point; stride", ["qconv_pads_zero",
+                                                              "qconv_stride_ignored",
+                                                              "qconv_pad_one_side"]),
+        ("patches in (kh, kw, c) order", ["qconv_patch_order"]),
     ],
     "QuantizedFlatten.forward": [
-        ("NCHW order for the Linear", ["flatten_nhwc_order", "flatten_nchw_transposed"]),
+        ("NCHW order for the Linear", ["flatten_nhwc_order", "flatten_nchw_transposed",
+                                       "flatten_no_permute_no_compact", "flatten_nhcw"]),
     ],
     "quantized_add": [
         ("rescale both inputs with headroom, subtract each zero point, ReLU at the zero point",
-         ["qadd_no_left_shift", "qadd_ignores_b_zp", "qadd_relu_at_zero"]),
+         ["qadd_no_left_shift", "qadd_ignores_b_zp", "qadd_relu_at_zero",
+          "qadd_truncating_rescale"]),
     ],
 }
 

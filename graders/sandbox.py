@@ -176,6 +176,19 @@ def run_isolated(cmd, *, rw_dir, ro_binds=(), workdir=None, limits: Limits = Lim
         raise SandboxUnavailable(
             f"cannot isolate grading on this machine ({pr['reason']}); pass "
             f"--allow-unisolated to grade without a sandbox (student code then sees the host)")
+    if not pr["isolated"]:
+        # no private root: the sandbox paths the caller used name the host paths directly
+        mapping = [(SANDBOX_RW, str(rw_dir))] + [(inside, host) for host, inside in binds]
+
+        def host_path(v):
+            v = str(v)
+            for inside, host in mapping:
+                if v == inside or v.startswith(inside + "/"):
+                    return host + v[len(inside):]
+            return v
+        cmd = [host_path(c) for c in cmd]
+        workdir = host_path(workdir) if workdir else None
+        env = {k: host_path(v) for k, v in (env or {}).items()}
     uid = sandbox_uid(rw_dir) if pr["isolated"] else os.getuid()
     home = SANDBOX_HOME if pr["isolated"] else tempfile.mkdtemp(prefix="nq-home-")
     cfg = {"cmd": [str(c) for c in cmd], "rw_dir": str(rw_dir), "binds": binds,
