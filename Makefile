@@ -77,4 +77,4 @@ clean:
 # the notebooks' tests (C++/CUDA ones rebuild the backend), then the pipeline check with every
 # cheat / robustness case of graders/cheat_catalog.py. `make test` runs a fixed part of it.
 audit: build
-	$(PY) graders/check_pipeline.py --all-cases --native-audit
+	$(PY) graders/check_pipeline.py --all-mutants --native-audit --all-cases

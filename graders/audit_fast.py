@@ -75,7 +75,8 @@ def notebook_cells(name, cell_patches=()):
 
 
 def reference_workspace(dest: Path, release_dir: Path, student_files):
-    """The release with the reference library files and the instructor's built modules."""
+    """The release (or the repository itself) with the reference library files and the
+    instructor's built modules."""
     if dest.exists():
         shutil.rmtree(dest)
     for rel in walk_repo(release_dir):
@@ -255,22 +256,12 @@ def main(argv=None):
     ap.add_argument("--native", action="store_true", help="also C++/CUDA mutations (rebuilds)")
     ap.add_argument("--only", action="append", help="only this mutation (repeatable)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
-    ap.add_argument("--reuse", action="store_true",
-                    help="use the pipeline check's release (build/check) instead of a new one")
     args = ap.parse_args(argv)
-    from graders.course import load_manifest
-    from graders.release import release
     work = REPO / "build" / "audit"
     work.mkdir(parents=True, exist_ok=True)
-    if args.reuse:
-        manifest = load_manifest(REPO / "build" / "check")
-        rel = Path(manifest["release_dir"])
-    else:
-        rel = work / "release"
-        manifest = release(REPO, out=rel, course_root=work)
+    # the reference workspace is the repository's own release-able files (with solutions)
     muts = [m for m in CATALOG if not args.only or m.name in args.only]
-    rows, broken = audit(rel, manifest["student_files"], muts, work, native=args.native,
-                         jobs=args.jobs)
+    rows, broken = audit(REPO, [], muts, work, native=args.native, jobs=args.jobs)
     caught, ran = print_table(rows)
     if broken:
         print(f"  reference fails tests: {broken}")

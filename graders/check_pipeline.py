@@ -447,6 +447,14 @@ def run(args) -> int:
         rep.add(f"{name}: reference gets full automatic marks ({got:g}/{full:g})",
                 scores and not missing, f"short: {missing}" if missing else "")
 
+    # reliability: the same submission graded twice gives the same scores
+    again = names[0]
+    grade("reference", again)
+    twice = auto_scores("reference", again)
+    rep.add(f"{again}: grading the reference twice gives the same scores",
+            twice == ref_scores[again], "" if twice == ref_scores[again] else
+            f"first {ref_scores[again]}, then {twice}")
+
     # `nbgrader validate`, the students' pre-submission check, exits 0 even when tests fail:
     # its verdict is in the output.
     name = "03_quant_basics" if "03_quant_basics" in names else names[0]
@@ -475,15 +483,17 @@ def run(args) -> int:
         problems = check_rules(CATALOG, [e["name"] for nb in NOTEBOOKS for e in nb["exercises"]])
         rep.add("every exercise lists its stated rules, each pinned by wrong solutions",
                 not problems, "; ".join(problems[:5]))
-        catalog = [m for m in CATALOG if (not args.only_audit or m.name in args.only_audit)
+        from graders.audit_catalog import ci_subset
+        pool = CATALOG if (args.all_mutants or args.only_audit) else ci_subset()
+        catalog = [m for m in pool if (not args.only_audit or m.name in args.only_audit)
                    and all(n in names for n in m.notebooks)]
         rows, broken = audit(release_dir, student_files, catalog, CHECK / "audit",
                              native=args.native_audit, jobs=args.jobs)
         n_caught, n_ran = print_table(rows)
         rep.add(f"grader audit: {n_caught}/{n_ran} wrong solutions lose points "
                 f"({len(rows) - n_ran} C++/CUDA ones run in make audit)",
-                n_caught == n_ran and not broken and n_ran >= (1 if args.only_audit else 80
-                                                               if not args.notebooks else 1),
+                n_caught == n_ran and not broken and n_ran >= (
+                    80 if args.all_mutants and not args.notebooks else 1),
                 f"not caught: {[r[0].name for r in rows if r[1] is not None and not r[1]]}; "
                 f"reference fails: {broken}" if n_caught != n_ran or broken else "")
         by_name = {m.name: m for m in catalog}
@@ -563,6 +573,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-tamper", action="store_true")
     ap.add_argument("--only-audit", action="append", help="only this mutation (repeatable)")
     ap.add_argument("--skip-cases", action="store_true", help="no cheat / robustness cases")
+    ap.add_argument("--all-mutants", action="store_true",
+                    help="every wrong solution (default: audit_catalog.ci_subset())")
     ap.add_argument("--native-audit", action="store_true",
                     help="also the C++/CUDA wrong solutions (rebuilds; make audit)")
     ap.add_argument("--all-cases", action="store_true",

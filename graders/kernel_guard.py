@@ -85,11 +85,16 @@ class _ObjectSnapshot:
         return bad
 
 
-def _put(owner, name, state):
+def _revived(state):
+    """The snapshot's value, its code and defaults put back if they were swapped in place."""
     v, code, defaults, kwdefaults = state
     if code is not None:
         v.__code__, v.__defaults__, v.__kwdefaults__ = code, defaults, kwdefaults
-    setattr(owner, name, v)
+    return v
+
+
+def _put(owner, name, state):
+    setattr(owner, name, _revived(state))
 
 
 class _ModuleSnapshot:
@@ -247,10 +252,7 @@ _MISSING = object()
 
 
 def _put_ns(ns, name, state):
-    v, code, defaults, kwdefaults = state
-    if code is not None:
-        v.__code__, v.__defaults__, v.__kwdefaults__ = code, defaults, kwdefaults
-    ns[name] = v
+    ns[name] = _revived(state)
 
 
 sys.modules["_nq_guard"] = Guard()
