@@ -248,6 +248,8 @@ def run_cases(rep, cases, release_dir, lib_files, grade, ref_scores):
         pts = (sum(v[0] or 0 for v in got.values()), sum(v[0] or 0 for v in base.values()),
                sum(v[1] for v in got.values()))
         rows.append((case, pts, info["record"], ok, detail))
+        print(f"  {case.name}: {pts[0]:g}/{pts[2]:g} (baseline {pts[1]:g}) "
+              f"{'ok' if ok else 'FAILED ' + detail}", flush=True)
     print("\nCheats and robustness (a cheat gains nothing over its honest baseline; correct "
           "work keeps its marks):")
     print(f"  {'case':32} {'kind':7} {'points':>9} {'baseline':>8}  verdict")
