@@ -30,6 +30,7 @@ from graders.audit_catalog import CATALOG, Mutation  # noqa: E402
 from graders.course import REPO, walk_repo  # noqa: E402
 
 NATIVE_SUFFIXES = (".cc", ".cu", ".cuh", ".h", ".cpp")
+NOT_REACHED = "not reached (an earlier failure, a crash or a timeout)"
 
 RUNNER = r'''
 import json, sys
@@ -118,7 +119,7 @@ def run_tests(ws: Path, name: str, cell_patches=(), timeout=600, stop_on=()):
                 got[gid] = (ok, err)
     for role, gid, _ in cells:   # a crash or a timeout fails every test it did not reach
         if role == "test" and gid not in got:
-            got[gid] = (False, "not reached (crash or timeout)")
+            got[gid] = (False, NOT_REACHED)
     return got
 
 
@@ -162,10 +163,18 @@ def _mutant(m, ref_ws, ref, work, slot):
     for name in m.notebooks:
         passing = [g for g, (ok, _) in ref[name].items() if ok]
         got = run_tests(ws, name, [p for p in m.patches if p.cell], stop_on=passing)
-        caught += [f"{name}:{g}" for g in passing if not got.get(g, (False,))[0]]
+        caught += _caught(name, passing, got)
         if caught:
             break
     return caught, ""
+
+
+def _caught(name, passing, got):
+    """The tests (of those passing on the reference) that failed; tests after the first
+    failure were not run: they are named only when the run crashed before any failure."""
+    failed = [g for g in passing if not got.get(g, (False, NOT_REACHED))[0]]
+    real = [g for g in failed if got.get(g, (False, NOT_REACHED))[1] != NOT_REACHED]
+    return [f"{name}:{g}" for g in (real or failed[:1])]
 
 
 def _native_mutant(m, ref_ws, ref, work):
@@ -182,7 +191,7 @@ def _native_mutant(m, ref_ws, ref, work):
         for name in m.notebooks:
             passing = [g for g, (ok, _) in ref[name].items() if ok]
             got = run_tests(ws, name, [p for p in m.patches if p.cell], stop_on=passing)
-            caught += [f"{name}:{g}" for g in passing if not got.get(g, (False,))[0]]
+            caught += _caught(name, passing, got)
         return caught, ""
     finally:
         for rel, text in saved.items():
