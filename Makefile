@@ -21,7 +21,7 @@ BUILD_DIR ?= build
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all build deps demo test test-lib test-notebooks test-grading bench train release autograde feedback notebooks clean
+.PHONY: all build deps demo test test-lib test-notebooks test-grading bench train release autograde feedback notebooks clean audit
 
 all: build
 
@@ -107,3 +107,8 @@ sanitize: $(DEPS)
 .PHONY: train-lm
 train-lm: build
 	$(PY) -m needle.apps.train_lm --epochs 5 --threads 1 --out checkpoints/lm_char_lstm.safetensors
+# The whole grader audit (instructor): every wrong solution of graders/audit_catalog.py against
+# the notebooks' tests (C++/CUDA ones rebuild the backend), then the pipeline check with every
+# cheat / robustness case of graders/cheat_catalog.py. `make test` runs a fixed part of it.
+audit: build
+	$(PY) graders/check_pipeline.py --all-mutants --native-audit --all-cases

@@ -63,6 +63,8 @@ TAMPER = {
     "timeout": 20,
 }
 STUB_ERRORS = ("NotImplementedError",)
+#: wrong solutions also graded through nbgrader and the sandbox (the rest: graders/audit_fast.py)
+END_TO_END_MUTANTS = ("round_toward_zero", "saturate_wraps", "minmax_last_batch")
 
 
 def _stub_error(ename, evalue):
@@ -97,15 +99,21 @@ def _grade_id(cell):
     return cell.metadata.get("nbgrader", {}).get("grade_id")
 
 
-def make_submission(student, name, nb, library_files, patches=()):
-    """Write submitted/<student>/<name>/ with notebook ``nb`` and reference library files."""
+def make_submission(student, name, nb, library_files, patches=(), stub_files=(),
+                    release_dir=None):
+    """Write submitted/<student>/<name>/ with notebook ``nb`` and reference library files
+    (``stub_files`` from the release instead). A patch with ``old == ""`` appends ``new``."""
     sub = CHECK / SUBMITTED_DIR / student / name
     if sub.exists():
         shutil.rmtree(sub)
     sub.mkdir(parents=True)
-    texts = {rel: (REPO / rel).read_text() for rel in library_files}
+    texts = {rel: ((release_dir if rel in stub_files else REPO) / rel).read_text()
+             for rel in library_files}
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # deep copy
     for p in patches:
+        if p.file is not None and p.old == "":
+            texts[p.file] += p.new
+            continue
         if p.file is not None:
             if p.file not in texts:
                 raise ValueError(f"patch targets {p.file}, not a student file of {name}")
@@ -177,6 +185,132 @@ def student_tool(copy, tool, name):
     res = subprocess.run([sys.executable, "-m", "course", tool, name], cwd=copy, env=env,
                          capture_output=True, text=True)
     return res.returncode, res.stdout + res.stderr
+def apply_edits(nb, edits):
+    """Apply cheat_catalog.NbEdit edits (structure, metadata) to a notebook, in place."""
+    for e in edits:
+        idx = [i for i, c in enumerate(nb.cells) if _grade_id(c) == e.target]
+        if e.op == "kernelspec":
+            nb.metadata["kernelspec"] = {"name": "evil", "display_name": "x", "language": "python"}
+            continue
+        if len(idx) != 1:
+            raise ValueError(f"edit {e.op}: no single cell {e.target!r}")
+        i = idx[0]
+        if e.op == "insert_after":
+            cell = nbformat.v4.new_code_cell(e.source)
+            if e.metadata:
+                cell.metadata["nbgrader"] = dict(e.metadata)
+            nb.cells.insert(i + 1, cell)
+        elif e.op == "append_to":
+            nb.cells[i].source += "\n" + e.source
+        elif e.op == "delete":
+            del nb.cells[i]
+        elif e.op == "move_to_end":
+            nb.cells.append(nb.cells.pop(i))
+        elif e.op == "metadata":
+            nb.cells[i].metadata.setdefault("nbgrader", {}).update(e.metadata or {})
+            if e.source:
+                nb.cells[i].source = e.source
+        else:
+            raise ValueError(f"unknown edit {e.op}")
+
+
+def case_submission(student, case, release_dir, lib_files, with_trick):
+    """Write the submission of a cheat_catalog case (its honest part, plus the trick)."""
+    from graders.cheat_catalog import NbEdit
+    nb = reference_notebook(case.notebook, release_dir)
+    rel = {_grade_id(c): c for c in _read_nb(release_dir / "notebooks" / f"{case.notebook}.ipynb").cells}
+    for cell in nb.cells:
+        if _grade_id(cell) in case.stub_cells:
+            cell.source = rel[_grade_id(cell)].source
+    parts = list(case.patches) + list(case.edits) + (list(case.trick) if with_trick else [])
+    patches = [p for p in parts if isinstance(p, Patch)]
+    edits = [p for p in parts if isinstance(p, NbEdit)]
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    sub = make_submission(student, case.notebook, nb, lib_files, patches,
+                          stub_files=case.stub_files, release_dir=release_dir)
+    nb = _read_nb(sub / f"{case.notebook}.ipynb")
+    apply_edits(nb, edits)
+    nbformat.write(nb, str(sub / f"{case.notebook}.ipynb"), version=4) if not any(
+        e.op == "metadata" for e in edits) else (sub / f"{case.notebook}.ipynb").write_text(
+        json.dumps(nb))
+    return sub
+
+
+def host_check(what, sub_before, student, name):
+    """The host-side checks of a cheat case: True when the host is untouched."""
+    from graders.cheat_catalog import MARK
+    if what == "no_marker_files":
+        hits = [p for root in (REPO, CHECK, Path("/tmp"), Path("/work"))
+                for p in (root.glob(f"**/{MARK}.txt") if root != Path("/work") else
+                          root.glob(f"*/{MARK}.txt"))]
+        return not hits, f"files left: {hits[:3]}" if hits else ""
+    if what == "no_marker_process":
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        left = [line for line in ps.splitlines() if line.startswith(MARK)]
+        return not left, f"processes left: {left[:3]}" if left else ""
+    if what == "small_notebook":
+        p = CHECK / AUTOGRADED_DIR / student / name / f"{name}.ipynb"
+        size = p.stat().st_size if p.exists() else -1
+        return 0 < size < 4 << 20, f"graded notebook {size} bytes"
+    raise ValueError(what)
+
+
+def run_cases(rep, cases, release_dir, lib_files, grade, ref_scores):
+    """Grade every cheat_catalog case and its baseline; one table row per case."""
+    rows, baselines = [], {}
+    for case in cases:
+        name = case.notebook
+        if name not in ref_scores:
+            continue
+        key = (name, case.patches, case.stub_files, case.stub_cells, case.edits)
+        try:
+            if case.kind == "cheat":
+                if key not in baselines:
+                    student = f"base_{len(baselines)}"
+                    case_submission(student, case, release_dir, lib_files(name), False)
+                    grade(student, name, timeout=case.timeout or 120)
+                    baselines[key] = auto_scores(student, name)
+                base = baselines[key]
+            else:
+                base = ref_scores[name]
+            student = "case_" + case.name
+            case_submission(student, case, release_dir, lib_files(name), True)
+            info = grade(student, name, timeout=case.timeout or 120)
+            got = auto_scores(student, name)
+        except (ValueError, RuntimeError) as e:
+            rows.append((case, None, None, False, str(e).splitlines()[0]))
+            continue
+        gained = [k[1] for k, v in got.items() if (v[0] or 0) > (base.get(k, (0,))[0] or 0)]
+        lost = [k[1] for k, v in got.items() if (v[0] or 0) < (base.get(k, (0,))[0] or 0)]
+        extra = [k[1] for k in got if k not in base]
+        if case.kind == "cheat":
+            ok = not gained and not extra
+            detail = f"gained {gained + extra}" if not ok else ""
+        else:
+            ok = set(lost) <= set(case.lose) and not extra and set(case.lose) <= set(lost)
+            detail = f"lost {lost}, expected {list(case.lose)}" if not ok else ""
+        for hc in case.host_checks:
+            hok, hd = host_check(hc, None, student, name)
+            ok = ok and hok
+            detail += ("; " if detail else "") + (hd if not hok else "")
+        pts = (sum(v[0] or 0 for v in got.values()), sum(v[0] or 0 for v in base.values()),
+               sum(v[1] for v in got.values()))
+        rows.append((case, pts, info["record"], ok, detail))
+        print(f"  {case.name}: {pts[0]:g}/{pts[2]:g} (baseline {pts[1]:g}) "
+              f"{'ok' if ok else 'FAILED ' + detail}", flush=True)
+    print("\nCheats and robustness (a cheat gains nothing over its honest baseline; correct "
+          "work keeps its marks):")
+    print(f"  {'case':32} {'kind':7} {'points':>9} {'baseline':>8}  verdict")
+    for case, pts, rec, ok, detail in rows:
+        p = "-" if pts is None else f"{pts[0]:g}/{pts[2]:g}"
+        b = "-" if pts is None else f"{pts[1]:g}"
+        print(f"  {case.name:32} {case.kind:7} {p:>9} {b:>8}  {'ok' if ok else 'FAILED'} {detail}")
+    for kind, label in (("cheat", "cheats defeated"), ("robust", "correct-but-noisy kept")):
+        sel = [r for r in rows if r[0].kind == kind]
+        bad = [r[0].name for r in sel if not r[3]]
+        rep.add(f"{label}: {len(sel) - len(bad)}/{len(sel)}", sel and not bad,
+                f"failed: {bad}" if bad else "")
+    return rows
 
 
 def autograded_nb(student, name):
@@ -302,8 +436,15 @@ def run(args) -> int:
         return [f for f in manifest["assignments"][name].get("library_files", [])
                 if f in student_files]
 
+    from graders.sandbox import probe
+    isolated = probe()["isolated"]
+    if not isolated:   # e.g. CI without root: grade anyway, say so, skip what needs the sandbox
+        print(f"WARNING: no sandbox on this machine ({probe()['reason']}): grading unisolated; "
+              f"the sandbox checks and the cheats that need it are skipped", flush=True)
+
     def grade(student, name, **kw):
-        return autograde_one(CHECK, student, name, manifest, jobs=args.jobs, **kw)
+        return autograde_one(CHECK, student, name, manifest, jobs=args.jobs,
+                             allow_unisolated=not isolated, **kw)
 
     # (a) + (b) the student's path ------------------------------------------------------
     # For each notebook k in order, a student copy of the release holds the reference code of
@@ -386,6 +527,14 @@ def run(args) -> int:
                     "" if ok else f"exit {rc}: " + " | ".join(out.strip().splitlines()[-8:]))
             if tool == "check" and label == "reference":
                 print("\n".join("    " + ln for ln in lines))
+    # reliability: the same submission graded twice gives the same scores
+    again = names[0]
+    grade("reference", again)
+    twice = auto_scores("reference", again)
+    rep.add(f"{again}: grading the reference twice gives the same scores",
+            twice == ref_scores[again], "" if twice == ref_scores[again] else
+            f"first {ref_scores[again]}, then {twice}")
+
 
     # (c) leaks -------------------------------------------------------------------------
     print("== (c) leak scan", flush=True)
@@ -394,45 +543,41 @@ def run(args) -> int:
             f"{n_secret} secret lines)", not leaks, "; ".join(leaks[:5]))
 
     # (d) audit -------------------------------------------------------------------------
-    audit_rows = []
+    # Every Python-level wrong solution against the notebooks' tests (graders/audit_fast.py,
+    # one fresh interpreter each); a few of them also through the whole grading path. The
+    # C++/CUDA ones rebuild the backend and run in `make audit`.
     if not args.skip_audit:
         print("== (d) grader audit", flush=True)
-        catalog = [m for m in CATALOG if not args.only_audit or m.name in args.only_audit]
-        if args.notebooks:   # a partial run audits only the mutations of its notebooks
-            catalog = [m for m in catalog if any(n in names for n in m.notebooks)]
-        full_run = not args.only_audit and not args.notebooks
-        for mut in catalog:
-            todo = [n for n in mut.notebooks if n in names]
-            if not todo:
-                audit_rows.append((mut, None, None, [], "notebook not in this release"))
-                continue
-            caught, got, full, err = [], 0.0, 0.0, ""
-            student = "mut_" + mut.name
-            try:
-                for name in todo:
-                    make_submission(student, name, reference_notebook(name, release_dir),
-                                    lib_files(name), mut.patches)
-                    info = grade(student, name)
-                    print(f"  {student}/{name}: {info['seconds']:.0f}s", flush=True)
-                    for key, (s, m, _) in auto_scores(student, name).items():
-                        got += s or 0
-                        full += m
-                        if (s or 0) < (ref_scores[name][key][0] or 0):
-                            caught.append(f"{name}:{key[1]}")
-            except (ValueError, RuntimeError) as e:
-                err = str(e).splitlines()[0]
-            audit_rows.append((mut, got, full, caught, err))
-        print("\nGrader audit (every wrong solution must lose points):")
-        print(f"  {'mutation':30} {'points':>11}  caught by")
-        for mut, got, full, caught, err in audit_rows:
-            pts = "-" if got is None else f"{got:g}/{full:g}"
-            print(f"  {mut.name:30} {pts:>11}  {', '.join(caught) or err or 'NOT CAUGHT'}")
-            print(f"  {'':30} {'':>11}  ({mut.description})")
-        n_caught = sum(bool(r[3]) for r in audit_rows)
-        uncaught = [r[0].name for r in audit_rows if not r[3]]
-        rep.add(f"grader audit: {n_caught}/{len(audit_rows)} wrong solutions lose points",
-                not uncaught and len(audit_rows) >= (12 if full_run else 1),
-                f"not caught: {uncaught}" if uncaught else "")
+        from graders.audit_fast import audit, print_table
+        from graders.rules import check_rules
+        from course.manifest import NOTEBOOKS
+        problems = check_rules(CATALOG, [e["name"] for nb in NOTEBOOKS for e in nb["exercises"]])
+        rep.add("every exercise lists its stated rules, each pinned by wrong solutions",
+                not problems, "; ".join(problems[:5]))
+        from graders.audit_catalog import ci_subset
+        pool = CATALOG if (args.all_mutants or args.only_audit) else ci_subset()
+        catalog = [m for m in pool if (not args.only_audit or m.name in args.only_audit)
+                   and all(n in names for n in m.notebooks)]
+        rows, broken = audit(release_dir, student_files, catalog, CHECK / "audit",
+                             native=args.native_audit, jobs=args.jobs)
+        n_caught, n_ran = print_table(rows)
+        rep.add(f"grader audit: {n_caught}/{n_ran} wrong solutions lose points "
+                f"({len(rows) - n_ran} C++/CUDA ones run in make audit)",
+                n_caught == n_ran and not broken and n_ran >= (
+                    80 if args.all_mutants and not args.notebooks else 1),
+                f"not caught: {[r[0].name for r in rows if r[1] is not None and not r[1]]}; "
+                f"reference fails: {broken}" if n_caught != n_ran or broken else "")
+        by_name = {m.name: m for m in catalog}
+        for mname in [m for m in END_TO_END_MUTANTS if m in by_name]:
+            mut = by_name[mname]
+            name = mut.notebooks[0]
+            make_submission("mut_" + mname, name, reference_notebook(name, release_dir),
+                            lib_files(name), mut.patches)
+            grade("mut_" + mname, name)
+            lost = [k[1] for k, (sc, _, _) in auto_scores("mut_" + mname, name).items()
+                    if (sc or 0) < (ref_scores[name][k][0] or 0)]
+            rep.add(f"wrong solution {mname} graded end to end loses points", lost,
+                    f"caught by {lost}" if lost else "NOT CAUGHT")
 
     # (e) tampering ---------------------------------------------------------------------
     if TAMPER["notebook"] in names and not args.skip_tamper:
@@ -472,14 +617,26 @@ def run(args) -> int:
         rep.add("feedback does not show hidden tests", "HIDDEN TESTS" not in fb and not shown,
                 f"{len(shown)} hidden lines shown" if shown else "")
 
-    # (f) Colab emulation -------------------------------------------------------------
+    # (h) Colab emulation -------------------------------------------------------------
     if args.colab:
-        print("== (f) Colab emulation", flush=True)
+        print("== (h) Colab emulation", flush=True)
         t0 = time.time()
         res = emulate(release_dir, CHECK / "colab")
         rep.add(f"Colab emulation: {len(names)} notebooks with only stub errors, then with the "
                 f"reference solutions on Drive with none ({time.time() - t0:.0f}s)", res["ok"],
                 "; ".join(res["problems"][:4]))
+    # (f) cheats and robustness, (g) the sandbox itself ----------------------------------
+    if not args.skip_cases:
+        print("== (f) cheats and robustness", flush=True)
+        from graders.cheat_catalog import CASES, CI_CASES
+        want = args.case or (None if args.all_cases else CI_CASES)
+        cases = [c for c in CASES if (want is None or c.name in want)
+                 and (isolated or not c.needs_sandbox)]
+        run_cases(rep, cases, release_dir, lib_files, grade, ref_scores)
+    print("== (g) sandbox", flush=True)
+    from graders.check_sandbox import checks as sandbox_checks
+    for check, ok, detail in (sandbox_checks() if isolated else []):
+        rep.add(check, ok, detail)
 
     passed = sum(ok for _, ok, _ in rep.rows)
     print(f"\n{passed}/{len(rep.rows)} checks passed in {time.time() - t_start:.0f}s")
@@ -495,6 +652,14 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-tamper", action="store_true")
     ap.add_argument("--colab", action="store_true", help="also run the Colab emulation (f)")
     ap.add_argument("--only-audit", action="append", help="only this mutation (repeatable)")
+    ap.add_argument("--skip-cases", action="store_true", help="no cheat / robustness cases")
+    ap.add_argument("--all-mutants", action="store_true",
+                    help="every wrong solution (default: audit_catalog.ci_subset())")
+    ap.add_argument("--native-audit", action="store_true",
+                    help="also the C++/CUDA wrong solutions (rebuilds; make audit)")
+    ap.add_argument("--all-cases", action="store_true",
+                    help="every case of graders/cheat_catalog.py (default: its CI_CASES)")
+    ap.add_argument("--case", action="append", help="only this cheat / robustness case")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     return run(ap.parse_args(argv))
 

@@ -50,7 +50,7 @@ EXCLUDE_TOP = {"build", "release", "release.tmp", "submitted", "autograded", "fe
                "graders", "data", ".ci", "bench", "requirements-dev.txt", "environment.yml"}
 EXCLUDE_GLOBS = ["*.so", "*.o", "*.pyc", "*.egg-info", "*.log", "*.tmp", ".nfs*", "*~"]
 # Instructor-only or generated paths inside released directories.
-EXCLUDE_PATHS = {"tests/test_release.py", "bench/results", "tests/test_student_path.py",
+EXCLUDE_PATHS = {"tests/test_release.py", "tests/test_grading_integrity.py", "bench/results", "tests/test_student_path.py",
                  "tests/test_colab_emulation.py", "course/Makefile.student"}
 # File suffixes whose solution regions the release tool strips (everything else is copied).
 TEXT_SUFFIXES = {".py", ".cc", ".cpp", ".cxx", ".h", ".hpp", ".cu", ".cuh", ".md", ".txt",
