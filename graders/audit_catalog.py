@@ -315,8 +315,9 @@ CATALOG += [
     M("quantize", "quantize_wraps", "casts without clamping (wraps around)", NB3,
       F("q = np.clip(r + zp, qmin, qmax)", "q = (r + zp).astype(np.int64)")),
     # 3.3 dequantize
-    M("dequantize", "dequantize_int8_overflow", "subtracts the zero point in the code dtype", NB3,
-      F("return (q.astype(np.int64) - zp).astype(np.float32) * s", "return (q - zp).astype(np.float32) * s")),
+    M("dequantize", "dequantize_first_scale", "uses the first channel's scale for all channels",
+      NB3, F("return (q.astype(np.int64) - zp).astype(np.float32) * s",
+             "return (q.astype(np.int64) - zp).astype(np.float32) * np.float32(np.ravel(s)[0])")),
     M("dequantize", "dequantize_float64", "returns float64", NB3,
       F("return (q.astype(np.int64) - zp).astype(np.float32) * s",
         "return (q.astype(np.int64) - zp) * np.asarray(s, np.float64)")),

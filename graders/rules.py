@@ -53,8 +53,8 @@ RULES = {
     ],
     "dequantize": [
         ("(q - zp) * scale in float32, without overflow",
-         ["dequantize_forgets_zero_point", "dequantize_int8_overflow",
-          "dequantize_adds_zero_point", "dequantize_float64"]),
+         ["dequantize_forgets_zero_point", "dequantize_adds_zero_point",
+          "dequantize_float64", "dequantize_first_scale"]),
     ],
     "per_channel_weight_qparams": [
         ("one scale per output channel", ["per_tensor_weights", "per_channel_wrong_axis"]),
