@@ -473,7 +473,7 @@ def run(args) -> int:
                 f"{len(shown)} hidden lines shown" if shown else "")
 
     # (f) Colab emulation -------------------------------------------------------------
-    if args.colab:
+    if not args.skip_colab:
         print("== (f) Colab emulation", flush=True)
         t0 = time.time()
         res = emulate(release_dir, CHECK / "colab")
@@ -493,7 +493,7 @@ def main(argv=None) -> int:
     ap.add_argument("--notebooks", nargs="*", help="only these notebooks")
     ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--skip-tamper", action="store_true")
-    ap.add_argument("--colab", action="store_true", help="also run the Colab emulation (f)")
+    ap.add_argument("--skip-colab", action="store_true", help="skip the Colab emulation (f)")
     ap.add_argument("--only-audit", action="append", help="only this mutation (repeatable)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     return run(ap.parse_args(argv))
