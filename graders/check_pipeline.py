@@ -618,7 +618,7 @@ def run(args) -> int:
                 f"{len(shown)} hidden lines shown" if shown else "")
 
     # (h) Colab emulation -------------------------------------------------------------
-    if args.colab:
+    if not args.skip_colab:
         print("== (h) Colab emulation", flush=True)
         t0 = time.time()
         res = emulate(release_dir, CHECK / "colab")
@@ -650,7 +650,7 @@ def main(argv=None) -> int:
     ap.add_argument("--notebooks", nargs="*", help="only these notebooks")
     ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--skip-tamper", action="store_true")
-    ap.add_argument("--colab", action="store_true", help="also run the Colab emulation (f)")
+    ap.add_argument("--skip-colab", action="store_true", help="skip the Colab emulation (h)")
     ap.add_argument("--only-audit", action="append", help="only this mutation (repeatable)")
     ap.add_argument("--skip-cases", action="store_true", help="no cheat / robustness cases")
     ap.add_argument("--all-mutants", action="store_true",
