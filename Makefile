@@ -60,8 +60,11 @@ bench: build
 release: build
 	$(PY) -m graders.release
 
+# JOBS concurrent gradings, each in its own slot; unchanged submissions are skipped
+# (AUTOGRADE_ARGS=--force regrades them). Reports in graders/output/.
+AUTOGRADE_ARGS ?=
 autograde: build
-	$(PY) -m graders.autograde
+	$(PY) -m graders.batch --jobs $(JOBS) $(AUTOGRADE_ARGS)
 
 feedback: build
 	$(PY) -m graders.feedback

@@ -156,8 +156,12 @@ def find_submissions(root: Path, students=None, assignments=None):
 
 def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
                   timeout: int | None = None, jobs: int = 2, cuda: bool | None = None,
-                  build: bool = True, quiet: bool = True) -> dict:
-    """Grade one submission; returns {'build_ok': bool, 'overlaid': [...], 'seconds': float}."""
+                  build: bool = True, quiet: bool = True, native_cache=None) -> dict:
+    """Grade one submission; returns {'build_ok': bool, 'overlaid': [...], 'seconds': float}.
+
+    ``root`` is the course root: its gradebook, ``submitted/`` and workspace (``root/WORKSPACE``)
+    are used, so a private root per job makes concurrent gradings independent.
+    native_cache: a graders.build_cache.BuildCache that replaces the incremental rebuild."""
     t0 = time.time()
     root = Path(root).resolve()
     release_dir = Path(manifest["release_dir"])
@@ -169,7 +173,8 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
         cuda = gpu_present() if cuda is None else cuda
         emulate = not cuda and needs_cuda_build(manifest, assignment) and nvcc_present()
         log = root / "build" / "grading" / "logs" / f"{student}-{assignment}-build.log"
-        build_ok = build_native(ws, log, jobs, cuda, emulate)
+        builder = native_cache.build if native_cache is not None else build_native
+        build_ok = builder(ws, log, jobs, cuda, emulate)
         if not build_ok:
             print(f"  [{student}/{assignment}] native build FAILED (log: {log})")
     extra = [f"--Execute.timeout={timeout}"] if timeout else []
@@ -181,7 +186,8 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     if res.returncode != 0:
         tail = res.stdout[-3000:] if quiet and res.stdout else ""
         raise RuntimeError(f"nbgrader autograde {assignment} --student {student} failed:\n{tail}")
-    return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0}
+    return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,
+            "output": res.stdout if quiet else None}
 
 
 def cell_scores(root: Path, student: str, assignment: str) -> dict:
