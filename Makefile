@@ -50,6 +50,7 @@ test-notebooks: build
 
 test-grading: build
 	@if [ -f graders/check_pipeline.py ]; then $(PY) graders/check_pipeline.py; else echo "no grading pipeline yet"; fi
+	$(PY) graders/check_scale.py
 
 train: build
 	$(PY) -m needle.train --epochs 3 --seed 0 --out checkpoints/mnist_cnn.safetensors
@@ -68,6 +69,12 @@ autograde: build
 
 feedback: build
 	$(PY) -m graders.feedback
+
+# One Gradescope autograder zip per assignment in build/gradescope/ (after `make release`).
+.PHONY: gradescope
+GRADESCOPE_ARGS ?=
+gradescope: build
+	$(PY) -m graders.gradescope build $(GRADESCOPE_ARGS)
 
 # Rebuild the course notebooks from graders/nbsrc/*.nbsrc and store their outputs (instructor).
 notebooks: build

@@ -169,6 +169,21 @@ def grade_cells(template: Path, assignment: str) -> list[tuple]:
 
 # ------------------------------------------------------------------------------ jobs
 
+_EXC_LINE = re.compile(r"^\s*(?:\w+\.)*(\w*(?:Error|Exception|Exit|Interrupt))\b:?\s*(.*)$")
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line for grades.csv: the innermost exception named in the error's text (an
+    nbgrader abort carries the traceback of what went wrong: DeadKernelError, NotJSONError,
+    ...), else the error itself."""
+    lines = str(exc).strip().splitlines()
+    for line in reversed(lines[1:]):
+        m = _EXC_LINE.match(line)
+        if m:
+            return f"nbgrader aborted: {m.group(1)}: {m.group(2)}"[:300]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
+
+
 @dataclass
 class Job:
     student: str
@@ -332,8 +347,7 @@ class Batch:
             job_db = slot / GRADEBOOK
         except Exception as e:  # noqa: BLE001 - one submission's failure never stops the others
             job.status = "error"
-            first = str(e).strip().splitlines()
-            job.reason = f"{type(e).__name__}: {first[0] if first else ''}"[:300]
+            job.reason = failure_reason(e)
             job.cells = [(nb, cell, 0.0, m, auto) for nb, cell, m, auto in
                          self.cells_of(job.assignment)] if job.key not in (
                              "unsafe-name", "unknown-assignment") else []

@@ -37,6 +37,7 @@ import nbformat  # noqa: E402
 
 from graders.audit_catalog import CATALOG, Patch  # noqa: E402
 from graders.autograde import WORKSPACE, autograde_one, cell_scores  # noqa: E402
+from graders.build_cache import BuildCache  # noqa: E402
 from graders.course import (AUTOGRADED_DIR, FEEDBACK_DIR, REPO, SUBMITTED_DIR,  # noqa: E402
                             tool_path, walk_repo)
 from graders.feedback import generate_feedback  # noqa: E402
@@ -44,6 +45,8 @@ from graders.release import release  # noqa: E402
 from graders.strip import find_regions, language_of  # noqa: E402
 
 CHECK = REPO / "build" / "check"
+# Compiled modules per native-source hash, shared with graders/check_scale.py.
+NATIVE_BUILDS = BuildCache(REPO / "build" / "native_cache")
 TAMPER = {
     "notebook": "03_quant_basics",
     "edit": "test_quantize",                  # its source is replaced by `pass`
@@ -96,9 +99,10 @@ def reference_notebook(name, release_dir):
     return nb
 
 
-def make_submission(student, name, nb, library_files, patches=()):
-    """Write submitted/<student>/<name>/ with notebook ``nb`` and reference library files."""
-    sub = CHECK / SUBMITTED_DIR / student / name
+def make_submission(student, name, nb, library_files, patches=(), root=None):
+    """Write submitted/<student>/<name>/ (of ``root``, default build/check) with notebook
+    ``nb`` and reference library files."""
+    sub = (root or CHECK) / SUBMITTED_DIR / student / name
     if sub.exists():
         shutil.rmtree(sub)
     sub.mkdir(parents=True)
@@ -258,7 +262,8 @@ def run(args) -> int:
                 if f in student_files]
 
     def grade(student, name, **kw):
-        return autograde_one(CHECK, student, name, manifest, jobs=args.jobs, **kw)
+        return autograde_one(CHECK, student, name, manifest, jobs=args.jobs,
+                             native_cache=NATIVE_BUILDS, **kw)
 
     # (a) the untouched release ---------------------------------------------------------
     print("== (a) untouched release", flush=True)
