@@ -19,7 +19,7 @@ BUILD_DIR ?= build
 JOBS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: all build deps demo test test-lib test-notebooks test-grading bench train release autograde feedback notebooks clean
+.PHONY: all build deps demo test test-lib test-notebooks test-grading bench train release autograde feedback notebooks clean audit
 
 all: build
 
@@ -82,3 +82,10 @@ notebooks: build
 
 clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR).log needle/backend_ndarray/*.so release autograded feedback
+
+# The whole grader audit (instructor): every wrong solution of graders/audit_catalog.py against
+# the notebooks' tests (C++/CUDA ones rebuild the backend), then the pipeline check with every
+# cheat / robustness case of graders/cheat_catalog.py. `make test` runs a fixed part of it.
+audit: build
+	$(PY) -m graders.audit_fast --native
+	$(PY) graders/check_pipeline.py --all-cases

@@ -24,6 +24,7 @@ class Mutation:
     description: str
     notebooks: tuple
     patches: tuple = field(default_factory=tuple)
+    exercise: str = ""                        # the exercise it breaks (course manifest name)
 
 
 REF = "needle/quant/reference.py"
@@ -214,3 +215,277 @@ CATALOG += [
         (Patch("        ### BEGIN SOLUTION\n        x = x.permute((0, 3, 1, 2)).compact()\n",
                "        ### BEGIN SOLUTION\n        x = x.compact()\n", file=MODULES),)),
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# More wrong solutions, at least four per exercise; each breaks one rule the exercise states
+# (graders/rules.py lists them). ``M`` builds one, ``F``/``C`` patch a library file / a cell.
+
+CONV = "needle/quant/convert.py"
+
+
+def F(old, new, file=REF):
+    return Patch(old, new, file=file)
+
+
+def C(nb, cell, old, new):
+    return Patch(old, new, cell=(nb, cell))
+
+
+def M(exercise, name, description, notebook, *patches):
+    return Mutation(name, description, (notebook,), tuple(patches), exercise)
+
+
+_SAT = ("00_setup", "impl_saturate")
+_ST = ("01_save_load", "impl_safetensors")
+_PC = ("03_quant_basics", "impl_per_channel")
+_IM = ("05_int8_cpu_kernel", "impl_im2col")
+_DP = ("06_cuda_int8", "impl_dp4a")
+_QD = ("06_cuda_int8", "impl_qgemm_dp4a")
+NB0, NB1, NB2, NB3 = "00_setup", "01_save_load", "02_fusion", "03_quant_basics"
+NB4, NB5, NB6, NB7 = "04_calibration", "05_int8_cpu_kernel", "06_cuda_int8", "07_end_to_end"
+
+CATALOG += [
+    # 0.1 saturate_cast
+    M("saturate_cast", "saturate_round_half_away", "rounds half away from zero (floor(x + 0.5))",
+      NB0, C(*_SAT, "r = np.rint(x.astype(np.float64))",
+             "r = np.sign(x) * np.floor(np.abs(x.astype(np.float64)) + 0.5)")),
+    M("saturate_cast", "saturate_nan_to_min", "NaN saturates to the dtype's minimum, not 0", NB0,
+      C(*_SAT, "r = np.where(np.isnan(r), 0.0, r)", "r = np.where(np.isnan(r), info.min, r)")),
+    M("saturate_cast", "saturate_truncates", "casts with trunc (astype) instead of rounding", NB0,
+      C(*_SAT, "r = np.rint(x.astype(np.float64))", "r = np.trunc(x.astype(np.float64))")),
+    M("saturate_cast", "saturate_ints_wrap", "integer inputs wrap instead of saturating", NB0,
+      C(*_SAT, "return np.clip(x.astype(np.int64), info.min, info.max).astype(dtype)",
+        "return x.astype(dtype)")),
+    M("saturate_cast", "saturate_float32_rounding", "rounds in float32 (2^24 + 1 is lost)", NB0,
+      C(*_SAT, "r = np.rint(x.astype(np.float64))", "r = np.rint(x.astype(np.float32)).astype(np.float64)")),
+    # 1.1 write_safetensors
+    M("write_safetensors", "st_offsets_absolute", "data offsets counted from the file start", NB1,
+      C(*_ST, "header, chunks, offset = {}, [], 0", "header, chunks, offset = {}, [], 8")),
+    M("write_safetensors", "st_accepts_float64", "float64 tensors written instead of rejected",
+      NB1, C(*_ST, 'DTYPES = {"float32": "F32",', 'DTYPES = {"float64": "F64", "float32": "F32",')),
+    M("write_safetensors", "st_metadata_not_str", "metadata values written as JSON numbers", NB1,
+      C(*_ST, 'header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}',
+        'header["__metadata__"] = dict(metadata)')),
+    M("write_safetensors", "st_shape_dropped", "shape written flat ([size])", NB1,
+      C(*_ST, '"shape": list(arr.shape),', '"shape": [int(arr.size)],')),
+    M("write_safetensors", "st_unsorted_big_endian_data", "int32 data written big-endian", NB1,
+      C(*_ST, 'data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()',
+        'data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder(">"), copy=False).tobytes()')),
+    # 1.2 read_safetensors
+    M("read_safetensors", "st_reader_assumes_order", "reader assumes data in header order", NB1,
+      C(*_ST, "        begin, end = info[\"data_offsets\"]\n",
+        "        begin = sum(int(np.prod(v['shape'])) * np.dtype(inverse[v['dtype']]).itemsize for v in list(header.values())[:list(header).index(name)])\n        end = begin + int(np.prod(info['shape'])) * np.dtype(inverse[info['dtype']]).itemsize\n")),
+    M("read_safetensors", "st_reader_keeps_metadata_key", "__metadata__ returned as a tensor",
+      NB1, C(*_ST, 'metadata = header.pop("__metadata__", {}) or {}', 'metadata = dict(header.get("__metadata__", {}))\n    header = {k: v for k, v in header.items() if k != "__metadata__"} if False else header')),
+    M("read_safetensors", "st_reader_unknown_dtype_guess", "unknown dtype read as uint8", NB1,
+      C(*_ST, "        if info[\"dtype\"] not in inverse:\n            raise ValueError(f\"tensor {name!r}: unsupported dtype {info['dtype']}\")\n",
+        "        if info[\"dtype\"] not in inverse:\n            info[\"dtype\"] = \"U8\"\n")),
+    M("read_safetensors", "st_reader_flat", "reader ignores the shape", NB1,
+      C(*_ST, ".reshape(info[\"shape\"])", "")),
+    # 2.1 fold_bn
+    M("fold_bn", "bn_mean_not_subtracted", "folded bias forgets the running mean", NB2,
+      F("b_f = (b - mean) * scale + beta", "b_f = b * scale + beta", file=FUSE)),
+    M("fold_bn", "bn_eps_outside_sqrt", "eps added outside the square root", NB2,
+      F("scale = gamma / np.sqrt(var + bn.eps)", "scale = gamma / (np.sqrt(var) + bn.eps)", file=FUSE)),
+    M("fold_bn", "bn_gamma_ignored", "weight scaled by 1/std only (gamma dropped)", NB2,
+      F("scale = gamma / np.sqrt(var + bn.eps)", "scale = 1.0 / np.sqrt(var + bn.eps)", file=FUSE)),
+    # 3.1 choose_qparams
+    M("choose_qparams", "qparams_float64_division", "zero point from lo / scale in float64", NB3,
+      F("steps = np.rint(lo.astype(np.float32) / scale).astype(np.float64)",
+        "steps = np.rint(lo.astype(np.float64) / scale.astype(np.float64)).astype(np.float64)")),
+    M("choose_qparams", "qparams_zero_range_scale_zero", "scale 0 for an all-zero range", NB3,
+      F("scale = np.where(hi - lo == 0.0, np.float32(1.0), scale)", "")),
+    M("choose_qparams", "qparams_symmetric_uint8_zp0", "symmetric uint8 zero point 0, not 128",
+      NB3, F("mid = 0 if qmin < 0 else (qmin + qmax + 1) // 2", "mid = 0")),
+    M("choose_qparams", "qparams_no_tiny_floor", "no floor at the smallest float32 scale", NB3,
+      F("scale = np.maximum(scale, np.finfo(np.float32).tiny).astype(np.float32)", "")),
+    M("choose_qparams", "qparams_symmetric_full_range", "symmetric scale max|x| / (qmax - qmin)",
+      NB3, F("scale = np.maximum(-lo, hi) / ((qmax - qmin) / 2.0)",
+             "scale = np.maximum(-lo, hi) / (qmax - qmin)")),
+    # 3.2 quantize
+    M("quantize", "quantize_reciprocal", "multiplies by the float32 reciprocal of the scale",
+      NB3, F("r = np.rint(x / s).astype(np.float64)", "r = np.rint(x * (np.float32(1) / s)).astype(np.float64)")),
+    M("quantize", "quantize_float64_division", "divides in float64", NB3,
+      F("r = np.rint(x / s).astype(np.float64)",
+        "r = np.rint(np.asarray(x, np.float64) / np.asarray(s, np.float64)).astype(np.float64)")),
+    M("quantize", "quantize_nan_to_min", "NaN quantized to qmin, not the zero point", NB3,
+      F("r = np.where(np.isnan(r), 0.0, r)", "r = np.where(np.isnan(r), qmin - zp, r)")),
+    M("quantize", "quantize_wraps", "casts without clamping (wraps around)", NB3,
+      F("q = np.clip(r + zp, qmin, qmax)", "q = (r + zp).astype(np.int64)")),
+    # 3.3 dequantize
+    M("dequantize", "dequantize_int8_overflow", "subtracts the zero point in the code dtype", NB3,
+      F("return (q.astype(np.int64) - zp).astype(np.float32) * s", "return (q - zp).astype(np.float32) * s")),
+    M("dequantize", "dequantize_float64", "returns float64", NB3,
+      F("return (q.astype(np.int64) - zp).astype(np.float32) * s",
+        "return (q.astype(np.int64) - zp) * np.asarray(s, np.float64)")),
+    M("dequantize", "dequantize_adds_zero_point", "adds the zero point instead of subtracting",
+      NB3, F("return (q.astype(np.int64) - zp).astype(np.float32) * s",
+             "return (q.astype(np.int64) + zp).astype(np.float32) * s")),
+    # 3.4 per_channel_weight_qparams
+    M("per_channel_weight_qparams", "per_channel_affine", "affine int8 per-channel weights",
+      NB3, C(*_PC, '"symmetric", "int8",', '"affine", "int8",')),
+    M("per_channel_weight_qparams", "per_channel_wrong_axis", "one scale per input channel", NB3,
+      C(*_PC, "flat = np.asarray(w, np.float32).reshape(w.shape[0], -1)",
+        "flat = np.moveaxis(np.asarray(w, np.float32), 1, 0).reshape(w.shape[1], -1)")),
+    M("per_channel_weight_qparams", "per_channel_abs_max_only_positive", "range from max only",
+      NB3, C(*_PC, "flat.min(axis=1), flat.max(axis=1)", "-flat.max(axis=1), flat.max(axis=1)")),
+    # 3.5 quantize_bias
+    M("quantize_bias", "bias_wraps", "int32 bias wraps instead of saturating", NB3,
+      F("return np.clip(r, _INT32_MIN, _INT32_MAX).astype(np.int32)", "return r.astype(np.int64).astype(np.int32)")),
+    M("quantize_bias", "bias_truncates", "bias rounded toward zero", NB3,
+      F("r = np.rint(b / s)", "r = np.trunc(b / s)")),
+    M("quantize_bias", "bias_nan_kept", "NaN bias not mapped to 0", NB3,
+      F("r = np.where(np.isnan(r), 0.0, r)\n    return np.clip(r, _INT32_MIN", "r = np.where(np.isnan(r), _INT32_MIN, r)\n    return np.clip(r, _INT32_MIN")),
+    # 3.6 quantize_multiplier
+    M("quantize_multiplier", "multiplier_truncates", "m = floor(M0 * 2^31) instead of rint", NB3,
+      F("m = np.rint(np.ldexp(M0, 31)).astype(np.int64)", "m = np.floor(np.ldexp(M0, 31)).astype(np.int64)")),
+    M("quantize_multiplier", "multiplier_tiny_kept", "tiny multipliers (n > 31) not flushed to 0",
+      NB3, F("tiny = (M == 0) | (n > 31)", "tiny = (M == 0)")),
+    M("quantize_multiplier", "multiplier_shift_sign", "shift returned as the exponent e, not -e",
+      NB3, F("n = -e.astype(np.int64)", "n = e.astype(np.int64)")),
+    M("quantize_multiplier", "multiplier_float32_frexp", "decomposes float32(M) (loses bits)",
+      NB3, F("M0, e = np.frexp(M)  # M = M0 * 2^e, M0 in [0.5, 1)",
+             "M0, e = np.frexp(np.asarray(M, np.float32))\n    M0 = M0.astype(np.float64)")),
+    # 3.7 requantize
+    M("requantize", "requantize_half_away", "ties of negative values rounded away from zero",
+      NB3, F("y = (acc * m + (np.int64(1) << (s - 1))) >> s",
+             "y = np.where(acc >= 0, (acc * m + (np.int64(1) << (s - 1))) >> s, -((-acc * m + (np.int64(1) << (s - 1))) >> s))")),
+    M("requantize", "requantize_float_math", "requantizes in float64 (rint(acc * M))", NB3,
+      F("y = (acc * m + (np.int64(1) << (s - 1))) >> s", "y = np.rint(acc * (m / 2.0 ** s)).astype(np.int64)")),
+    M("requantize", "requantize_zp_before_shift", "adds the zero point before the shift", NB3,
+      F("return np.clip(y + int(out_zero_point), lo, hi).astype(name)\n\n\ndef qgemm_reference",
+        "return np.clip(((acc * m + (np.int64(out_zero_point) << s) + (np.int64(1) << (s - 1))) >> s), lo, hi).astype(name) if False else np.clip(y + int(out_zero_point) + (y < 0), lo, hi).astype(name)\n\n\ndef qgemm_reference")),
+    # 4.1 MinMaxObserver._observe
+    M("MinMaxObserver._observe", "minmax_first_batch", "keeps only the first batch's range", NB4,
+      F("self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)", "pass", file=OBS)),
+    M("MinMaxObserver._observe", "minmax_global_not_per_channel", "one range for all channels",
+      NB4, F("lo, hi = x2d.min(axis=0), x2d.max(axis=0)",
+             "lo, hi = np.full(x2d.shape[1], x2d.min()), np.full(x2d.shape[1], x2d.max())", file=OBS)),
+    M("MinMaxObserver._observe", "minmax_abs_range", "range is -max|x|..max|x|", NB4,
+      F("lo, hi = x2d.min(axis=0), x2d.max(axis=0)",
+        "hi = np.abs(x2d).max(axis=0)\n        lo = -hi", file=OBS)),
+    # 4.2 MSEObserver._range
+    M("MSEObserver._range", "mse_no_search", "returns the min/max range (no search)", NB4,
+      F("            better = err < best_err\n", "            better = np.zeros_like(err, bool)\n", file=OBS)),
+    M("MSEObserver._range", "mse_one_factor", "one shrink factor for all channels", NB4,
+      F("            better = err < best_err\n", "            better = np.full(err.shape, err.mean() < best_err.mean())\n", file=OBS)),
+    M("MSEObserver._range", "mse_last_candidate", "keeps the last candidate, not the best", NB4,
+      F("            better = err < best_err\n", "            better = np.ones_like(err, bool)\n", file=OBS)),
+    M("MSEObserver._range", "mse_shrinks_only_hi", "shrinks only the upper end", NB4,
+      F("            lo, hi = lo_all * a, hi_all * a\n", "            lo, hi = lo_all, hi_all * a\n", file=OBS)),
+    # 5.1 qgemm_reference
+    M("qgemm_reference", "qgemm_no_saturation", "accumulator not saturated to int32", NB5,
+      F("acc = np.clip(acc, _INT32_MIN, _INT32_MAX)\n", "")),
+    M("qgemm_reference", "qgemm_bias_twice", "bias added twice", NB5,
+      F("acc = acc - np.int64(a_zero_point) * colsum.astype(np.int64) + bias.astype(np.int64)",
+        "acc = acc - np.int64(a_zero_point) * colsum.astype(np.int64) + 2 * bias.astype(np.int64)")),
+    M("qgemm_reference", "qgemm_zp_sign", "adds zx * colsum instead of subtracting", NB5,
+      F("acc = acc - np.int64(a_zero_point) * colsum.astype(np.int64) + bias.astype(np.int64)",
+        "acc = acc + np.int64(a_zero_point) * colsum.astype(np.int64) + bias.astype(np.int64)")),
+    # 5.2 im2col
+    M("im2col", "im2col_channel_major", "columns in (c, kh, kw) order", NB5,
+      C(*_IM, "    return cols.reshape(B * Ho * Wo, k * k * C)",
+        "    return cols.transpose(0, 1, 2, 5, 3, 4).reshape(B * Ho * Wo, k * k * C)")),
+    M("im2col", "im2col_ignores_stride", "stride ignored in the patch start", NB5,
+      C(*_IM, "cols[:, :, :, i, j, :] = xp[:, i:i + stride * (Ho - 1) + 1:stride,\n                                        j:j + stride * (Wo - 1) + 1:stride, :]",
+        "cols[:, :, :, i, j, :] = xp[:, i:i + Ho, j:j + Wo, :]")),
+    # 5.3 / 5.4 C++ (native)
+    M("qgemm_scalar_tile", "cpp_no_saturation", "C++ tile does not saturate to int32", NB5,
+      F("      v = std::min<int64_t>(std::max<int64_t>(v, INT32_MIN), INT32_MAX);\n", "", file=SCALAR_CC)),
+    M("qgemm_scalar_tile", "cpp_ignores_lda", "C++ tile assumes lda == k", NB5,
+      F("const uint8_t* arow = a + r * lda;", "const uint8_t* arow = a + r * k;", file=SCALAR_CC)),
+    M("qgemm_scalar_tile", "cpp_ignores_ldc", "C++ tile writes with stride cols, not ldc", NB5,
+      F("acc[r * ldc + j] = int32_t(v);", "acc[r * cols + j] = int32_t(v);", file=SCALAR_CC)),
+    M("requantize_scalar", "cpp_requantize_half_away", "C++ requantize rounds negative ties away "
+      "from zero", NB5,
+      F("const int64_t y = (int64_t(acc) * multiplier + (int64_t(1) << (s - 1))) >> s;",
+        "const int64_t p = int64_t(acc) * multiplier;\n  const int64_t y = p >= 0 ? (p + (int64_t(1) << (s - 1))) >> s : -((-p + (int64_t(1) << (s - 1))) >> s);",
+        file=SCALAR_CC)),
+    M("requantize_scalar", "cpp_requantize_no_clamp", "C++ requantize forgets the clamp", NB5,
+      F("return int32_t(std::min<int64_t>(std::max<int64_t>(y + out_zero_point, low), hi));",
+        "return int32_t(y + out_zero_point);", file=SCALAR_CC)),
+    # 6.1 pack_k4, 6.2 dp4a, 6.3 qgemm_dp4a
+    M("pack_k4", "pack_no_padding", "K not padded to a multiple of 4 (tail dropped)", NB6,
+      C(*_DP, "kp = -(-K // 4) * 4", "kp = K // 4 * 4")),
+    M("pack_k4", "pack_pads_with_ones", "padding bytes set to 1", NB6,
+      C(*_DP, "padded = np.zeros((R, kp), np.uint8)", "padded = np.ones((R, kp), np.uint8)")),
+    M("pack_k4", "pack_signed_shift", "packs int8 codes without the uint8 view (sign-extends)", NB6,
+      C(*_DP, "padded[:, :K] = x.view(np.uint8)", "padded[:, :K] = x.astype(np.int64) & 0x7F")),
+    M("dp4a", "dp4a_unsigned_weights", "dp4a treats weight bytes as unsigned", NB6,
+      C(*_DP, "wj = ((w >> (8 * j)) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int64)",
+        "wj = ((w >> (8 * j)) & 0xFF).astype(np.int64)")),
+    M("dp4a", "dp4a_drops_c", "dp4a ignores the accumulator input c", NB6,
+      C(*_DP, "total = np.asarray(c, np.int64)", "total = np.zeros(np.shape(c), np.int64)")),
+    M("dp4a", "dp4a_three_bytes", "dp4a sums only three byte lanes", NB6,
+      C(*_DP, "for j in range(4):", "for j in range(3):")),
+    M("qgemm_dp4a", "qgemm_dp4a_calls_reference", "qgemm_dp4a calls ref.qgemm_reference", NB6,
+      C(*_QD, "aw, ww = pack_k4(a), pack_k4(w)",
+        "return ref.qgemm_reference(a, w, a_zero_point, bias, multiplier, shift, out_zero_point, relu, out_dtype)\n    aw, ww = pack_k4(a), pack_k4(w)")),
+    M("qgemm_dp4a", "qgemm_dp4a_no_colsum", "forgets the zero-point correction", NB6,
+      C(*_QD, "acc = acc.astype(np.int64) - int(a_zero_point) * colsum + np.asarray(bias, np.int64)",
+        "acc = acc.astype(np.int64) + np.asarray(bias, np.int64)")),
+    M("qgemm_dp4a", "qgemm_dp4a_no_saturation", "accumulator not saturated", NB6,
+      C(*_QD, "acc = np.clip(acc, -2 ** 31, 2 ** 31 - 1)\n", "")),
+    M("qgemm_dp4a", "qgemm_dp4a_no_bias", "bias dropped", NB6,
+      C(*_QD, " + np.asarray(bias, np.int64)", "")),
+    # 6.4 compute_tile (CUDA, native)
+    M("compute_tile", "cuda_tile_swapped_operands", "dp4a with swapped operand roles", NB6,
+      F("acc[i][j] = dot4<AT>(av[i], bv[j], acc[i][j]);", "acc[i][j] = dot4<AT>(bv[j], av[i], acc[i][j]);",
+        file=QGEMM_CUH)),
+    M("compute_tile", "cuda_tile_contiguous_cols", "reads columns tx * TN + j", NB6,
+      F("bv[j] = Bs[kw][tx + j * kColStride];", "bv[j] = Bs[kw][tx * TN + j];", file=QGEMM_CUH)),
+    # 7.x end to end
+    M("quantize_weight", "qweight_per_tensor", "one scale for the whole weight", NB7,
+      F("q = R.quantize(w, scale, zp, \"int8\", axis=obs.axis, qmin=qmin, qmax=qmax)",
+        "scale = np.full_like(np.asarray(scale, np.float32), np.max(scale))\n    q = R.quantize(w, scale, zp, \"int8\", axis=obs.axis, qmin=qmin, qmax=qmax)", file=CONV)),
+    M("quantize_weight", "qweight_full_range", "weights clamped to [-128, 127]", NB7,
+      F("q = R.quantize(w, scale, zp, \"int8\", axis=obs.axis, qmin=qmin, qmax=qmax)",
+        "q = R.quantize(w, scale, zp, \"int8\", axis=obs.axis, qmin=-128, qmax=qmax)", file=CONV)),
+    M("QuantStub.forward", "quantstub_ignores_zp", "QuantStub drops the zero point", NB7,
+      F("q = (r + float(zp)).astype(self.dtype)", "q = r.astype(self.dtype)", file=MODULES)),
+    M("QuantStub.forward", "quantstub_truncates", "QuantStub truncates (floor) before the cast",
+      NB7, F("r = (data / s).astype(\"int32\").astype(\"float32\")",
+             "r = (data / s - 0.5).astype(\"int32\").astype(\"float32\")", file=MODULES)),
+    M("DeQuantStub.forward", "dequantstub_ignores_zp", "DeQuantStub ignores the zero point", NB7,
+      F("x = data.astype(\"float32\") - float(q.zero_point)", "x = data.astype(\"float32\")", file=MODULES)),
+    M("DeQuantStub.forward", "dequantstub_first_scale", "uses the first channel's scale only",
+      NB7, F("if np.ndim(q.scale) == 0:", "if True:\n            q.scale = np.ravel(q.scale)[0]", file=MODULES)),
+    M("QuantizedConv2d.forward", "qconv_pads_zero", "pads with code 0, not the zero point", NB7,
+      F("value=d[\"zp_in\"])", "value=0)", file=MODULES)),
+    M("QuantizedConv2d.forward", "qconv_stride_ignored", "output size ignores the stride", NB7,
+      F("Ho, Wo = (H - K) // s + 1, (W - K) // s + 1", "Ho, Wo = (H - K) + 1, (W - K) + 1\n        s = 1", file=MODULES)),
+    M("QuantizedFlatten.forward", "flatten_nchw_transposed", "permutes to NWHC", NB7,
+      F("x = x.permute((0, 3, 1, 2)).compact()", "x = x.permute((0, 3, 2, 1)).compact()", file=MODULES)),
+    M("quantized_add", "qadd_no_left_shift", "adds without the headroom shift", NB7,
+      F("y = (ya + yb + (1 << (L - 1))) >> L", "y = (ya + yb) >> L")),
+    M("quantized_add", "qadd_ignores_b_zp", "forgets the second input's zero point", NB7,
+      F("yb = rescale((b - int(b_zero_point)) << L, b_mult, b_shift)", "yb = rescale(b << L, b_mult, b_shift)")),
+    M("quantized_add", "qadd_relu_at_zero", "fused ReLU clamps at code 0", NB7,
+      F("    y = (ya + yb + (1 << (L - 1))) >> L\n    if relu:\n        lo = max(lo, int(out_zero_point))",
+        "    y = (ya + yb + (1 << (L - 1))) >> L\n    if relu:\n        lo = max(lo, 0)")),
+]
+
+# the exercise of the first catalog's mutations (by name)
+_FIRST = {
+    "per_tensor_weights": "per_channel_weight_qparams", "round_toward_zero": "quantize",
+    "round_half_away": "quantize", "full_range_weights": "per_channel_weight_qparams",
+    "quantize_forgets_zero_point": "quantize", "dequantize_forgets_zero_point": "dequantize",
+    "zero_point_sign": "choose_qparams", "range_without_zero": "choose_qparams",
+    "requantize_truncates": "requantize", "relu_not_fused": "requantize",
+    "multiplier_m0_in_1_2": "quantize_multiplier", "multiplier_no_carry": "quantize_multiplier",
+    "bias_scale_input_only": "quantize_bias", "saturate_wraps": "saturate_cast",
+    "safetensors_big_endian": "write_safetensors", "bn_variance_without_eps": "fold_bn",
+    "bn_variance_as_std": "fold_bn", "bn_bias_skipped": "fold_bn",
+    "minmax_last_batch": "MinMaxObserver._observe", "mse_observer_abs_error": "MSEObserver._range",
+    "int16_accumulator": "qgemm_reference", "transposed_weight_layout": "qgemm_reference",
+    "no_zero_point_correction": "qgemm_reference", "im2col_padding_off_by_one": "im2col",
+    "im2col_output_size_off_by_one": "im2col", "im2col_pads_with_zero": "im2col",
+    "cpp_int16_accumulator": "qgemm_scalar_tile", "cpp_forgets_colsum": "qgemm_scalar_tile",
+    "cpp_requantize_truncates": "requantize_scalar", "cpp_relu_clamps_at_zero": "requantize_scalar",
+    "dp4a_signed_activations": "dp4a", "pack_big_endian": "pack_k4",
+    "cuda_tile_signed_activations": "compute_tile", "cuda_tile_contiguous_rows": "compute_tile",
+    "flatten_nhwc_order": "QuantizedFlatten.forward",
+}
+CATALOG = [m if m.exercise else Mutation(m.name, m.description, m.notebooks, m.patches,
+                                         _FIRST.get(m.name, "")) for m in CATALOG]

@@ -5,10 +5,14 @@ student's versions of library files at their repository paths (e.g.
 ``needle/quant/reference.py``, ``src/cpu/qgemm.cc``). For each (student, assignment):
 
 1. a grading workspace (``build/grading/ws``) is synchronised with the student release
-   (``release/``: stubs everywhere) and the student's library files listed in the release
-   manifest are laid over it; any other file of the submission is ignored, so a student cannot
-   replace tests or framework code. Only files whose content changed are rewritten, so the
-   native build below recompiles just what differs from the previous submission;
+   (``release/``: stubs everywhere) and the library files of the grading policy
+   (graders/workspace.py) are laid over it: the student's code for the exercises of this
+   notebook, the course's reference for earlier notebooks' exercises (one early mistake does
+   not cascade), stubs for later ones. Any other file of the submission is ignored, so a
+   student cannot replace tests or framework code. A file of this notebook's exercises that
+   the submission lacks is named in the report. Only files whose content changed are
+   rewritten, so the native build below recompiles just what differs from the previous
+   submission;
 2. the native backends are rebuilt from those files (CPU always; CUDA when a GPU is present,
    or, without one, when the assignment's student files include CUDA sources and nvcc exists:
    then for one architecture only, since the notebook tests the kernels' host emulation);
@@ -18,23 +22,31 @@ student's versions of library files at their repository paths (e.g.
    notebook's setup cell imports needle from there). Test cells are restored from the gradebook
    (edited or deleted ones too), every cell runs with a timeout (graders/nbgrader_config.py).
 
-Afterwards the scores go to ``graders/output/grades.csv`` (one row per student and assignment)
-and ``graders/output/cell_grades.csv`` (one row per graded cell).
+Each grading writes ``autograded/<student>/<assignment>/grade_report.json`` (files taken from
+the student, missing files with their exercises, exercises whose stub still raised). The
+scores go to ``graders/output/grades.csv`` (one row per student and assignment, with the
+report's summary in ``notes``) and ``graders/output/cell_grades.csv`` (one row per graded
+cell).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import filecmp
+import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .course import (AUTOGRADED_DIR, GRADEBOOK, REPO, SUBMITTED_DIR, load_manifest, nbgrader,
-                     walk_repo)
+from .course import (AUTOGRADED_DIR, GRADEBOOK, NB_RELEASE_DIR, REPO, SUBMITTED_DIR,
+                     load_manifest, nbgrader, walk_repo)
+from .sandbox import SANDBOX_RW, Limits, SandboxUnavailable, probe, run_isolated
+from .workspace import grading_files
 
 OUTPUT = REPO / "graders" / "output"
 WORKSPACE = "build/grading/ws"
@@ -61,23 +73,45 @@ def _sync_file(src: Path, dest: Path) -> bool:
     return True
 
 
-def prepare_workspace(release_dir: Path, ws: Path, submission: Path, student_files) -> list:
-    """Make ``ws`` = release + the student's library files; return the overlaid paths."""
+def _sync_bytes(data: bytes, dest: Path) -> bool:
+    if dest.is_file() and not dest.is_symlink() and dest.read_bytes() == data:
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists() or dest.is_symlink():
+        dest.unlink()
+    dest.write_bytes(data)
+    return True
+
+
+def prepare_workspace(release_dir: Path, ws: Path, submission: Path, student_files,
+                      files: dict | None = None) -> list:
+    """Make ``ws`` = release + the library files of the grading policy; return the paths
+    taken from the student.
+
+    files: {repository path: bytes} from graders.workspace.grading_files (the policy: the
+    student's code for this notebook's exercises, the reference for earlier ones). Without it,
+    every file of ``student_files`` present in the submission is laid over the release."""
     wanted = {}
     for rel in walk_repo(release_dir):
         wanted[rel] = release_dir / rel
     overlaid = []
-    for rel in student_files:
-        cand = submission / rel
-        if cand.is_file() and not cand.is_symlink():
-            wanted[rel] = cand
-            overlaid.append(rel)
+    if files is None:
+        for rel in student_files:
+            cand = submission / rel
+            if cand.is_file() and not cand.is_symlink():
+                wanted[rel] = cand
+                overlaid.append(rel)
+    else:
+        wanted.update(files)
     ws.mkdir(parents=True, exist_ok=True)
     for rel in walk_repo(ws):
         if rel not in wanted:
             (ws / rel).unlink()
     for rel, src in wanted.items():
-        _sync_file(src, ws / rel)
+        if isinstance(src, bytes):
+            _sync_bytes(src, ws / rel)
+        else:
+            _sync_file(src, ws / rel)
     return overlaid
 
 
@@ -92,21 +126,26 @@ def nvcc_present() -> bool:
 
 def needs_cuda_build(manifest: dict, assignment: str) -> bool:
     """Whether the student files of ``assignment`` include CUDA sources (.cu / .cuh)."""
-    files = manifest["assignments"].get(assignment, {}).get("library_files", [])
+    info = manifest["assignments"].get(assignment, {})
+    files = info.get("own_files", info.get("library_files", []))
     student = set(manifest["student_files"])
     return any(f in student and f.endswith((".cu", ".cuh")) for f in files)
 
 
-def build_native(ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = False) -> bool:
-    """Rebuild the backends of the workspace incrementally; True on success.
+def build_native(ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = False,
+                 allow_unisolated: bool = False) -> bool:
+    """Rebuild the backends of the workspace incrementally, in the sandbox; True on success.
 
     cuda: a GPU is present, build the CUDA backend for every architecture. emulate (no GPU):
     build it anyway, for one architecture, because the notebook tests its host emulation.
     Otherwise the CUDA module is removed from the workspace (an earlier build's module would
     hold an earlier student's kernel).
-    The build is incremental (only sources whose content changed were rewritten), so after a
-    successful build the modules match the current sources. After a failed one they are
-    removed, so no test can pass against an older student's kernel."""
+    The build runs in graders/sandbox.py's sandbox (the compiler reads student sources, which
+    could #include any file it can see), with the workspace as its writable area at
+    ``SANDBOX_RW`` (so the CMake cache's paths are the same in every build); the build outputs
+    are copied back. It is incremental (only sources whose content changed were rewritten), so
+    after a successful build the modules match the current sources. After a failed one they
+    are removed, so no test can pass against an older student's kernel."""
     if not (ws / "CMakeLists.txt").exists():
         return True
     build = ws / "build"
@@ -114,8 +153,11 @@ def build_native(ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = Fal
     cuda_flag = "ON" if with_cuda else "OFF"
     cmds = []
     cache = build / "CMakeCache.txt"
-    if not cache.exists() or f"NEEDLE_CUDA:BOOL={cuda_flag}" not in cache.read_text(errors="replace"):
-        cmds.append(["cmake", "-S", str(ws), "-B", str(build),
+    if not cache.exists() or f"NEEDLE_CUDA:BOOL={cuda_flag}" not in cache.read_text(errors="replace") \
+            or f"CMAKE_HOME_DIRECTORY:INTERNAL={SANDBOX_RW}" not in cache.read_text(errors="replace"):
+        if build.exists():
+            shutil.rmtree(build)
+        cmds.append(["cmake", "-S", SANDBOX_RW, "-B", f"{SANDBOX_RW}/build",
                      f"-DPython_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release",
                      f"-DNEEDLE_CUDA={cuda_flag}"]
                     + ([f"-DCMAKE_CUDA_ARCHITECTURES={EMULATION_CUDA_ARCH}"]
@@ -123,16 +165,24 @@ def build_native(ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = Fal
     if not with_cuda:
         for so in (ws / "needle" / "backend_ndarray").glob("ndarray_backend_cuda*.so"):
             so.unlink()
-    cmds.append(["cmake", "--build", str(build), "-j", str(jobs)])
+    cmds.append(["cmake", "--build", f"{SANDBOX_RW}/build", "-j", str(jobs)])
+    parts = []
+    for c in cmds:
+        line = " ".join(shlex.quote(a) for a in c)
+        parts.append(f"echo {shlex.quote('$ ' + line)} && {line}")
+    script = " && ".join(parts)
     log.parent.mkdir(parents=True, exist_ok=True)
-    ok = True
-    with open(log, "w") as fh:
-        for cmd in cmds:
-            fh.write("$ " + " ".join(cmd) + "\n")
-            fh.flush()
-            if subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT).returncode != 0:
-                ok = False
-                break
+    try:
+        res = run_isolated(["/bin/sh", "-c", script], rw_dir=ws,
+                           limits=Limits(wall_seconds=1800, cpu_seconds=3600,
+                                         output_bytes=4 << 20),
+                           env={"CUDACXX": os.environ["CUDACXX"]} if os.environ.get("CUDACXX")
+                           else None, allow_unisolated=allow_unisolated)
+        log.write_bytes(res.stdout + res.stderr)
+        ok = res.returncode == 0
+    except (SandboxUnavailable, RuntimeError) as e:
+        log.write_text(f"native build not run: {e}\n")
+        ok = False
     if not ok:
         for so in (ws / "needle" / "backend_ndarray").glob("*.so"):
             so.unlink()
@@ -154,40 +204,135 @@ def find_submissions(root: Path, students=None, assignments=None):
     return pairs
 
 
+RECORDS = "build/grading/records"
+
+
+def record_path(root: Path, student: str, assignment: str) -> Path:
+    """The grading record of one submission: isolation, repairs, events, errors (JSON)."""
+    return Path(root) / RECORDS / f"{student}--{assignment}.json"
+
+
 def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
                   timeout: int | None = None, jobs: int = 2, cuda: bool | None = None,
-                  build: bool = True, quiet: bool = True, native_cache=None) -> dict:
-    """Grade one submission; returns {'build_ok': bool, 'overlaid': [...], 'seconds': float}.
+                  build: bool = True, quiet: bool = True, allow_unisolated: bool = False,
+                  native_cache=None) -> dict:
+    """Grade one submission; returns {'build_ok', 'overlaid', 'seconds', 'record', 'report',
+    'output' (nbgrader's output when quiet)}.
 
+    Refuses (SandboxUnavailable) when this machine cannot isolate the run, unless
+    ``allow_unisolated``. The record (also in ``record_path``) says which isolation the run
+    got, what was repaired in the notebook, and why a grading failed.
     ``root`` is the course root: its gradebook, ``submitted/`` and workspace (``root/WORKSPACE``)
     are used, so a private root per job makes concurrent gradings independent.
     native_cache: a graders.build_cache.BuildCache that replaces the incremental rebuild."""
     t0 = time.time()
     root = Path(root).resolve()
+    pr = probe()
+    if not pr["isolated"] and not allow_unisolated:
+        raise SandboxUnavailable(f"refusing to grade {student}/{assignment} without isolation "
+                                 f"({pr['reason']}); --allow-unisolated overrides")
     release_dir = Path(manifest["release_dir"])
     ws = root / WORKSPACE
     submission = root / SUBMITTED_DIR / student / assignment
-    overlaid = prepare_workspace(release_dir, ws, submission, manifest["student_files"])
+    if not (submission / f"{assignment}.ipynb").is_file():
+        raise RuntimeError(f"[{student}/{assignment}] the submission has no {assignment}.ipynb: "
+                           f"nothing graded")
+    rec_path = record_path(root, student, assignment)
+    rec_path.parent.mkdir(parents=True, exist_ok=True)
+    if rec_path.exists():
+        rec_path.unlink()
+    reference_dir = Path(manifest.get("reference_dir") or REPO)
+    files, report = grading_files(assignment, release_dir, reference_dir, submission)
+    prepare_workspace(release_dir, ws, submission, manifest["student_files"], files)
+    overlaid = report["from_student"]
     build_ok = True
     if build:
         cuda = gpu_present() if cuda is None else cuda
         emulate = not cuda and needs_cuda_build(manifest, assignment) and nvcc_present()
         log = root / "build" / "grading" / "logs" / f"{student}-{assignment}-build.log"
         builder = native_cache.build if native_cache is not None else build_native
-        build_ok = builder(ws, log, jobs, cuda, emulate)
+        build_ok = builder(ws, log, jobs, cuda, emulate, allow_unisolated)
         if not build_ok:
             print(f"  [{student}/{assignment}] native build FAILED (log: {log})")
-    extra = [f"--Execute.timeout={timeout}"] if timeout else []
-    # The data stays where the instructor's repository finds it (the workspace has none).
+    # The data stays where the instructor's repository finds it (the workspace has none); the
+    # sandbox binds it read-only.
     data_dir = os.environ.get("NEEDLE_DATA_DIR") or str(REPO / "data")
-    env = {"NEEDLE_ROOT": str(ws), "PYTHONDONTWRITEBYTECODE": "1", "NEEDLE_DATA_DIR": data_dir}
+    env = {"NEEDLE_ROOT": str(ws), "PYTHONDONTWRITEBYTECODE": "1", "NEEDLE_DATA_DIR": data_dir,
+           "NEEDLE_SETUP_BUILD": "0",   # the notebook's setup cell must not rebuild
+           "NQ_GRADING_WS": str(ws), "NQ_GRADING_RECORD": str(rec_path),
+           "NQ_RELEASE_NOTEBOOKS": str(root / NB_RELEASE_DIR / assignment),
+           "NQ_ALLOW_UNISOLATED": "1" if allow_unisolated else "0"}
+    if timeout:
+        env["NQ_CELL_TIMEOUT"] = str(timeout)
     res = nbgrader(["autograde", assignment, "--student", student, "--force"], root,
-                   extra=extra, env=env, capture=quiet, check=False)
+                   env=env, capture=quiet, check=False)
+    record = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+    record.update({"student": student, "assignment": assignment, "build_ok": build_ok,
+                   "overlaid": overlaid})
     if res.returncode != 0:
         tail = res.stdout[-3000:] if quiet and res.stdout else ""
+        record.setdefault("errors", []).append(f"nbgrader autograde failed: {tail[-800:]}")
+        rec_path.write_text(json.dumps(record, indent=1))
         raise RuntimeError(f"nbgrader autograde {assignment} --student {student} failed:\n{tail}")
+    report["not_implemented"] = stub_errors(root / AUTOGRADED_DIR / student / assignment
+                                            / f"{assignment}.ipynb")
+    write_grade_report(root, student, assignment, report)
+    rec_path.write_text(json.dumps(record, indent=1))
     return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,
-            "output": res.stdout if quiet else None}
+            "record": record, "report": report, "output": res.stdout if quiet else None}
+
+
+def isolation_summary(record: dict) -> str:
+    """One short phrase for grades.csv: which isolation a grading got."""
+    iso = record.get("isolation") or {}
+    if iso.get("method") == "unshare":
+        return f"namespaces {'+'.join(iso.get('namespaces', []))}, uid {iso.get('uid')}"
+    if iso.get("method") == "refused":
+        return "refused: no isolation"
+    return "NOT ISOLATED" if iso else "unknown"
+
+
+#: what an unwritten exercise raises (course/manifest.py stub_message)
+STUB_MESSAGE = re.compile(r"(?P<name>[\w.]+): exercise (?P<id>\d+\.\d+) of notebook "
+                          r"(?P<notebook>\w+)")
+
+
+def stub_errors(nb_path: Path) -> list:
+    """'<id> <name>' of the exercises whose stub raised in a graded notebook, in cell order."""
+    import nbformat
+    if not nb_path.is_file():
+        return []
+    found = []
+    for cell in nbformat.read(str(nb_path), as_version=4).cells:
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                for m in STUB_MESSAGE.finditer(str(out.get("evalue", ""))):
+                    label = f"{m.group('id')} {m.group('name')}"
+                    if label not in found:
+                        found.append(label)
+    return found
+
+
+def write_grade_report(root: Path, student: str, assignment: str, report: dict) -> Path:
+    """grade_report.json beside the autograded notebook: which files were the student's,
+    which were missing, which exercises still raised their stub."""
+    path = root / AUTOGRADED_DIR / student / assignment / "grade_report.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def describe_report(report: dict) -> str:
+    """One line for the console and grades.csv, e.g. 'missing needle/quant/reference.py
+    (3.1 choose_qparams, ...); not implemented: 3.2 quantize'."""
+    parts = []
+    if report.get("missing"):
+        parts.append(f"missing {', '.join(report['missing'])} "
+                     f"({', '.join(report['missing_exercises'])}: graded as not written)")
+    if report.get("not_implemented"):
+        parts.append("not implemented: " + ", ".join(report["not_implemented"]))
+    parts += report.get("notes", [])
+    return "; ".join(parts)
 
 
 def cell_scores(root: Path, student: str, assignment: str) -> dict:
@@ -204,6 +349,11 @@ def cell_scores(root: Path, student: str, assignment: str) -> dict:
     return out
 
 
+def _read_record(root: Path, student: str, assignment: str) -> dict:
+    p = record_path(root, student, assignment)
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
 def export_csv(root: Path, out_dir: Path = OUTPUT) -> tuple[Path, Path]:
     """Write grades.csv (per submission) and cell_grades.csv (per graded cell)."""
     from nbgrader.api import Gradebook
@@ -215,17 +365,31 @@ def export_csv(root: Path, out_dir: Path = OUTPUT) -> tuple[Path, Path]:
             open(per_sub, "w", newline="") as f1, open(per_cell, "w", newline="") as f2:
         w1, w2 = csv.writer(f1), csv.writer(f2)
         w1.writerow(["student", "assignment", "score", "max_score", "auto_score",
-                     "needs_manual_grade"])
+                     "needs_manual_grade", "isolation", "notes"])
         w2.writerow(["student", "assignment", "notebook", "cell", "score", "max_score"])
+        graded = set()
         for a in gb.assignments:
             for sub in a.submissions:
                 auto = sum(g.auto_score or 0 for nb in sub.notebooks for g in nb.grades)
+                rec = _read_record(root, sub.student_id, a.name)
+                rep = root / AUTOGRADED_DIR / sub.student_id / a.name / "grade_report.json"
+                notes = [describe_report(json.loads(rep.read_text()))] if rep.is_file() else []
+                notes = "; ".join(n for n in notes + rec.get("errors", []) + rec.get("repairs", [])
+                                  if n)[:2000]
                 w1.writerow([sub.student_id, a.name, f"{sub.score:g}", f"{sub.max_score:g}",
-                             f"{auto:g}", sub.needs_manual_grade])
+                             f"{auto:g}", sub.needs_manual_grade, isolation_summary(rec), notes])
+                graded.add((sub.student_id, a.name))
                 for nb in sub.notebooks:
                     for g in nb.grades:
                         w2.writerow([sub.student_id, a.name, nb.name, g.name,
                                      "" if g.score is None else f"{g.score:g}", f"{g.max_score:g}"])
+        # a submission whose grading failed before nbgrader stored it: 0, with the reason
+        for p in sorted((root / RECORDS).glob("*.json")) if (root / RECORDS).is_dir() else []:
+            rec = json.loads(p.read_text())
+            key = (rec.get("student"), rec.get("assignment"))
+            if key[0] and key not in graded and rec.get("errors"):
+                w1.writerow([*key, "0", "", "0", False, isolation_summary(rec),
+                             "; ".join(rec["errors"])[:2000]])
     return per_sub, per_cell
 
 
@@ -236,6 +400,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, help="per-cell timeout in seconds (config: 900)")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     ap.add_argument("--no-build", action="store_true", help="skip the native rebuild")
+    ap.add_argument("--allow-unisolated", action="store_true",
+                    help="grade even where no sandbox can be made (student code then runs "
+                         "with the grader's view of the machine)")
     args = ap.parse_args(argv)
     manifest = load_manifest(REPO)
     pairs = find_submissions(REPO, args.student, args.assignment)
@@ -249,7 +416,11 @@ def main(argv=None) -> int:
             continue
         try:
             info = autograde_one(REPO, student, assignment, manifest, timeout=args.timeout,
-                                 jobs=args.jobs, build=not args.no_build)
+                                 jobs=args.jobs, build=not args.no_build,
+                                 allow_unisolated=args.allow_unisolated)
+        except SandboxUnavailable as e:
+            print(e)
+            return 2
         except RuntimeError as e:
             failed += 1
             print(e)
@@ -259,6 +430,8 @@ def main(argv=None) -> int:
         total = sum(m for _, m, _ in scores.values())
         print(f"  [{student}/{assignment}] {got:g}/{total:g} points "
               f"(library files: {', '.join(info['overlaid']) or 'none'}; {info['seconds']:.0f}s)")
+        if describe_report(info["report"]):
+            print(f"  [{student}/{assignment}] {describe_report(info['report'])}")
     per_sub, per_cell = export_csv(REPO)
     print(f"grades: {per_sub.relative_to(REPO)}, {per_cell.relative_to(REPO)} "
           f"(autograded notebooks in {AUTOGRADED_DIR}/)")

@@ -40,10 +40,11 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .autograde import (OUTPUT, autograde_one, cell_scores, find_submissions, gpu_present)
+from .autograde import (OUTPUT, autograde_one, cell_scores, describe_report, find_submissions,
+                        gpu_present, isolation_summary)
 from .build_cache import BuildCache
-from .course import (AUTOGRADED_DIR, GRADEBOOK, REPO, SOURCE_DIR, SUBMITTED_DIR,
-                     load_manifest, walk_repo)
+from .course import (AUTOGRADED_DIR, GRADEBOOK, NB_RELEASE_DIR, REPO, SOURCE_DIR,
+                     SUBMITTED_DIR, load_manifest, walk_repo)
 
 GRADING = Path("build") / "grading"
 STATE_DIR = GRADING / "state"
@@ -73,6 +74,9 @@ def release_fingerprint(root: Path, manifest: dict, assignment: str) -> str:
     _hash_files(h, release_dir, walk_repo(release_dir))
     src = Path(root) / SOURCE_DIR / assignment / f"{assignment}.ipynb"
     h.update(src.read_bytes() if src.exists() else b"no source notebook")
+    # the grading policy takes earlier notebooks' exercises from the course's reference
+    reference = Path(manifest.get("reference_dir") or REPO)
+    _hash_files(h, reference, [r for r in manifest["student_files"] if (reference / r).is_file()])
     return h.hexdigest()
 
 
@@ -194,6 +198,7 @@ class Job:
     cells: list = field(default_factory=list)   # [(notebook, cell, score, max, autograded)]
     seconds: float = 0.0
     log: str = ""
+    isolation: str = ""            # which isolation the grading got (graders/sandbox.py)
     resumed_status: str = ""       # for a skipped job: the status recorded when it was graded
 
     @property
@@ -228,7 +233,7 @@ def recorded_job(root: Path, student: str, assignment: str) -> Job | None:
     return Job(student, assignment, key=st.get("key", ""), status="skipped",
                reason=st.get("reason", ""), cells=[tuple(c) for c in st.get("cells", [])],
                seconds=st.get("seconds", 0.0), log=st.get("log", ""),
-               resumed_status=st.get("status", ""))
+               isolation=st.get("isolation", ""), resumed_status=st.get("status", ""))
 
 
 def _write_json(path: Path, obj) -> None:
@@ -245,12 +250,16 @@ def _copy_submission(src: Path, dest: Path) -> None:
     shutil.copytree(src, dest, symlinks=False, ignore=ignore)
 
 
-def _reset_slot(slot: Path, template: Path) -> None:
-    for d in (SUBMITTED_DIR, AUTOGRADED_DIR, "feedback", str(LOG_DIR)):
+def _reset_slot(slot: Path, template: Path, root: Path, assignment: str) -> None:
+    for d in (SUBMITTED_DIR, AUTOGRADED_DIR, "feedback", str(LOG_DIR), NB_RELEASE_DIR):
         shutil.rmtree(slot / d, ignore_errors=True)
     db = slot / GRADEBOOK
     db.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(template, db)
+    # the student notebook of the release: the skeleton the grader rebuilds cells on
+    src = root / NB_RELEASE_DIR / assignment
+    if src.is_dir():
+        shutil.copytree(src, slot / NB_RELEASE_DIR / assignment)
 
 
 class Batch:
@@ -258,7 +267,7 @@ class Batch:
 
     def __init__(self, root: Path, manifest: dict, *, jobs: int = 2, timeout: int | None = None,
                  cuda: bool | None = None, build: bool = True, cache_dir: Path | None = None,
-                 progress: bool = True):
+                 progress: bool = True, allow_unisolated: bool = False):
         self.root = Path(root).resolve()
         self.manifest = manifest
         self.jobs = max(1, int(jobs))
@@ -267,6 +276,7 @@ class Batch:
         self.build = build
         self.cache = BuildCache(cache_dir or self.root / NATIVE_CACHE)
         self.progress = progress
+        self.allow_unisolated = allow_unisolated
         self.template = self.root / TEMPLATE_DB
         self._merge_lock = threading.Lock()
         self._release_fp: dict[str, str] = {}
@@ -326,12 +336,14 @@ class Batch:
             sub = self.root / SUBMITTED_DIR / job.student / job.assignment
             if not (sub / f"{job.assignment}.ipynb").is_file():
                 raise ValueError(f"the submission has no {job.assignment}.ipynb")
-            _reset_slot(slot, self.template)
+            _reset_slot(slot, self.template, self.root, job.assignment)
             _copy_submission(sub, slot / SUBMITTED_DIR / job.student / job.assignment)
             info = autograde_one(slot, job.student, job.assignment, self.manifest,
                                  timeout=self.timeout, jobs=max(1, (os.cpu_count() or 2)
                                                                 // self.jobs),
-                                 cuda=self.cuda, build=self.build, native_cache=self.cache)
+                                 cuda=self.cuda, build=self.build, native_cache=self.cache,
+                                 allow_unisolated=self.allow_unisolated)
+            job.isolation = isolation_summary(info.get("record") or {})
             build_log = slot / GRADING / "logs" / f"{job.student}-{job.assignment}-build.log"
             if build_log.exists():
                 lines += ["-- native build", build_log.read_text(errors="replace")[-20000:]]
@@ -340,7 +352,8 @@ class Batch:
             job.cells = [(nb, cell, s, m, auto) for (nb, cell), (s, m, auto) in
                          sorted(scores.items())]
             job.status = "ok"
-            notes = []
+            notes = [describe_report(info["report"])] if info.get("report") else []
+            notes = [n for n in notes if n]
             if not info["build_ok"]:
                 notes.append("native build failed (its tests score 0; see the log)")
             job.reason = "; ".join(notes)
@@ -376,6 +389,7 @@ class Batch:
             _write_json(state_path(self.root, job.student, job.assignment), {
                 "key": job.key, "status": job.status, "reason": job.reason,
                 "cells": job.cells, "seconds": round(job.seconds, 2), "log": job.log,
+                "isolation": job.isolation,
                 "graded_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     # -- the class -----------------------------------------------------------------------
@@ -438,7 +452,7 @@ def summary_line(jobs: list[Job], seconds: float, cache: BuildCache) -> str:
 def grade_class(root: Path, *, jobs=2, students=None, assignments=None, force=False,
                 retry_failed=False, timeout=None, cuda=None, build=True, progress=True,
                 out_dir: Path | None = None, cache_dir: Path | None = None,
-                quiet=False) -> list[Job]:
+                quiet=False, allow_unisolated=False) -> list[Job]:
     """Grade every submission of ``root`` (see the module docstring); returns the jobs."""
     from .reports import write_reports
     root = Path(root).resolve()
@@ -448,7 +462,8 @@ def grade_class(root: Path, *, jobs=2, students=None, assignments=None, force=Fa
     lock = run_lock(root)
     try:
         batch = Batch(root, manifest, jobs=jobs, timeout=timeout, cuda=cuda, build=build,
-                      cache_dir=cache_dir, progress=progress)
+                      cache_dir=cache_dir, progress=progress,
+                      allow_unisolated=allow_unisolated)
         result = batch.run(pairs, force=force, retry_failed=retry_failed)
         # The reports cover the whole class, also the submissions this run was not asked for.
         ran = {(j.student, j.assignment) for j in result}
@@ -478,6 +493,8 @@ def main(argv=None) -> int:
                     help="regrade unchanged submissions whose grading failed")
     ap.add_argument("--timeout", type=int, help="per-cell timeout in seconds (config: 900)")
     ap.add_argument("--no-build", action="store_true", help="skip the native build")
+    ap.add_argument("--allow-unisolated", action="store_true",
+                    help="grade even where the sandbox is unavailable (recorded per grading)")
     ap.add_argument("--root", type=Path, default=REPO, help="course root (default: repository)")
     ap.add_argument("--out", type=Path, help="report directory (default graders/output)")
     args = ap.parse_args(argv)
@@ -486,7 +503,8 @@ def main(argv=None) -> int:
     jobs = grade_class(args.root, jobs=args.jobs, students=args.student,
                        assignments=args.assignment, force=args.force,
                        retry_failed=args.retry_failed, timeout=args.timeout,
-                       build=not args.no_build, out_dir=args.out)
+                       build=not args.no_build, out_dir=args.out,
+                       allow_unisolated=args.allow_unisolated)
     if not jobs:
         print(f"no submissions in {args.root / SUBMITTED_DIR} "
               "(expected submitted/<student>/<assignment>/)")

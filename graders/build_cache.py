@@ -127,7 +127,8 @@ class BuildCache:
         else:
             os.replace(tmp, entry)
 
-    def build(self, ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = False) -> bool:
+    def build(self, ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = False,
+              allow_unisolated: bool = False) -> bool:
         from .autograde import EMULATION_CUDA_ARCH, build_native
         ws, log = Path(ws), Path(log)
         if not (ws / "CMakeLists.txt").exists():
@@ -148,7 +149,7 @@ class BuildCache:
                 return True
             self.misses += 1
             t0 = time.time()
-            ok = build_native(ws, log, jobs, cuda, emulate)
+            ok = build_native(ws, log, jobs, cuda, emulate, allow_unisolated)
             if ok:
                 self._store(key, ws, log, time.time() - t0)
                 with open(log, "a") as fh:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nbformat  # noqa: E402
 
 from graders.audit_catalog import CATALOG, Patch  # noqa: E402
-from graders.autograde import WORKSPACE, autograde_one, cell_scores  # noqa: E402
+from graders.autograde import STUB_MESSAGE, WORKSPACE, autograde_one, cell_scores  # noqa: E402
 from graders.build_cache import BuildCache  # noqa: E402
 from graders.course import (AUTOGRADED_DIR, FEEDBACK_DIR, REPO, SUBMITTED_DIR,  # noqa: E402
                             tool_path, walk_repo)
@@ -59,8 +59,10 @@ STUB_ERRORS = ("NotImplementedError",)
 
 
 def _stub_error(ename, evalue):
-    """A Python stub raises NotImplementedError; a C++ stub a RuntimeError 'not implemented: f'."""
-    return ename in STUB_ERRORS or (ename == "RuntimeError" and "not implemented" in evalue)
+    """A Python stub raises NotImplementedError; a C++ stub a RuntimeError with the same
+    message ('<function>: exercise <n.m> of notebook <id>')."""
+    return ename in STUB_ERRORS or (ename == "RuntimeError" and (
+        STUB_MESSAGE.search(evalue) is not None or "not implemented" in evalue))
 _MARKER_LINE = re.compile(r"^\s*(###|//)\s*(BEGIN|END)\s+(SOLUTION|HIDDEN TESTS)\s*$")
 
 
@@ -99,16 +101,22 @@ def reference_notebook(name, release_dir):
     return nb
 
 
-def make_submission(student, name, nb, library_files, patches=(), root=None):
-    """Write submitted/<student>/<name>/ (of ``root``, default build/check) with notebook
-    ``nb`` and reference library files."""
+def make_submission(student, name, nb, library_files, patches=(), stub_files=(),
+                    release_dir=None, root=None):
+    """Write submitted/<student>/<name>/ (of ``root``, default build/check) with notebook ``nb``
+    and reference library files (``stub_files`` from the release instead). A patch with
+    ``old == ""`` appends ``new``."""
     sub = (root or CHECK) / SUBMITTED_DIR / student / name
     if sub.exists():
         shutil.rmtree(sub)
     sub.mkdir(parents=True)
-    texts = {rel: (REPO / rel).read_text() for rel in library_files}
+    texts = {rel: ((release_dir if rel in stub_files else REPO) / rel).read_text()
+             for rel in library_files}
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # deep copy
     for p in patches:
+        if p.file is not None and p.old == "":
+            texts[p.file] += p.new
+            continue
         if p.file is not None:
             if p.file not in texts:
                 raise ValueError(f"patch targets {p.file}, not a student file of {name}")
@@ -129,6 +137,132 @@ def make_submission(student, name, nb, library_files, patches=(), root=None):
         (sub / rel).write_text(text)
     nbformat.write(nb, str(sub / f"{name}.ipynb"))
     return sub
+
+
+def apply_edits(nb, edits):
+    """Apply cheat_catalog.NbEdit edits (structure, metadata) to a notebook, in place."""
+    for e in edits:
+        idx = [i for i, c in enumerate(nb.cells) if _grade_id(c) == e.target]
+        if e.op == "kernelspec":
+            nb.metadata["kernelspec"] = {"name": "evil", "display_name": "x", "language": "python"}
+            continue
+        if len(idx) != 1:
+            raise ValueError(f"edit {e.op}: no single cell {e.target!r}")
+        i = idx[0]
+        if e.op == "insert_after":
+            cell = nbformat.v4.new_code_cell(e.source)
+            if e.metadata:
+                cell.metadata["nbgrader"] = dict(e.metadata)
+            nb.cells.insert(i + 1, cell)
+        elif e.op == "append_to":
+            nb.cells[i].source += "\n" + e.source
+        elif e.op == "delete":
+            del nb.cells[i]
+        elif e.op == "move_to_end":
+            nb.cells.append(nb.cells.pop(i))
+        elif e.op == "metadata":
+            nb.cells[i].metadata.setdefault("nbgrader", {}).update(e.metadata or {})
+            if e.source:
+                nb.cells[i].source = e.source
+        else:
+            raise ValueError(f"unknown edit {e.op}")
+
+
+def case_submission(student, case, release_dir, lib_files, with_trick):
+    """Write the submission of a cheat_catalog case (its honest part, plus the trick)."""
+    from graders.cheat_catalog import NbEdit
+    nb = reference_notebook(case.notebook, release_dir)
+    rel = {_grade_id(c): c for c in _read_nb(release_dir / "notebooks" / f"{case.notebook}.ipynb").cells}
+    for cell in nb.cells:
+        if _grade_id(cell) in case.stub_cells:
+            cell.source = rel[_grade_id(cell)].source
+    parts = list(case.patches) + list(case.edits) + (list(case.trick) if with_trick else [])
+    patches = [p for p in parts if isinstance(p, Patch)]
+    edits = [p for p in parts if isinstance(p, NbEdit)]
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    sub = make_submission(student, case.notebook, nb, lib_files, patches,
+                          stub_files=case.stub_files, release_dir=release_dir)
+    nb = _read_nb(sub / f"{case.notebook}.ipynb")
+    apply_edits(nb, edits)
+    nbformat.write(nb, str(sub / f"{case.notebook}.ipynb"), version=4) if not any(
+        e.op == "metadata" for e in edits) else (sub / f"{case.notebook}.ipynb").write_text(
+        json.dumps(nb))
+    return sub
+
+
+def host_check(what, sub_before, student, name):
+    """The host-side checks of a cheat case: True when the host is untouched."""
+    from graders.cheat_catalog import MARK
+    if what == "no_marker_files":
+        hits = [p for root in (REPO, CHECK, Path("/tmp"), Path("/work"))
+                for p in (root.glob(f"**/{MARK}.txt") if root != Path("/work") else
+                          root.glob(f"*/{MARK}.txt"))]
+        return not hits, f"files left: {hits[:3]}" if hits else ""
+    if what == "no_marker_process":
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        left = [line for line in ps.splitlines() if line.startswith(MARK)]
+        return not left, f"processes left: {left[:3]}" if left else ""
+    if what == "small_notebook":
+        p = CHECK / AUTOGRADED_DIR / student / name / f"{name}.ipynb"
+        size = p.stat().st_size if p.exists() else -1
+        return 0 < size < 4 << 20, f"graded notebook {size} bytes"
+    raise ValueError(what)
+
+
+def run_cases(rep, cases, release_dir, lib_files, grade, ref_scores):
+    """Grade every cheat_catalog case and its baseline; one table row per case."""
+    rows, baselines = [], {}
+    for case in cases:
+        name = case.notebook
+        if name not in ref_scores:
+            continue
+        key = (name, case.patches, case.stub_files, case.stub_cells, case.edits)
+        try:
+            if case.kind == "cheat":
+                if key not in baselines:
+                    student = f"base_{len(baselines)}"
+                    case_submission(student, case, release_dir, lib_files(name), False)
+                    grade(student, name, timeout=case.timeout or 120)
+                    baselines[key] = auto_scores(student, name)
+                base = baselines[key]
+            else:
+                base = ref_scores[name]
+            student = "case_" + case.name
+            case_submission(student, case, release_dir, lib_files(name), True)
+            info = grade(student, name, timeout=case.timeout or 120)
+            got = auto_scores(student, name)
+        except (ValueError, RuntimeError) as e:
+            rows.append((case, None, None, False, str(e).splitlines()[0]))
+            continue
+        gained = [k[1] for k, v in got.items() if (v[0] or 0) > (base.get(k, (0,))[0] or 0)]
+        lost = [k[1] for k, v in got.items() if (v[0] or 0) < (base.get(k, (0,))[0] or 0)]
+        extra = [k[1] for k in got if k not in base]
+        if case.kind == "cheat":
+            ok = not gained and not extra
+            detail = f"gained {gained + extra}" if not ok else ""
+        else:
+            ok = set(lost) <= set(case.lose) and not extra and set(case.lose) <= set(lost)
+            detail = f"lost {lost}, expected {list(case.lose)}" if not ok else ""
+        for hc in case.host_checks:
+            hok, hd = host_check(hc, None, student, name)
+            ok = ok and hok
+            detail += ("; " if detail else "") + (hd if not hok else "")
+        pts = (sum(v[0] or 0 for v in got.values()), sum(v[0] or 0 for v in base.values()),
+               sum(v[1] for v in got.values()))
+        rows.append((case, pts, info["record"], ok, detail))
+    print("\nCheats and robustness (a cheat gains nothing over its honest baseline; correct "
+          "work keeps its marks):")
+    print(f"  {'case':32} {'kind':7} {'points':>9} {'baseline':>8}  verdict")
+    for case, pts, rec, ok, detail in rows:
+        p = "-" if pts is None else f"{pts[0]:g}/{pts[2]:g}"
+        b = "-" if pts is None else f"{pts[1]:g}"
+        print(f"  {case.name:32} {case.kind:7} {p:>9} {b:>8}  {'ok' if ok else 'FAILED'} {detail}")
+    for kind, label in (("cheat", "cheats defeated"), ("robust", "correct-but-noisy kept")):
+        sel = [r for r in rows if r[0].kind == kind]
+        bad = [r[0].name for r in sel if not r[3]]
+        rep.add(f"{label}: {len(sel) - len(bad)}/{len(sel)}", sel and not bad,
+                f"failed: {bad}" if bad else "")
+    return rows
 
 
 def autograded_nb(student, name):
@@ -404,6 +538,18 @@ def run(args) -> int:
         rep.add("feedback does not show hidden tests", "HIDDEN TESTS" not in fb and not shown,
                 f"{len(shown)} hidden lines shown" if shown else "")
 
+    # (f) cheats and robustness, (g) the sandbox itself ----------------------------------
+    if not args.skip_cases:
+        print("== (f) cheats and robustness", flush=True)
+        from graders.cheat_catalog import CASES, CI_CASES
+        want = args.case or (None if args.all_cases else CI_CASES)
+        cases = [c for c in CASES if want is None or c.name in want]
+        run_cases(rep, cases, release_dir, lib_files, grade, ref_scores)
+    print("== (g) sandbox", flush=True)
+    from graders.check_sandbox import checks as sandbox_checks
+    for check, ok, detail in sandbox_checks():
+        rep.add(check, ok, detail)
+
     passed = sum(ok for _, ok, _ in rep.rows)
     print(f"\n{passed}/{len(rep.rows)} checks passed in {time.time() - t_start:.0f}s")
     # The closing line in the conventional "N passed, N failed" form that test logs end with.
@@ -417,6 +563,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-audit", action="store_true")
     ap.add_argument("--skip-tamper", action="store_true")
     ap.add_argument("--only-audit", action="append", help="only this mutation (repeatable)")
+    ap.add_argument("--skip-cases", action="store_true", help="no cheat / robustness cases")
+    ap.add_argument("--all-cases", action="store_true",
+                    help="every case of graders/cheat_catalog.py (default: its CI_CASES)")
+    ap.add_argument("--case", action="append", help="only this cheat / robustness case")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "2")))
     return run(ap.parse_args(argv))
 

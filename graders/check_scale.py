@@ -38,7 +38,7 @@ from graders.batch import NATIVE_CACHE, grade_class  # noqa: E402
 from graders.build_cache import BuildCache  # noqa: E402
 from graders.check_pipeline import (Report, _grade_id, make_submission,  # noqa: E402
                                     reference_notebook)
-from graders.course import GRADEBOOK, MANIFEST, REPO, SOURCE_DIR, SUBMITTED_DIR  # noqa: E402
+from graders.course import GRADEBOOK, REPO, SUBMITTED_DIR  # noqa: E402
 from graders.gradescope import build_zip  # noqa: E402
 from graders.release import release  # noqa: E402
 
@@ -111,10 +111,7 @@ def one_by_one(manifest: dict, cache: BuildCache, pairs, lane: int) -> dict:
     shared workspace and gradebook, the way graders.autograde grades."""
     seq = CHECK / f"seq{lane}"
     shutil.rmtree(seq, ignore_errors=True)
-    for rel in (GRADEBOOK, MANIFEST):
-        (seq / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(CHECK / rel, seq / rel)
-    shutil.copytree(CHECK / SOURCE_DIR, seq / SOURCE_DIR)
+    shutil.copytree(CHECK / Path(GRADEBOOK).parent, seq / Path(GRADEBOOK).parent)
     shutil.copytree(CHECK / SUBMITTED_DIR, seq / SUBMITTED_DIR)
     out = {}
     for (student, name) in pairs:

@@ -5,10 +5,12 @@ Course layout (relative to a course root; the repository for ``make release/auto
     build/course/source/<assignment>/<assignment>.ipynb   instructor notebooks (nbgrader source)
     build/course/release/<assignment>/<assignment>.ipynb  student notebooks (generate_assignment)
     build/course/gradebook.db                             nbgrader gradebook
-    build/course/manifest.json                            which library files students write
-    submitted/<student>/<assignment>/                     a submission: the notebook plus the
-                                                          student's versions of library files
-                                                          at their repository paths
+    build/course/manifest.json                            derived from course/manifest.py:
+                                                          files, exercises, stub messages
+    submitted/<student>/<assignment>/                     a submission (``make submit`` archive
+                                                          unpacked): the notebook, the library
+                                                          files of submission_files() at their
+                                                          repository paths, SHA256SUMS
     autograded/<student>/<assignment>/, feedback/...      nbgrader outputs
     graders/grades.csv                                    exported grades
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -44,10 +47,11 @@ EXCLUDE_NAMES = {".git", ".venv", "__pycache__", ".pytest_cache", ".hypothesis",
                  ".ipynb_checkpoints", "_strip_tmp", "gradebook.db", ".installed"}
 # Top-level entries of the repository (a package may have a subpackage named e.g. "data"):
 EXCLUDE_TOP = {"build", "release", "release.tmp", "submitted", "autograded", "feedback",
-               "graders", "data"}
+               "graders", "data", ".ci", "bench", "requirements-dev.txt", "environment.yml"}
 EXCLUDE_GLOBS = ["*.so", "*.o", "*.pyc", "*.egg-info", "*.log", "*.tmp", ".nfs*", "*~"]
 # Instructor-only or generated paths inside released directories.
-EXCLUDE_PATHS = {"tests/test_release.py", "bench/results"}
+EXCLUDE_PATHS = {"tests/test_release.py", "bench/results", "tests/test_student_path.py",
+                 "tests/test_colab_emulation.py", "course/Makefile.student"}
 # File suffixes whose solution regions the release tool strips (everything else is copied).
 TEXT_SUFFIXES = {".py", ".cc", ".cpp", ".cxx", ".h", ".hpp", ".cu", ".cuh", ".md", ".txt",
                  ".cfg", ".toml", ".yml", ".yaml", ".json", ".ipynb", ".sh", ".nbsrc", ""}
@@ -119,3 +123,180 @@ def nbgrader(args, root: Path, extra=(), env=None, check=True, capture=False):
         out = res.stdout[-4000:] if capture and res.stdout else ""
         raise SystemExit(f"nbgrader {' '.join(args)} failed (exit {res.returncode})\n{out}")
     return res
+
+
+# ---------------------------------------------------------------------------------- manifest
+# The course manifest (course/manifest.py) names every exercise; these helpers tie it to the
+# solution regions of the instructor's tree and check that the two agree.
+
+def course_manifest():
+    """The course manifest module (course/manifest.py of this repository)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from course import manifest
+    return manifest
+
+
+def solution_regions(repo: Path = REPO) -> list[dict]:
+    """Every solution region of the instructor's tree, in file order:
+    {"where": "<file>:<function>" or "cell:<grade id>:<function>", "notebook": id or None,
+    "file": repository path, "line": 1-based line of its BEGIN marker}."""
+    import nbformat
+    from .strip import enclosing_cpp_function, enclosing_python_function, find_regions, \
+        language_of
+    repo = Path(repo)
+    out = []
+    for rel in walk_repo(repo):
+        lang = language_of(rel)
+        if lang is None or rel.startswith("notebooks/"):
+            continue
+        text = (repo / rel).read_text(encoding="utf-8", errors="replace")
+        for r in find_regions(text, lang, rel):
+            if r.kind != "SOLUTION":
+                continue
+            if lang == "python":
+                func = enclosing_python_function(text, r.begin, rel)
+            else:
+                before = "".join(text.splitlines(keepends=True)[:r.begin - 1])
+                func = enclosing_cpp_function(before)[0]
+            out.append({"where": f"{rel}:{func}", "notebook": None, "file": rel, "line": r.begin})
+    for path in sorted((repo / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(str(path), as_version=4)
+        for cell in nb.cells:
+            nbg = cell.metadata.get("nbgrader", {})
+            if cell.cell_type != "code" or not nbg.get("solution"):
+                continue
+            for r in find_regions(cell.source, "python", path.name):
+                if r.kind == "SOLUTION":
+                    func = enclosing_python_function(cell.source, r.begin, path.name)
+                    out.append({"where": f"cell:{nbg['grade_id']}:{func}", "notebook": path.stem,
+                                "file": f"notebooks/{path.name}", "line": r.begin})
+    return out
+
+
+def _test_cells(nb_path: Path) -> set:
+    import nbformat
+    nb = nbformat.read(str(nb_path), as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"] for c in nb.cells if c.cell_type == "code"
+            and c.metadata.get("nbgrader", {}).get("grade")}
+
+
+def _pytest_names(repo: Path, prefix: str) -> list[str]:
+    """Test functions of tests/<file> whose node id starts with ``prefix`` ('file::name')."""
+    import ast
+    rel, _, name = prefix.partition("::")
+    path = repo / rel
+    if not path.is_file():
+        return []
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.name.startswith("test") and n.name.startswith(name)]
+
+
+def check_manifest(repo: Path = REPO) -> list[str]:
+    """Disagreements between course/manifest.py and the instructor's tree (empty when sound):
+    a solution region without exercise, an exercise without region or visible test, a test
+    that does not exist, a native file shared by notebooks, a notebook whose tests use a file
+    holding only later notebooks' exercises (they would run stubs)."""
+    M = course_manifest()
+    repo = Path(repo)
+    errors = []
+    listed = [nb["id"] for nb in M.NOTEBOOKS]
+    present = notebook_names(repo / "notebooks")
+    if listed != present:
+        errors.append(f"course/manifest.py lists notebooks {listed}, notebooks/ holds {present}")
+    by_where, ids = {}, set()
+    for nb_id, ex in M.exercises():
+        key = (nb_id, ex["where"]) if ex["where"].startswith("cell:") else (None, ex["where"])
+        if key in by_where:
+            errors.append(f"exercise {ex['id']}: {ex['where']} is also exercise "
+                          f"{by_where[key]['id']}")
+        by_where[key] = ex
+        if ex["id"] in ids or not ex["id"].startswith(f"{int(nb_id[:2])}."):
+            errors.append(f"exercise id {ex['id']!r} of {nb_id}: ids are unique and start with "
+                          f"the notebook number ({int(nb_id[:2])}.)")
+        ids.add(ex["id"])
+        if not ex["tests"]:
+            errors.append(f"exercise {ex['id']} {ex['name']}: no visible test cell")
+        nb_path = repo / "notebooks" / f"{nb_id}.ipynb"
+        if nb_path.exists():
+            for t in set(ex["tests"]) - _test_cells(nb_path):
+                errors.append(f"exercise {ex['id']}: {t!r} is not a test cell of {nb_id}")
+        for p in ex["pytest"]:
+            if not _pytest_names(repo, p):
+                errors.append(f"exercise {ex['id']}: no library test matches {p!r}")
+    regions = solution_regions(repo)
+    seen = set()
+    for r in regions:
+        key = (r["notebook"], r["where"])
+        seen.add(key)
+        if key not in by_where:
+            errors.append(f"{r['file']}:{r['line']}: the solution region of {r['where']} belongs "
+                          f"to no exercise of course/manifest.py")
+    for key, ex in by_where.items():
+        if key not in seen:
+            errors.append(f"exercise {ex['id']} {ex['name']}: no solution region at {ex['where']}")
+    owners = {}
+    for nb_id, ex in M.exercises():
+        f = M.library_file(ex)
+        if f:
+            owners.setdefault(f, set()).add(nb_id)
+    for f, nbs in sorted(owners.items()):
+        if len(nbs) > 1 and not f.endswith(".py"):
+            errors.append(f"{f} holds exercises of {sorted(nbs)}: a native file belongs to one "
+                          f"notebook (the grader replaces earlier notebooks' code file by file)")
+    for k, nb in enumerate(M.NOTEBOOKS):
+        for f in nb.get("uses", []):
+            if not (repo / f).exists():
+                errors.append(f"{nb['id']} uses {f}, which does not exist")
+            elif f in owners and min(listed.index(n) for n in owners[f]) > k:
+                errors.append(f"{nb['id']} uses {f}, which holds only exercises of later "
+                              f"notebooks {sorted(owners[f])}: its tests would run stubs")
+        missing = set(M.own_files(nb["id"])) - set(M.submission_files(nb["id"]))
+        if missing:
+            errors.append(f"{nb['id']}: grading needs {sorted(missing)}, which its submission "
+                          f"does not carry")
+    return errors
+
+
+def unpack_submission(archive: Path, submitted_root: Path, student: str) -> tuple[Path, list]:
+    """Unpack a ``make submit`` archive into ``submitted_root/<student>/<assignment>/``.
+
+    Returns (the assignment folder, problems): problems names files whose checksum does not
+    match ``SHA256SUMS``, files the sums list but the archive lacks, and files without a sum.
+    Members outside one top folder, absolute paths or ``..`` are refused (ValueError)."""
+    import hashlib
+    import zipfile
+    archive = Path(archive)
+    with zipfile.ZipFile(archive) as z:
+        names = [n for n in z.namelist() if not n.endswith("/")]
+        tops = {n.split("/", 1)[0] for n in names}
+        if len(tops) != 1 or any(n.startswith("/") or ".." in Path(n).parts or "/" not in n
+                                 for n in names):
+            raise ValueError(f"{archive}: not a course submission (expected one folder "
+                             f"<notebook>/ with relative paths), found {sorted(tops)[:3]}")
+        assignment = tops.pop()
+        dest = Path(submitted_root) / student / assignment
+        if dest.exists():
+            shutil.rmtree(dest)
+        files = {}
+        for n in names:
+            data = z.read(n)
+            rel = n.split("/", 1)[1]
+            files[rel] = data
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(data)
+    problems = []
+    sums = {}
+    for line in files.pop("SHA256SUMS", b"").decode(errors="replace").splitlines():
+        digest, _, rel = line.partition("  ")
+        sums[rel.strip()] = digest.strip()
+    if not sums:
+        problems.append("no SHA256SUMS in the archive")
+    for rel, digest in sums.items():
+        if rel not in files:
+            problems.append(f"{rel}: listed in SHA256SUMS but not in the archive")
+        elif hashlib.sha256(files[rel]).hexdigest() != digest:
+            problems.append(f"{rel}: checksum mismatch (changed after `make submit`)")
+    problems += [f"{rel}: not listed in SHA256SUMS" for rel in files if sums and rel not in sums]
+    return dest, problems

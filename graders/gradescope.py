@@ -11,8 +11,11 @@ runs per submission with the upload in ``/autograder/submission`` and must write
     setup.sh, run_autograder     the two entry points of the specification
     needle-quant/release/        the student release (stubs, visible tests)
     needle-quant/graders/        the grading code (the same modules as local grading)
-    needle-quant/course/         the gradebook (assignments, locked and hidden tests),
+    needle-quant/grading/        the gradebook (assignments, locked and hidden tests),
                                  the manifest and the instructor notebook of the assignment
+    needle-quant/course/         the course manifest package (exercises, grading policy)
+    needle-quant/reference/      the course's version of the library files with exercises
+                                 (the grading policy uses it for earlier notebooks' exercises)
     needle-quant/gradescope.json which assignment, which test cells hold hidden tests
 
 ``run`` (called by run_autograder) lays the upload out as ``submitted/<student>/<assignment>/``
@@ -112,7 +115,8 @@ def _add_bytes(zf: zipfile.ZipFile, data: bytes, arc: str, executable=False) -> 
 def build_zip(root: Path, assignment: str, out_dir: Path) -> Path:
     """Write ``out_dir/<assignment>.zip`` (see the module docstring); returns its path."""
     from .batch import make_template
-    from .course import GRADEBOOK, GRADERS, MANIFEST, REPO, SOURCE_DIR, load_manifest
+    from .course import (GRADEBOOK, GRADERS, MANIFEST, NB_RELEASE_DIR, REPO, SOURCE_DIR,
+                         load_manifest)
     root = Path(root).resolve()
     manifest = load_manifest(root)
     if assignment not in manifest["assignments"]:
@@ -137,11 +141,22 @@ def build_zip(root: Path, assignment: str, out_dir: Path) -> Path:
         for path in sorted(GRADERS.glob("*.py")):
             if path.name not in NOT_SHIPPED:
                 _add_file(zf, path, f"{PAYLOAD}/graders/{path.name}")
-        _add_file(zf, template, f"{PAYLOAD}/course/{GRADEBOOK}")
-        _add_file(zf, source_nb, f"{PAYLOAD}/course/{SOURCE_DIR}/{assignment}/{assignment}.ipynb")
-        shipped = dict(manifest, release_dir="")      # set to the unpacked release at run time
+        _add_file(zf, template, f"{PAYLOAD}/grading/{GRADEBOOK}")
+        _add_file(zf, source_nb,
+                  f"{PAYLOAD}/grading/{SOURCE_DIR}/{assignment}/{assignment}.ipynb")
+        student_nb = root / NB_RELEASE_DIR / assignment / f"{assignment}.ipynb"
+        _add_file(zf, student_nb,
+                  f"{PAYLOAD}/grading/{NB_RELEASE_DIR}/{assignment}/{assignment}.ipynb")
+        # set to the unpacked release and reference at run time
+        shipped = dict(manifest, release_dir="", reference_dir="")
         _add_bytes(zf, (json.dumps(shipped, indent=1) + "\n").encode(),
-                   f"{PAYLOAD}/course/{MANIFEST}")
+                   f"{PAYLOAD}/grading/{MANIFEST}")
+        if (REPO / "course").is_dir():
+            for path in sorted((REPO / "course").glob("*.py")):
+                _add_file(zf, path, f"{PAYLOAD}/course/{path.name}")
+        reference = Path(manifest.get("reference_dir") or REPO)
+        for rel in manifest["student_files"]:
+            _add_file(zf, reference / rel, f"{PAYLOAD}/reference/{rel}")
         _add_file(zf, REPO / "requirements.txt", f"{PAYLOAD}/requirements.txt")
         _add_bytes(zf, (json.dumps(config, indent=1) + "\n").encode(),
                    f"{PAYLOAD}/gradescope.json")
@@ -281,19 +296,21 @@ def results_json(job, config: dict, errors: dict, build_log: str, notes: list[st
 def run(root: Path, work: Path | None = None) -> dict:
     """Grade ``root/submission`` and write ``root/results/results.json``; returns the dict."""
     from .batch import GRADING, grade_class
-    from .course import GRADEBOOK, MANIFEST, SOURCE_DIR, SUBMITTED_DIR
+    from .course import GRADEBOOK, MANIFEST, NB_RELEASE_DIR, SOURCE_DIR, SUBMITTED_DIR
     payload = Path(__file__).resolve().parents[1]
     root = Path(root).resolve()
     config = json.loads((payload / "gradescope.json").read_text())
     assignment = config["assignment"]
-    course_src = payload / "course"
+    course_src = payload / "grading"
     course = Path(work or root / "work").resolve() / "course"
     shutil.rmtree(course, ignore_errors=True)
     (course / GRADEBOOK).parent.mkdir(parents=True)
     shutil.copy2(course_src / GRADEBOOK, course / GRADEBOOK)
     shutil.copytree(course_src / SOURCE_DIR, course / SOURCE_DIR)
+    shutil.copytree(course_src / NB_RELEASE_DIR, course / NB_RELEASE_DIR)
     manifest = json.loads((course_src / MANIFEST).read_text())
     manifest["release_dir"] = str(payload / "release")
+    manifest["reference_dir"] = str(payload / "reference")
     (course / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     sub = course / SUBMITTED_DIR / STUDENT / assignment
     notes = layout_upload(root / "submission", sub, assignment, manifest)

@@ -9,6 +9,9 @@ Each notebook is authored as ``graders/nbsrc/<name>.nbsrc``: cells separated by 
     #%% tests id=test_foo points=2        autograded tests (locked; may hold hidden tests)
     #%% answer id=why_foo points=2        manually graded free-text answer (Markdown; the
                                          instructor's model answer is the body)
+    #%% course_setup                      the course's setup cell (locked, id=course_setup),
+                                         generated from graders/setup_cell.py.tmpl: the same
+                                         first code cell in every notebook
 
 The first lines before any header are a JSON object of notebook-level metadata (optional).
 ``python -m graders.nbbuild [names...]`` writes notebooks/<name>.ipynb with nbgrader metadata
@@ -31,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC_DIR = Path(__file__).resolve().parent / "nbsrc"
 NB_DIR = ROOT / "notebooks"
 
-_HEADER = re.compile(r"^#%%[ \t]*(?P<kind>markdown|code|readonly|solution|tests|answer)"
+_HEADER = re.compile(r"^#%%[ \t]*(?P<kind>markdown|code|readonly|solution|tests|answer|"
+                     r"course_setup)"
                      r"(?P<attrs>(?:[ \t]+\w+=\S+)*)[ \t]*$")
 
 
@@ -61,6 +65,11 @@ def parse(text: str, filename: str = "<nbsrc>"):
     meta = json.loads("\n".join(meta_lines)) if "".join(meta_lines).strip() else {}
     out, seen = [], set()
     for kind, attrs, body, lineno in cells:
+        if kind == "course_setup":
+            if any(line.strip() for line in body):
+                raise NotebookSourceError(f"{filename}:{lineno}: the course_setup cell is "
+                                          f"generated (graders/setup_cell.py.tmpl): leave it empty")
+            kind, attrs, body = "readonly", {"id": "course_setup"}, setup_cell_source().split("\n")
         while body and not body[-1].strip():
             body.pop()
         while body and not body[0].strip():
@@ -76,6 +85,18 @@ def parse(text: str, filename: str = "<nbsrc>"):
             raise NotebookSourceError(f"{filename}:{lineno}: {kind} cell needs points=...")
         out.append((kind, attrs, "\n".join(body)))
     return meta, out
+
+
+SETUP_TEMPLATE = Path(__file__).resolve().parent / "setup_cell.py.tmpl"
+
+
+def setup_cell_source() -> str:
+    """The first code cell of every notebook (``#%% course_setup``): the template with the
+    course settings of course/manifest.py filled in."""
+    from .course import course_manifest
+    settings = course_manifest().COURSE
+    text = SETUP_TEMPLATE.read_text(encoding="utf-8").rstrip("\n")
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: settings[m.group(1).lower()], text)
 
 
 def build_notebook(text: str, filename: str = "<nbsrc>"):

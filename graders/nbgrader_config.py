@@ -24,24 +24,30 @@ c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
 c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
 c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
 
-# Grading. A cell may rebuild the student's native code (minutes on a small machine), so the
-# per-cell limit is generous; an infinite loop is interrupted after it and the remaining cells
-# still run (allow_errors). Tampered or deleted test cells are restored from the gradebook.
-c.Execute.timeout = 900
-c.Execute.interrupt_on_timeout = True
-c.Execute.allow_errors = True
-c.OverwriteCells.add_missing_cells = True
-# Any stderr output zeroes a test cell; drop harmless warnings (numpy RuntimeWarning, library
-# DeprecationWarning, ...) so that only errors cost points.
-c.IgnorePattern.enabled = True
-c.IgnorePattern.pattern = r"Warning"
-# Feedback shows the autograded notebook, where nbgrader put the hidden tests back: remove them
-# (and tracebacks that quote them) again.
 import os as _os, sys as _sys  # noqa: E401
 _repo = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _repo not in _sys.path:
     _sys.path.insert(0, _repo)
-from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
-from nbgrader.preprocessors import GetGrades  # noqa: E402
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput,  # noqa: E402
+                                    DeduplicateIds, GetGrades, LimitOutput, OverwriteCells,
+                                    OverwriteKernelspec, SaveAutoGrades)
 from graders.feedback_hide import HideHiddenTests  # noqa: E402
+from graders.preprocessors import RestoreCells, SandboxedExecute  # noqa: E402
+
+# Grading (graders/preprocessors.py). The submitted notebook is first rebuilt on the release
+# notebook's skeleton (deleted, moved, retyped or re-labelled cells are put back), then test
+# and read-only cells are restored from the gradebook. The notebook runs in a sandbox
+# (graders/sandbox.py) with the kernel guard; a cell may rebuild the student's native code
+# (minutes on a small machine), so the per-cell limit is generous: an infinite loop is
+# interrupted after it and the remaining cells still run. An exception fails a test cell;
+# stderr output and displayed values do not change its score.
+c.Autograde.sanitize_preprocessors = [RestoreCells, ClearOutput, DeduplicateIds,
+                                      OverwriteKernelspec, OverwriteCells, CheckCellMetadata]
+c.Autograde.autograde_preprocessors = [SandboxedExecute, ClearMetadataPreprocessor, LimitOutput,
+                                       SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+c.SandboxedExecute.timeout = 900
+c.OverwriteCells.add_missing_cells = True
+# Feedback shows the autograded notebook, where nbgrader put the hidden tests back: remove them
+# (and tracebacks that quote them) again.
 c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

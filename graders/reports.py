@@ -1,8 +1,9 @@
 """Instructor reports of a graded class (written by graders/batch.py after every run).
 
 * ``grades.csv``: one row per (student, assignment, notebook, graded cell): score, max score,
-  whether it is autograded, and the job's status (``ok``/``error``) and reason (why it failed,
-  or a note such as a failed native build). A failed job's cells are listed with score 0.
+  whether it is autograded, the job's status (``ok``/``error``), reason (why it failed, or
+  notes: missing files, stubs still raising, a failed native build) and the isolation the
+  grading got. A failed job's cells are listed with score 0.
 * ``summary.csv`` and ``summary.md``: per notebook, the autograded score's mean and median over
   students, and per autograded test cell the share of students losing points on it; the
   notebook's most common failing test.
@@ -17,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 GRADES_COLUMNS = ["student", "assignment", "notebook", "cell", "score", "max_score",
-                  "autograded", "status", "reason"]
+                  "autograded", "status", "reason", "isolation"]
 
 
 def _fmt(x) -> str:
@@ -32,12 +33,13 @@ def grade_rows(jobs) -> list[dict]:
         if not job.cells:
             rows.append({"student": job.student, "assignment": job.assignment, "notebook": "",
                          "cell": "", "score": "", "max_score": "", "autograded": "",
-                         "status": status, "reason": job.reason})
+                         "status": status, "reason": job.reason,
+                         "isolation": job.isolation})
         for nb, cell, score, max_score, auto in job.cells:
             rows.append({"student": job.student, "assignment": job.assignment, "notebook": nb,
                          "cell": cell, "score": _fmt(score), "max_score": _fmt(max_score),
                          "autograded": int(bool(auto)), "status": status,
-                         "reason": job.reason})
+                         "reason": job.reason, "isolation": job.isolation})
     return rows
 
 

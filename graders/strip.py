@@ -10,10 +10,14 @@ and tests only the instructor sees with ``### BEGIN HIDDEN TESTS`` / ``### END H
 
 ``strip_source(text, language)`` returns the student version:
 
-* a Python solution region becomes ``raise NotImplementedError()`` at the marker's indentation,
-* a C++ region becomes ``throw std::runtime_error("not implemented: <function>");`` where
-  ``<function>`` is the innermost enclosing function (pybind11 turns it into a Python
-  RuntimeError); inside CUDA device code, where ``throw`` does not compile, it becomes
+* a Python solution region becomes ``raise NotImplementedError(<message>)`` at the marker's
+  indentation, where ``message_for(function)`` (the innermost enclosing function's qualified
+  name, e.g. ``QuantStub.forward``) gives the message, e.g. "choose_qparams: exercise 3.1 of
+  notebook 03_quant_basics" (without ``message_for``: no message),
+* a C++ region becomes ``throw std::runtime_error("<message>");`` (the same message;
+  without ``message_for``: "not implemented: <function>") where ``<function>`` is the
+  innermost enclosing function (pybind11 turns it into a Python RuntimeError); inside CUDA
+  device code, where ``throw`` does not compile, it becomes
   ``__trap();`` (the launch then fails with a CUDA error); inside a ``__host__ __device__``
   function it becomes ``__trap();`` for the device pass and the ``throw`` for the host pass
   (``#ifdef __CUDA_ARCH__``), so host builds of the same code (emulation) raise cleanly,
@@ -24,6 +28,7 @@ text that is not on a line of its own) raise ``StripError`` naming the file and 
 """
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,8 +196,11 @@ def enclosing_cpp_function_kind(text: str) -> tuple[str, str]:
     raise StripError("solution region is not inside a function body")
 
 
-def strip_source(text: str, language: str, filename: str = "<string>") -> str:
-    """The student version of ``text`` (see the module docstring)."""
+def strip_source(text: str, language: str, filename: str = "<string>",
+                 message_for=None) -> str:
+    """The student version of ``text`` (see the module docstring).
+
+    message_for: optional ``function name -> str or None``, the stub's message per region."""
     regions = find_regions(text, language, filename)
     if not regions:
         return text
@@ -212,8 +220,11 @@ def strip_source(text: str, language: str, filename: str = "<string>") -> str:
         newline = "\r\n" if begin_line.endswith("\r\n") else "\n"
         if region.kind == "SOLUTION":
             if language == "python":
+                msg = message_for(enclosing_python_function(text, lineno, filename)) \
+                    if message_for else None
                 out.append(f"{indent}# YOUR CODE HERE{newline}")
-                out.append(f"{indent}raise NotImplementedError(){newline}")
+                out.append(f"{indent}raise NotImplementedError({_c_string(msg) if msg else ''})"
+                           f"{newline}")
             else:
                 before = "".join(lines[:lineno - 1])
                 try:
@@ -221,10 +232,10 @@ def strip_source(text: str, language: str, filename: str = "<string>") -> str:
                 except StripError:
                     raise StripError(f"{filename}:{lineno}: solution region is not inside a "
                                      f"function body") from None
+                msg = (message_for(name) if message_for else None) or f"not implemented: {name}"
                 out.append(f"{indent}// YOUR CODE HERE{newline}")
-                trap = f"{indent}__trap();  // not implemented: {name}{newline}"
-                throw = (f'{indent}throw std::runtime_error("not implemented: {name}");'
-                         f"{newline}")
+                trap = f"{indent}__trap();  // {msg}{newline}"
+                throw = f"{indent}throw std::runtime_error({_c_string(msg)});{newline}"
                 if kind == "device":
                     out.append(trap)
                 elif kind == "host_device":
@@ -238,6 +249,45 @@ def strip_source(text: str, language: str, filename: str = "<string>") -> str:
             and "#include <stdexcept>" not in result:
         result = _add_stdexcept_include(result)
     return result
+
+
+def _c_string(msg: str) -> str:
+    """``msg`` as a double-quoted literal valid in both Python and C++ (ASCII, escaped)."""
+    out = []
+    for ch in msg:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 32 <= ord(ch) < 127:
+            out.append(ch)
+        else:
+            raise StripError(f"stub message {msg!r}: only printable ASCII is allowed")
+    return '"' + "".join(out) + '"'
+
+
+def enclosing_python_function(text: str, lineno: int, filename: str = "<string>") -> str:
+    """Qualified name (``Class.method``) of the innermost def around 1-based line ``lineno``."""
+    try:
+        tree = ast.parse(text)
+    except SyntaxError as e:
+        raise StripError(f"{filename}:{e.lineno}: not valid Python ({e.msg})") from None
+    best = None
+
+    def visit(node, prefix):
+        nonlocal best
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = prefix + child.name
+                if child.lineno <= lineno <= child.end_lineno:
+                    if not isinstance(child, ast.ClassDef):
+                        best = name
+                    visit(child, name + ".")
+            else:
+                visit(child, prefix)
+
+    visit(tree, "")
+    if best is None:
+        raise StripError(f"{filename}:{lineno}: solution region is not inside a function")
+    return best
 
 
 def _add_stdexcept_include(text: str) -> str:

@@ -45,7 +45,7 @@ def test_build_key_depends_on_native_sources_and_mode_only(tmp_path):
 def test_cache_compiles_each_source_set_once(tmp_path, monkeypatch):
     calls = []
 
-    def fake_build(ws, log, jobs, cuda, emulate=False):
+    def fake_build(ws, log, jobs, cuda, emulate=False, allow_unisolated=False):
         calls.append(Path(ws).name)
         mod = Path(ws) / "needle" / "backend_ndarray"
         mod.mkdir(parents=True, exist_ok=True)

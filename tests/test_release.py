@@ -1,4 +1,5 @@
 """Unit tests of the solution stripper (graders/strip.py) on small synthetic sources."""
+import json
 import shutil
 import subprocess
 import sys
@@ -329,3 +330,166 @@ def test_nbbuild_sets_nbgrader_metadata():
 def test_nbbuild_rejects_bad_sources(src, message):
     with pytest.raises(NotebookSourceError, match=message):
         build_notebook(src, "x.nbsrc")
+
+
+# ---- the course manifest (course/manifest.py) -------------------------------------------------
+
+from graders import course as course_mod  # noqa: E402
+from graders.strip import enclosing_python_function  # noqa: E402
+
+
+def test_manifest_matches_every_solution_region():
+    assert course_mod.check_manifest() == []
+
+
+def test_every_region_has_an_exercise_and_every_exercise_a_test(monkeypatch):
+    M = course_mod.course_manifest()
+    nbs = json.loads(json.dumps(M.NOTEBOOKS))
+    nb3 = next(n for n in nbs if n["id"] == "03_quant_basics")
+    dropped = nb3["exercises"].pop(0)                               # choose_qparams
+    nb3["exercises"][0]["tests"] = []                               # quantize: no visible test
+    nb3["exercises"][1]["pytest"] = ["tests/test_quant_reference.py::test_no_such_test"]
+    monkeypatch.setattr(M, "NOTEBOOKS", nbs)
+    errors = "\n".join(course_mod.check_manifest())
+    assert "needle/quant/reference.py:choose_qparams belongs to no exercise" in errors
+    assert "exercise 3.2 quantize: no visible test cell" in errors
+    assert "no library test matches 'tests/test_quant_reference.py::test_no_such_test'" in errors
+    assert dropped["name"] == "choose_qparams"
+
+
+def test_manifest_rejects_stale_entries_and_uses_of_later_files(monkeypatch):
+    M = course_mod.course_manifest()
+    nbs = json.loads(json.dumps(M.NOTEBOOKS))
+    nbs[2]["exercises"].append({"id": "2.2", "name": "gone", "where": "needle/quant/fuse.py:gone",
+                                "title": "t", "tests": ["test_fold_bn"], "pytest": []})
+    nbs[4]["uses"].append("needle/quant/modules.py")                 # 04 uses 07's file
+    nbs[5]["exercises"][0]["tests"].append("test_not_a_cell")
+    monkeypatch.setattr(M, "NOTEBOOKS", nbs)
+    errors = "\n".join(course_mod.check_manifest())
+    assert "exercise 2.2 gone: no solution region at needle/quant/fuse.py:gone" in errors
+    assert "04_calibration uses needle/quant/modules.py, which holds only exercises of later" \
+        in errors
+    assert "'test_not_a_cell' is not a test cell of 05_int8_cpu_kernel" in errors
+
+
+def test_submission_files_carry_own_and_used_earlier_exercise_files():
+    M = course_mod.course_manifest()
+    assert M.submission_files("03") == ["needle/quant/reference.py"]
+    assert M.submission_files("04") == ["needle/quant/fuse.py", "needle/quant/observers.py",
+                                        "needle/quant/reference.py"]
+    assert M.submission_files("07_end_to_end") == [
+        "needle/quant/convert.py", "needle/quant/fuse.py", "needle/quant/modules.py",
+        "needle/quant/observers.py", "needle/quant/reference.py"]
+    assert M.submission_files("00") == []
+    with pytest.raises(KeyError, match="no notebook '09'"):
+        M.notebook("09")
+
+
+def test_python_stub_message_names_the_exercise():
+    src = _py("""\
+        class QuantStub:
+            def forward(self, x):
+                <B>
+                return x
+                <E>
+        """)
+    out = strip_source(src, "python", "m.py", message_for=lambda f: f"{f}: exercise 7.2 of nb")
+    assert 'raise NotImplementedError("QuantStub.forward: exercise 7.2 of nb")' in out
+    ns = {}
+    exec(compile(out, "<stripped>", "exec"), ns)
+    with pytest.raises(NotImplementedError, match=r"^QuantStub.forward: exercise 7.2 of nb$"):
+        ns["QuantStub"]().forward(1)
+    assert enclosing_python_function(src, 3) == "QuantStub.forward"
+
+
+def test_cpp_stub_message_is_the_same_text():
+    src = _cpp("""\
+        int f(int x) {
+          <B>
+          return x;
+          <E>
+        }
+        """)
+    out = strip_source(src, "cpp", "k.cc", message_for=lambda f: f'{f}: exercise 5.3 "q"')
+    assert 'throw std::runtime_error("f: exercise 5.3 \\"q\\"");' in out
+
+
+# ---- the grading policy (graders/workspace.py) ------------------------------------------------
+
+from graders.workspace import grading_files, splice_functions  # noqa: E402
+
+
+def test_splice_replaces_only_the_named_functions():
+    student = "import numpy\n\ndef a():\n    raise NotImplementedError('a')\n\n" \
+              "class C:\n    @staticmethod\n    def f():\n        return 0\n\ndef mine():\n    return 1\n"
+    reference = "import numpy\n\ndef a():\n    return 42\n\nclass C:\n    @staticmethod\n" \
+                "    def f():\n        return 7\n"
+    text, notes = splice_functions(student, reference, ["a", "C.f"])
+    ns = {}
+    exec(text, ns)
+    assert (ns["a"](), ns["C"].f(), ns["mine"]()) == (42, 7, 1) and notes == []
+    text, notes = splice_functions("def a(:\n", reference, ["a"], "x.py")
+    assert text == "def a(:\n" and "x.py does not parse" in notes[0]
+    _, notes = splice_functions("def b():\n    pass\n", reference, ["a"], "x.py")
+    assert "a is missing from your file" in notes[0]
+
+
+def test_grading_files_policy(tmp_path):
+    """05: the student's qgemm_reference, the course's choose_qparams (03), stubs for 07."""
+    repo = course_mod.REPO
+    release, sub = tmp_path / "release", tmp_path / "sub"
+    rel = "needle/quant/reference.py"
+    messages = {f"{rel}:{n}": f"{n}: stub" for n in ("choose_qparams", "qgemm_reference",
+                                                      "quantized_add", "quantize", "dequantize",
+                                                      "quantize_bias", "quantize_multiplier",
+                                                      "requantize")}
+    for f in course_mod.course_manifest().exercise_files():
+        text = (repo / f).read_text()
+        (release / f).parent.mkdir(parents=True, exist_ok=True)
+        (release / f).write_text(strip_source(text, "python" if f.endswith(".py") else "cpp", f,
+                                              message_for=lambda fn, f=f: messages.get(f"{f}:{fn}")))
+    (sub / rel).parent.mkdir(parents=True)
+    mine = (release / rel).read_text().replace('raise NotImplementedError("qgemm_reference: stub")',
+                                               "return 'student'")
+    (sub / rel).write_text(mine)
+    files, report = grading_files("05_int8_cpu_kernel", release, repo, sub)
+    text = files[rel].decode()
+    assert "return 'student'" in text                             # 5.1: the student's
+    assert "choose_qparams: stub" not in text                      # 3.x: the course's
+    assert "quantized_add: stub" in text                           # 7.6: still a stub
+    assert report["from_student"] == [rel] and report["missing"] == ["src/cpu/qgemm_scalar.cc"]
+    assert files["src/cpu/qgemm_scalar.cc"] == (release / "src/cpu/qgemm_scalar.cc").read_bytes()
+    assert files["needle/quant/fuse.py"] == (repo / "needle/quant/fuse.py").read_bytes()
+    files, report = grading_files("05_int8_cpu_kernel", release, repo, tmp_path / "empty")
+    assert report["missing"] == [rel, "src/cpu/qgemm_scalar.cc"]
+    assert "5.1 qgemm_reference" in report["missing_exercises"]
+    assert "5.3 qgemm_scalar_tile" in report["missing_exercises"]
+
+
+def test_submit_archive_round_trips_through_unpack(tmp_path, monkeypatch):
+    """The student tool's archive unpacks into the grader's layout; tampering is named."""
+    from course import tools
+    import zipfile
+    root = tmp_path / "repo"
+    for rel in ["notebooks/03_quant_basics.ipynb", "needle/quant/reference.py"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes((course_mod.REPO / rel).read_bytes())
+    archive = tools.submit(root, "03", tmp_path / "out")
+    with zipfile.ZipFile(archive) as z:
+        assert sorted(z.namelist()) == ["03_quant_basics/03_quant_basics.ipynb",
+                                        "03_quant_basics/SHA256SUMS",
+                                        "03_quant_basics/needle/quant/reference.py"]
+    dest, problems = course_mod.unpack_submission(archive, tmp_path / "submitted", "alice")
+    assert dest == tmp_path / "submitted" / "alice" / "03_quant_basics" and problems == []
+    assert (dest / "needle/quant/reference.py").read_bytes() == \
+        (root / "needle/quant/reference.py").read_bytes()
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive) as z, zipfile.ZipFile(bad, "w") as out:
+        for n in z.namelist():
+            data = z.read(n)
+            out.writestr(n, data + b"#" if n.endswith(".py") else data)
+    _, problems = course_mod.unpack_submission(bad, tmp_path / "submitted", "bob")
+    assert problems == ["needle/quant/reference.py: checksum mismatch (changed after `make submit`)"]
+    (root / "needle/quant/reference.py").unlink()
+    with pytest.raises(tools.SetupError, match="needle/quant/reference.py is missing"):
+        tools.submit(root, "03", tmp_path / "out")

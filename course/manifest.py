@@ -1,0 +1,208 @@
+"""The course manifest: the single list of notebooks and exercises.
+
+Everything that names an exercise derives from this file: the stubs' messages, the student
+README's table, ``python -m course check/submit`` and the grader (which files a submission
+holds, which code of an earlier notebook is replaced by the course's reference).
+
+An exercise is one function the student writes; ``where`` says where its code goes:
+
+    "needle/quant/reference.py:choose_qparams"     a library function (Python: qualified name,
+    "src/cpu/qgemm_scalar.cc:qgemm_scalar_tile"    C++/CUDA: the enclosing function's name)
+    "cell:impl_saturate:saturate_cast"             a function in a solution cell of the notebook
+
+Every solution region of the instructor's tree belongs to exactly one exercise (the release
+tool refuses to build otherwise). ``tests`` are the notebook's visible test cells that check
+the exercise; ``pytest`` the released library tests that belong to it (node-id prefixes, so a
+parametrized test is matched by its name). ``uses`` lists the library files a notebook's tests
+run besides those of its own exercises (its submission carries the ones that hold exercises).
+
+This module is plain data plus small helpers and imports nothing outside the standard library:
+it runs in the notebooks' setup cell on a fresh Colab runtime.
+"""
+from __future__ import annotations
+
+#: course-wide settings
+COURSE = {
+    "name": "needle-quant",
+    "title": "needle-quant: post-training quantization, built by you",
+    # The student repository (the release) that the notebooks' setup cell clones on Colab.
+    # NEEDLE_COURSE_REPO overrides it (a fork, a local mirror).
+    "repo_url": "https://github.com/needle-quant/needle-quant-student.git",
+    "repo_branch": "main",
+    # Google Drive folder (under MyDrive) that holds the student's copy on Colab.
+    "drive_dir": "needle-quant",
+}
+
+# Shorthands for the files that hold library exercises.
+_REF = "needle/quant/reference.py"
+_OBS = "needle/quant/observers.py"
+_FUSE = "needle/quant/fuse.py"
+_MOD = "needle/quant/modules.py"
+_CONV = "needle/quant/convert.py"
+_SCALAR = "src/cpu/qgemm_scalar.cc"
+_CUDA = "src/cuda/qgemm.cuh"
+_T_REF = "tests/test_quant_reference.py::"
+_T_OBS = "tests/test_observers.py::"
+_T_MOD = "tests/test_quant_modules.py::"
+
+
+def _ex(num, name, where, title, tests=(), pytest=()):
+    return {"id": num, "name": name, "where": where, "title": title,
+            "tests": list(tests), "pytest": list(pytest)}
+
+
+NOTEBOOKS = [
+    {"id": "00_setup", "title": "Setup and an integer warm-up", "uses": [],
+     "exercises": [
+         _ex("0.1", "saturate_cast", "cell:impl_saturate:saturate_cast",
+             "saturating integer casts", ["test_saturate"]),
+     ]},
+    {"id": "01_save_load", "title": "Saving and loading models: the safetensors format",
+     "uses": [],
+     "exercises": [
+         _ex("1.1", "write_safetensors", "cell:impl_safetensors:write_safetensors",
+             "write a safetensors file", ["test_roundtrip", "test_interop"]),
+         _ex("1.2", "read_safetensors", "cell:impl_safetensors:read_safetensors",
+             "read a safetensors file", ["test_roundtrip", "test_interop"]),
+     ]},
+    {"id": "02_fusion", "title": "Folding BatchNorm and fusing ReLU", "uses": [],
+     "exercises": [
+         _ex("2.1", "fold_bn", f"{_FUSE}:fold_bn", "fold BatchNorm into the layer before it",
+             ["test_fold_bn", "test_fused_model"], ["tests/test_fuse.py::"]),
+     ]},
+    {"id": "03_quant_basics", "title": "Quantization basics", "uses": [],
+     "exercises": [
+         _ex("3.1", "choose_qparams", f"{_REF}:choose_qparams", "scale and zero point of a range",
+             ["test_choose_qparams"],
+             [_T_REF + "test_choose_qparams", _T_REF + "test_zero_exactly_representable",
+              _T_REF + "test_affine_range_ends"]),
+         _ex("3.2", "quantize", f"{_REF}:quantize", "quantize (round half to even, saturate)",
+             ["test_quantize"],
+             [_T_REF + "test_saturation", _T_REF + "test_quantize_monotone",
+              _T_REF + "test_quantize_rounds_half_to_even", _T_REF + "test_per_channel"]),
+         _ex("3.3", "dequantize", f"{_REF}:dequantize", "dequantize",
+             ["test_quantize"], [_T_REF + "test_round_trip_error"]),
+         _ex("3.4", "per_channel_weight_qparams", "cell:impl_per_channel:per_channel_weight_qparams",
+             "per-channel symmetric weight scales", ["test_per_channel"]),
+         _ex("3.5", "quantize_bias", f"{_REF}:quantize_bias", "int32 bias",
+             ["test_quantize_bias"], [_T_REF + "test_quantize_bias"]),
+         _ex("3.6", "quantize_multiplier", f"{_REF}:quantize_multiplier",
+             "a real multiplier as a 31-bit integer and a shift", ["test_quantize_multiplier"],
+             [_T_REF + "test_multiplier"]),
+         _ex("3.7", "requantize", f"{_REF}:requantize", "int32 accumulators back to 8 bits",
+             ["test_requantize"], [_T_REF + "test_requantize"]),
+     ]},
+    {"id": "04_calibration", "title": "Calibration: estimating activation ranges",
+     "uses": [_REF, _FUSE],
+     "exercises": [
+         _ex("4.1", "MinMaxObserver._observe", f"{_OBS}:MinMaxObserver._observe",
+             "the min/max observer", ["test_minmax", "test_calibrated_model"],
+             [_T_OBS + "test_minmax", _T_OBS + "test_moving_average",
+              _T_OBS + "test_prepare_and_calibrate"]),
+         _ex("4.2", "MSEObserver._range", f"{_OBS}:MSEObserver._range",
+             "the MSE-optimal clipping range", ["test_mse_observer"],
+             [_T_OBS + "test_mse_observer"]),
+     ]},
+    {"id": "05_int8_cpu_kernel", "title": "The int8 GEMM and convolution on the CPU",
+     "uses": [_REF, "src/cpu/qgemm.cc", "src/cpu/quant_ops.cc"], "build": True,
+     "exercises": [
+         _ex("5.1", "qgemm_reference", f"{_REF}:qgemm_reference", "the integer GEMM in numpy",
+             ["test_qgemm_reference", "test_qconv_matches_float", "test_cpu_kernel"],
+             [_T_REF + "test_qgemm"]),
+         _ex("5.2", "im2col", "cell:impl_im2col:im2col", "convolution as a matrix product",
+             ["test_im2col", "test_qconv_matches_float"]),
+         _ex("5.3", "qgemm_scalar_tile", f"{_SCALAR}:qgemm_scalar_tile",
+             "the C++ int8 GEMM tile (portable path)", ["test_cpp_scalar_accumulators"]),
+         _ex("5.4", "requantize_scalar", f"{_SCALAR}:requantize_scalar",
+             "requantize in C++", ["test_cpp_scalar_requantize"]),
+     ]},
+    {"id": "06_cuda_int8", "title": "The int8 GEMM on a GPU", "uses": [_REF], "build": True,
+     "exercises": [
+         _ex("6.1", "pack_k4", "cell:impl_dp4a:pack_k4", "pack four int8 codes into a word",
+             ["test_dp4a"]),
+         _ex("6.2", "dp4a", "cell:impl_dp4a:dp4a", "the dp4a instruction in numpy", ["test_dp4a"]),
+         _ex("6.3", "qgemm_dp4a", "cell:impl_qgemm_dp4a:qgemm_dp4a", "the GEMM from dp4a",
+             ["test_qgemm_dp4a"]),
+         _ex("6.4", "compute_tile", f"{_CUDA}:compute_tile", "the CUDA tile (dp4a, registers)",
+             ["test_cuda_tile_emulated", "test_cuda_tile_gpu"]),
+     ]},
+    {"id": "07_end_to_end", "title": "End to end: an int8 MNIST classifier",
+     "uses": [_REF, _OBS, _FUSE],
+     "exercises": [
+         _ex("7.1", "quantize_weight", f"{_CONV}:quantize_weight", "per-channel int8 weights",
+             ["test_quantize_weight"]),
+         _ex("7.2", "QuantStub.forward", f"{_MOD}:QuantStub.forward",
+             "float input to uint8 codes", ["test_int8_accuracy"],
+             [_T_MOD + "test_quant_stub"]),
+         _ex("7.3", "DeQuantStub.forward", f"{_MOD}:DeQuantStub.forward", "codes back to float",
+             ["test_int8_accuracy"], [_T_MOD + "test_dequant_stub"]),
+         _ex("7.4", "QuantizedConv2d.forward", f"{_MOD}:QuantizedConv2d.forward",
+             "the quantized convolution", ["test_int8_accuracy", "test_layer_sqnr"],
+             [_T_MOD + "test_quantized_conv"]),
+         _ex("7.5", "QuantizedFlatten.forward", f"{_MOD}:QuantizedFlatten.forward",
+             "flatten NHWC codes in the float model's order", ["test_int8_accuracy"]),
+         _ex("7.6", "quantized_add", f"{_REF}:quantized_add",
+             "the residual addition in integers", ["test_int8_accuracy", "test_save_load"],
+             [_T_REF + "test_quantized_add", _T_MOD + "test_quantized_add"]),
+     ]},
+]
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def notebook(nb_id: str) -> dict:
+    """The notebook entry for ``nb_id``: a full id ("03_quant_basics") or its number ("03", "3")."""
+    for nb in NOTEBOOKS:
+        if nb["id"] == nb_id or (str(nb_id).isdigit() and nb["id"].split("_")[0] == f"{int(nb_id):02d}"):
+            return nb
+    known = ", ".join(n["id"] for n in NOTEBOOKS)
+    raise KeyError(f"no notebook {nb_id!r} in the course (known: {known})")
+
+
+def exercises(nb_id: str | None = None):
+    """(notebook id, exercise) pairs in course order; only ``nb_id``'s when given."""
+    for nb in NOTEBOOKS:
+        if nb_id is None or nb["id"] == notebook(nb_id)["id"]:
+            for ex in nb["exercises"]:
+                yield nb["id"], ex
+
+
+def stub_message(nb_id: str, ex: dict) -> str:
+    """What an unwritten exercise raises, e.g. 'choose_qparams: exercise 3.1 of notebook
+    03_quant_basics'."""
+    return f"{ex['name']}: exercise {ex['id']} of notebook {nb_id}"
+
+
+def location(ex: dict) -> tuple[str, str]:
+    """(file or 'cell:<grade id>', function) of an exercise's ``where``."""
+    path, _, func = ex["where"].rpartition(":")
+    return path, func
+
+
+def library_file(ex: dict) -> str | None:
+    """The library file holding the exercise, None for a notebook cell."""
+    path, _ = location(ex)
+    return None if path.startswith("cell:") else path
+
+
+def notebook_index(nb_id: str) -> int:
+    return [n["id"] for n in NOTEBOOKS].index(notebook(nb_id)["id"])
+
+
+def own_files(nb_id: str) -> list[str]:
+    """Library files holding exercises of notebook ``nb_id``."""
+    return sorted({f for _, ex in exercises(nb_id) if (f := library_file(ex))})
+
+
+def submission_files(nb_id: str) -> list[str]:
+    """Library files a submission of ``nb_id`` carries besides the notebook: those holding its
+    own exercises, plus those holding earlier notebooks' exercises that its tests use."""
+    nb = notebook(nb_id)
+    k = notebook_index(nb_id)
+    earlier = {f for n in NOTEBOOKS[:k] for ex in n["exercises"] if (f := library_file(ex))}
+    return sorted(set(own_files(nb_id)) | (earlier & set(nb.get("uses", []))))
+
+
+def exercise_files() -> list[str]:
+    """Every library file that holds an exercise."""
+    return sorted({f for _, ex in exercises() if (f := library_file(ex))})

@@ -1,0 +1,82 @@
+"""Hostile commands against graders/sandbox.py: each must be contained (``python -m
+graders.check_sandbox``; also part of graders/check_pipeline.py).
+
+Returns rows (check, ok, detail). Needs a machine where ``sandbox.probe()`` is isolated."""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .sandbox import Limits, probe, run_isolated
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def _run(code, tmp, **lim):
+    limits = Limits(**{"wall_seconds": 20, "cpu_seconds": 20, **lim})
+    return run_isolated([PY, "-c", code], rw_dir=tmp, limits=limits)
+
+
+def checks():
+    rows = []
+    pr = probe()
+    rows.append(("sandbox: namespaces available (" + (", ".join(pr["namespaces"]) or "none")
+                 + ")", pr["isolated"], pr["reason"]))
+    if not pr["isolated"]:
+        return rows
+    with tempfile.TemporaryDirectory(prefix="nq-sbcheck-") as tmp:
+        Path(tmp, "keep.txt").write_text("data")
+        secret = str(REPO / "graders" / "sandbox.py")
+        r = _run(f"import os; print(os.path.exists({secret!r}), os.path.exists({str(REPO)!r}),"
+                 f" os.getuid(), os.path.exists('/proc/1/root/etc'))", tmp)
+        rows.append(("sandbox: instructor repository invisible, unprivileged uid",
+                     r.stdout.split()[:2] == [b"False", b"False"] and r.stdout.split()[2] != b"0",
+                     r.stdout.decode()[:200] + r.stderr.decode()[-200:]))
+        r = _run("import socket; s = socket.create_connection(('1.1.1.1', 80), timeout=3)", tmp)
+        rows.append(("sandbox: no network", r.returncode != 0 and b"unreachable" in r.stderr.lower(),
+                     r.stderr.decode()[-120:]))
+        t0 = time.time()
+        r = _run("import subprocess; subprocess.Popen(['sleep', '300'], start_new_session=True);"
+                 "print('left a process')", tmp)
+        r2 = _run("import os; print(len([p for p in os.listdir('/proc') if p.isdigit()]))", tmp)
+        rows.append(("sandbox: processes left behind are killed; runs do not see each other",
+                     r.returncode == 0 and time.time() - t0 < 15 and int(r2.stdout or 99) <= 2,
+                     f"{r2.stdout.decode().strip()} processes visible"))
+        r = _run("import time\nwhile True: pass", tmp, wall_seconds=3)
+        rows.append(("sandbox: wall-clock limit", r.timed_out, f"rc {r.returncode}"))
+        r = _run("x = bytearray(3 << 30)", tmp, memory_bytes=1 << 30)
+        rows.append(("sandbox: memory limit", r.returncode != 0 and b"MemoryError" in r.stderr,
+                     r.stderr.decode()[-80:]))
+        r = _run("import os\nn = 0\ntry:\n  while True:\n    if os.fork() == 0:\n"
+                 "      import time; time.sleep(30); os._exit(0)\n    n += 1\nexcept OSError:\n"
+                 "  print(n)", tmp, processes=50)
+        rows.append(("sandbox: process limit (fork bomb)", r.returncode == 0 and
+                     0 < int(r.stdout or 0) <= 50, f"forked {r.stdout.decode().strip()}"))
+        r = _run("f = open('big', 'wb')\nwhile True: f.write(b'x' * (1 << 20))", tmp,
+                 disk_bytes=64 << 20)
+        rows.append(("sandbox: disk limit", r.returncode != 0 and not Path(tmp, "big").exists()
+                     or Path(tmp, "big").stat().st_size <= 64 << 20, r.stderr.decode()[-80:]))
+        r = _run("import sys\nfor _ in range(64): sys.stdout.write('y' * (1 << 20))", tmp,
+                 output_bytes=1 << 20)
+        rows.append(("sandbox: output capped by bytes", len(r.stdout) == 1 << 20
+                     and "stdout" in r.truncated, f"kept {len(r.stdout)} bytes"))
+        r = _run("import os; os.symlink('/etc/passwd', 'link'); open('new.txt', 'w').write('n');"
+                 "os.remove('keep.txt')", tmp)
+        rows.append(("sandbox: writable area copied back (files only, no links)",
+                     Path(tmp, "new.txt").exists() and not Path(tmp, "keep.txt").exists()
+                     and not Path(tmp, "link").is_symlink(), ""))
+    return rows
+
+
+def main():
+    rows = checks()
+    for name, ok, detail in rows:
+        print(f"[{'PASS' if ok else 'FAIL'}] {name}" + (f": {detail}" if detail and not ok else ""))
+    return 0 if all(ok for _, ok, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The rules each exercise's text states, and the wrong solutions that prove a test pins them.
+
+``RULES[exercise]`` is a list of ``(rule, mutations)``: the rule as the notebook or docstring
+states it, and the names of graders/audit_catalog.py mutations that break exactly that rule.
+The audit (graders/audit_fast.py, ``make audit``) shows each of them loses points, so every
+stated rule is pinned by a visible or hidden test; ``check_rules()`` (run by the pipeline
+check) makes sure every exercise has rules and every rule names existing mutations.
+"""
+from __future__ import annotations
+
+RULES = {
+    "saturate_cast": [
+        ("round half to even", ["saturate_round_half_away", "saturate_truncates"]),
+        ("clamp to the integer range (integers too)", ["saturate_wraps", "saturate_ints_wrap"]),
+        ("NaN maps to 0", ["saturate_nan_to_min"]),
+        ("exact for large values (round in float64)", ["saturate_float32_rounding"]),
+    ],
+    "write_safetensors": [
+        ("8-byte little-endian header length", ["safetensors_big_endian"]),
+        ("data offsets relative to the data section, contiguous", ["st_offsets_absolute"]),
+        ("only F32/I8/U8/I32; anything else is a ValueError naming the tensor",
+         ["st_accepts_float64"]),
+        ("metadata is a str -> str map", ["st_metadata_not_str"]),
+        ("shape and little-endian data as stored", ["st_shape_dropped",
+                                                    "st_unsorted_big_endian_data"]),
+    ],
+    "read_safetensors": [
+        ("offsets from the header, whatever the order of the data",
+         ["st_reader_assumes_order"]),
+        ("__metadata__ is metadata, not a tensor", ["st_reader_keeps_metadata_key"]),
+        ("an unknown dtype is a ValueError", ["st_reader_unknown_dtype_guess"]),
+        ("tensors keep their shape", ["st_reader_flat"]),
+    ],
+    "fold_bn": [
+        ("scale gamma / sqrt(var + eps)", ["bn_variance_without_eps", "bn_variance_as_std",
+                                           "bn_eps_outside_sqrt", "bn_gamma_ignored"]),
+        ("bias (b - mean) * scale + beta", ["bn_bias_skipped", "bn_mean_not_subtracted"]),
+    ],
+    "choose_qparams": [
+        ("the range is extended to contain 0", ["range_without_zero"]),
+        ("zero point qmin - rint(lo / scale) with float32 division",
+         ["zero_point_sign", "qparams_float64_division"]),
+        ("an empty range has scale 1", ["qparams_zero_range_scale_zero"]),
+        ("symmetric: zero point 0 (int8) or 128 (uint8), scale max|x| / ((qmax - qmin) / 2)",
+         ["qparams_symmetric_uint8_zp0", "qparams_symmetric_full_range"]),
+        ("the scale is at least the smallest normal float32", ["qparams_no_tiny_floor"]),
+    ],
+    "quantize": [
+        ("round half to even (ties of both signs)", ["round_toward_zero", "round_half_away"]),
+        ("IEEE float32 division x / scale", ["quantize_reciprocal", "quantize_float64_division"]),
+        ("add the zero point, saturate", ["quantize_forgets_zero_point", "quantize_wraps"]),
+        ("NaN maps to the zero point", ["quantize_nan_to_min"]),
+    ],
+    "dequantize": [
+        ("(q - zp) * scale in float32, without overflow",
+         ["dequantize_forgets_zero_point", "dequantize_int8_overflow",
+          "dequantize_adds_zero_point", "dequantize_float64"]),
+    ],
+    "per_channel_weight_qparams": [
+        ("one scale per output channel", ["per_tensor_weights", "per_channel_wrong_axis"]),
+        ("symmetric int8, reduced range [-127, 127]", ["full_range_weights", "per_channel_affine",
+                                                       "per_channel_abs_max_only_positive"]),
+    ],
+    "quantize_bias": [
+        ("scale s_x * s_w", ["bias_scale_input_only"]),
+        ("round half to even, saturate to int32", ["bias_wraps", "bias_truncates"]),
+        ("NaN maps to 0", ["bias_nan_kept"]),
+    ],
+    "quantize_multiplier": [
+        ("M = m * 2^-(31 + n) with m in [2^30, 2^31)", ["multiplier_m0_in_1_2",
+                                                        "multiplier_shift_sign"]),
+        ("m = rint(M0 * 2^31), carry when it reaches 2^31",
+         ["multiplier_no_carry", "multiplier_truncates", "multiplier_float32_frexp"]),
+        ("tiny multipliers (shift > 31) become (0, 0)", ["multiplier_tiny_kept"]),
+    ],
+    "requantize": [
+        ("integer rounding (acc * m + 2^(s-1)) >> s, ties of both signs upward",
+         ["requantize_truncates", "requantize_half_away", "requantize_float_math"]),
+        ("add the output zero point after the shift, clamp", ["requantize_zp_before_shift"]),
+        ("fused ReLU clamps at the output zero point", ["relu_not_fused"]),
+    ],
+    "MinMaxObserver._observe": [
+        ("running min/max over all batches", ["minmax_last_batch", "minmax_first_batch"]),
+        ("per channel along the observer's axis", ["minmax_global_not_per_channel"]),
+        ("the actual range, not a symmetric one", ["minmax_abs_range"]),
+    ],
+    "MSEObserver._range": [
+        ("search shrink factors, minimizing the squared error", ["mse_no_search",
+                                                                 "mse_observer_abs_error",
+                                                                 "mse_last_candidate"]),
+        ("the best factor per channel", ["mse_one_factor"]),
+        ("both ends shrink together", ["mse_shrinks_only_hi"]),
+    ],
+    "qgemm_reference": [
+        ("accumulate in at least 32 bits, saturate to int32",
+         ["int16_accumulator", "qgemm_no_saturation"]),
+        ("weights [N, K]: x w^T", ["transposed_weight_layout"]),
+        ("- zx * colsum + bias", ["no_zero_point_correction", "qgemm_zp_sign", "qgemm_bias_twice"]),
+    ],
+    "im2col": [
+        ("pad p on every side with the zero point", ["im2col_padding_off_by_one",
+                                                     "im2col_pads_with_zero"]),
+        ("Ho = (H + 2p - k) // s + 1, stride s", ["im2col_output_size_off_by_one",
+                                                  "im2col_ignores_stride"]),
+        ("columns in (kh, kw, c) order", ["im2col_channel_major"]),
+    ],
+    "qgemm_scalar_tile": [
+        ("int32 inner products, saturated", ["cpp_int16_accumulator", "cpp_no_saturation"]),
+        ("- zx * colsum + bias", ["cpp_forgets_colsum"]),
+        ("leading dimensions lda / ldc", ["cpp_ignores_lda", "cpp_ignores_ldc"]),
+    ],
+    "requantize_scalar": [
+        ("the integer rounding of requantize, negative ties too",
+         ["cpp_requantize_truncates", "cpp_requantize_half_away"]),
+        ("clamp, fused ReLU at the zero point", ["cpp_relu_clamps_at_zero",
+                                                 "cpp_requantize_no_clamp"]),
+    ],
+    "pack_k4": [
+        ("little-endian bytes, K padded with zero bytes to a multiple of 4",
+         ["pack_big_endian", "pack_no_padding", "pack_pads_with_ones"]),
+        ("the codes' bytes (two's complement)", ["pack_signed_shift"]),
+    ],
+    "dp4a": [
+        ("uint8 activations times int8 weights", ["dp4a_signed_activations",
+                                                  "dp4a_unsigned_weights"]),
+        ("all four lanes plus c", ["dp4a_drops_c", "dp4a_three_bytes"]),
+    ],
+    "qgemm_dp4a": [
+        ("built from pack_k4 and dp4a, not the reference", ["qgemm_dp4a_calls_reference"]),
+        ("- zx * colsum + bias, saturated", ["qgemm_dp4a_no_colsum", "qgemm_dp4a_no_saturation",
+                                             "qgemm_dp4a_no_bias"]),
+    ],
+    "compute_tile": [
+        ("uint8 x int8 dp4a", ["cuda_tile_signed_activations", "cuda_tile_swapped_operands"]),
+        ("strided rows and columns of the tile", ["cuda_tile_contiguous_rows",
+                                                  "cuda_tile_contiguous_cols"]),
+    ],
+    "quantize_weight": [
+        ("per output channel, reduced range", ["qweight_per_tensor", "qweight_full_range"]),
+    ],
+    "QuantStub.forward": [
+        ("round half to even, add the zero point", ["quantstub_ignores_zp",
+                                                    "quantstub_truncates"]),
+    ],
+    "DeQuantStub.forward": [
+        ("(q - zp) * scale, per channel", ["dequantstub_ignores_zp", "dequantstub_first_scale"]),
+    ],
+    "QuantizedConv2d.forward": [
+        ("pad with the input zero point; stride", ["qconv_pads_zero", "qconv_stride_ignored"]),
+    ],
+    "QuantizedFlatten.forward": [
+        ("NCHW order for the Linear", ["flatten_nhwc_order", "flatten_nchw_transposed"]),
+    ],
+    "quantized_add": [
+        ("rescale both inputs with headroom, subtract each zero point, ReLU at the zero point",
+         ["qadd_no_left_shift", "qadd_ignores_b_zp", "qadd_relu_at_zero"]),
+    ],
+}
+
+
+def check_rules(catalog, exercises=None):
+    """Problems (strings): an exercise without rules, a rule naming an unknown mutation, a
+    mutation of an exercise not in RULES."""
+    names = {m.name for m in catalog}
+    problems = []
+    for ex in exercises or ():
+        if ex not in RULES:
+            problems.append(f"exercise {ex} has no rules in graders/rules.py")
+    for ex, rules in RULES.items():
+        for rule, muts in rules:
+            for m in muts:
+                if m not in names:
+                    problems.append(f"{ex}: rule {rule!r} names unknown mutation {m}")
+    for m in catalog:
+        if m.exercise and m.exercise not in RULES:
+            problems.append(f"mutation {m.name}: exercise {m.exercise} not in RULES")
+    return problems
