@@ -5,6 +5,7 @@
 #   make bench    kernel and model benchmarks (JSON, markdown table, plot in bench/results)
 #   make train    retrain the shipped float checkpoint (checkpoints/mnist_cnn.safetensors)
 #   make release / autograde / feedback   the instructor's nbgrader pipeline
+#   make autograde JOBS=N   grade the class N at a time (resumable); make gradescope: autograder zips
 # Outside a virtual environment (e.g. Colab) use the current interpreter: make build VENV=
 PYTHON ?= python3
 VENV ?= .venv
