@@ -7,6 +7,7 @@
 #   make release / autograde / feedback   the instructor's nbgrader pipeline
 #   make colab-emulation   the release's notebooks in a Colab-like runtime (after make release)
 # Students get their own Makefile (course/Makefile.student: build, check, validate, submit).
+#   make autograde JOBS=N   grade the class N at a time (resumable); make gradescope: autograder zips
 # Outside a virtual environment (e.g. Colab) use the current interpreter: make build VENV=
 PYTHON ?= python3
 VENV ?= .venv
@@ -52,6 +53,7 @@ test-notebooks: build
 
 test-grading: build
 	@if [ -f graders/check_pipeline.py ]; then $(PY) graders/check_pipeline.py; else echo "no grading pipeline yet"; fi
+	$(PY) graders/check_scale.py
 
 train: build
 	$(PY) -m needle.train --epochs 3 --seed 0 --out checkpoints/mnist_cnn.safetensors
@@ -62,8 +64,11 @@ bench: build
 release: build
 	$(PY) -m graders.release
 
+# JOBS concurrent gradings, each in its own slot; unchanged submissions are skipped
+# (AUTOGRADE_ARGS=--force regrades them). Reports in graders/output/.
+AUTOGRADE_ARGS ?=
 autograde: build
-	$(PY) -m graders.autograde
+	$(PY) -m graders.batch --jobs $(JOBS) $(AUTOGRADE_ARGS)
 
 feedback: build
 	$(PY) -m graders.feedback
@@ -72,6 +77,11 @@ feedback: build
 .PHONY: colab-emulation
 colab-emulation: release
 	$(PY) -m graders.colab_emulation --release release
+# One Gradescope autograder zip per assignment in build/gradescope/ (after `make release`).
+.PHONY: gradescope
+GRADESCOPE_ARGS ?=
+gradescope: build
+	$(PY) -m graders.gradescope build $(GRADESCOPE_ARGS)
 
 # Rebuild the course notebooks from graders/nbsrc/*.nbsrc and store their outputs (instructor).
 notebooks: build

@@ -214,12 +214,17 @@ def record_path(root: Path, student: str, assignment: str) -> Path:
 
 def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
                   timeout: int | None = None, jobs: int = 2, cuda: bool | None = None,
-                  build: bool = True, quiet: bool = True, allow_unisolated: bool = False) -> dict:
-    """Grade one submission; returns {'build_ok', 'overlaid', 'seconds', 'record'}.
+                  build: bool = True, quiet: bool = True, allow_unisolated: bool = False,
+                  native_cache=None) -> dict:
+    """Grade one submission; returns {'build_ok', 'overlaid', 'seconds', 'record', 'report',
+    'output' (nbgrader's output when quiet)}.
 
     Refuses (SandboxUnavailable) when this machine cannot isolate the run, unless
     ``allow_unisolated``. The record (also in ``record_path``) says which isolation the run
-    got, what was repaired in the notebook, and why a grading failed."""
+    got, what was repaired in the notebook, and why a grading failed.
+    ``root`` is the course root: its gradebook, ``submitted/`` and workspace (``root/WORKSPACE``)
+    are used, so a private root per job makes concurrent gradings independent.
+    native_cache: a graders.build_cache.BuildCache that replaces the incremental rebuild."""
     t0 = time.time()
     root = Path(root).resolve()
     pr = probe()
@@ -248,7 +253,8 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
         cuda = gpu_present() if cuda is None else cuda
         emulate = not cuda and needs_cuda_build(manifest, assignment) and nvcc_present()
         log = root / "build" / "grading" / "logs" / f"{student}-{assignment}-build.log"
-        build_ok = build_native(ws, log, jobs, cuda, emulate, allow_unisolated)
+        builder = native_cache.build if native_cache is not None else build_native
+        build_ok = builder(ws, log, jobs, cuda, emulate, allow_unisolated)
         if not build_ok:
             print(f"  [{student}/{assignment}] native build FAILED (log: {log})")
     # The data stays where the instructor's repository finds it (the workspace has none); the
@@ -280,7 +286,7 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     write_grade_report(root, student, assignment, report)
     rec_path.write_text(json.dumps(record, indent=1))
     return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,
-            "record": record, "report": report}
+            "record": record, "report": report, "output": res.stdout if quiet else None}
 
 
 def isolation_summary(record: dict) -> str:

@@ -43,6 +43,7 @@ import nbformat  # noqa: E402
 
 from graders.audit_catalog import CATALOG, Patch  # noqa: E402
 from graders.autograde import STUB_MESSAGE, WORKSPACE, autograde_one, cell_scores  # noqa: E402
+from graders.build_cache import BuildCache  # noqa: E402
 from graders.course import (AUTOGRADED_DIR, FEEDBACK_DIR, REPO, SUBMITTED_DIR,  # noqa: E402
                             course_manifest, reference_notebook, tool_path,
                             unpack_submission, walk_repo)
@@ -54,6 +55,8 @@ from graders.strip import find_regions, language_of  # noqa: E402
 
 CHECK = REPO / "build" / "check"
 MANIFEST = course_manifest()
+# Compiled modules per native-source hash, shared with graders/check_scale.py.
+NATIVE_BUILDS = BuildCache(REPO / "build" / "native_cache")
 TAMPER = {
     "notebook": "03_quant_basics",
     "edit": "test_quantize",                  # its source is replaced by `pass`
@@ -100,10 +103,11 @@ def _grade_id(cell):
 
 
 def make_submission(student, name, nb, library_files, patches=(), stub_files=(),
-                    release_dir=None):
-    """Write submitted/<student>/<name>/ with notebook ``nb`` and reference library files
-    (``stub_files`` from the release instead). A patch with ``old == ""`` appends ``new``."""
-    sub = CHECK / SUBMITTED_DIR / student / name
+                    release_dir=None, root=None):
+    """Write submitted/<student>/<name>/ (of ``root``, default build/check) with notebook ``nb``
+    and reference library files (``stub_files`` from the release instead). A patch with
+    ``old == ""`` appends ``new``."""
+    sub = (root or CHECK) / SUBMITTED_DIR / student / name
     if sub.exists():
         shutil.rmtree(sub)
     sub.mkdir(parents=True)
@@ -444,7 +448,7 @@ def run(args) -> int:
 
     def grade(student, name, **kw):
         return autograde_one(CHECK, student, name, manifest, jobs=args.jobs,
-                             allow_unisolated=not isolated, **kw)
+                             allow_unisolated=not isolated, native_cache=NATIVE_BUILDS, **kw)
 
     # (a) + (b) the student's path ------------------------------------------------------
     # For each notebook k in order, a student copy of the release holds the reference code of

@@ -1,0 +1,136 @@
+"""Grading throughput: notebook gradings per minute per core, cold and warm, and the
+extrapolation to a whole course (300 students x 8 notebooks).
+
+    python bench/bench_grading.py                       # notebooks 01 02 03, 4 students, JOBS=2
+    python bench/bench_grading.py --notebooks 01_save_load 03_quant_basics 05_int8_cpu_kernel \\
+        --students 6 --jobs 2
+
+A synthetic class (the reference solution submitted by every student) is graded by
+graders.batch in build/bench_grading/:
+
+* cold: an empty native build cache (the release's modules are compiled once);
+* warm: the same class regraded (``--force``) with the cache filled: no compiling at all.
+
+Each job's own seconds (recorded by the batch) measure one core's work per notebook grading;
+the wall time over JOBS concurrent gradings gives the throughput per core. Written to
+bench/results/grading.json and grading.md; nothing passes or fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import RESULTS_DIR, machine_info, write_json  # noqa: E402
+from graders.batch import grade_class  # noqa: E402
+from graders.check_pipeline import make_submission, reference_notebook  # noqa: E402
+from graders.course import REPO  # noqa: E402
+from graders.release import release  # noqa: E402
+
+ROOT = REPO / "build" / "bench_grading"
+COURSE = {"students": 300, "notebooks": 8}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of every finished child (nbgrader, kernels, builds)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_class(jobs: int, force: bool, cache: Path) -> dict:
+    t0, c0 = time.time(), _cpu_seconds()
+    done = grade_class(ROOT, jobs=jobs, force=force, cache_dir=cache, out_dir=ROOT / "output",
+                       progress=True, quiet=True)
+    wall, cpu = time.time() - t0, _cpu_seconds() - c0
+    graded = [j for j in done if j.status != "skipped"]
+    per = {}
+    for j in graded:
+        per.setdefault(j.assignment, []).append(j.seconds)
+    n = len(graded)
+    # Per core: from CPU seconds (robust on a loaded machine) and from the wall time.
+    return {"gradings": n, "failed": sum(j.status == "error" for j in graded),
+            "wall_s": round(wall, 1), "jobs": jobs, "cpu_s": round(cpu, 1),
+            "cpu_s_per_grading": round(cpu / n, 1) if n else None,
+            "per_core_per_min": round(60 * n / cpu, 2) if n and cpu else None,
+            "per_core_per_min_wall": round(n / (wall / 60) / jobs, 2) if n else None,
+            "job_seconds_median": round(statistics.median(j.seconds for j in graded), 1)
+            if graded else None,
+            "job_seconds_by_notebook": {a: round(statistics.median(v), 1)
+                                        for a, v in sorted(per.items())}}
+
+
+def extrapolate(warm: dict, cold: dict, cores: int = 16) -> dict:
+    """Course time from the measured per-job seconds (the notebooks measured stand in for the
+    eight; notebooks with native exercises add one compile per student, taken from cold)."""
+    n = COURSE["students"] * COURSE["notebooks"]
+    job_s = warm["cpu_s_per_grading"]
+    # one compile of the release's modules, spread over the cold run's gradings
+    build_s = max(0.0, cold["cpu_s"] - warm["cpu_s"] * cold["gradings"] / warm["gradings"]) \
+        if cold else 0.0
+    native_nbs = 2                     # 05 (C++) and 06 (CUDA emulation) compile student code
+    core_s = n * job_s + COURSE["students"] * native_nbs * build_s
+    return {"gradings": n, "core_hours": round(core_s / 3600, 2),
+            "release_compile_cpu_s": round(build_s, 0),
+            f"wall_hours_{cores}_cores": round(core_s / cores / 3600, 2),
+            "one_student_8_notebooks_core_s": round(8 * job_s, 0),
+            "gradescope_per_submission_s": round(job_s + build_s, 0),
+            "assumed_student_compile_s": round(build_s, 0),
+            "note": "a student compile is taken as one full compile of the release's modules "
+                    "(an upper bound: the cache and incremental builds recompile less)"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--notebooks", nargs="*",
+                    default=["01_save_load", "02_fusion", "03_quant_basics"])
+    ap.add_argument("--students", type=int, default=4)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--skip-cold", action="store_true", help="keep the native cache")
+    args = ap.parse_args(argv)
+    shutil.rmtree(ROOT, ignore_errors=True)
+    ROOT.mkdir(parents=True)
+    manifest = release(REPO, out=ROOT / "release", course_root=ROOT, names=args.notebooks)
+    for name in args.notebooks:
+        files = [f for f in manifest["assignments"][name].get("library_files", [])
+                 if f in manifest["student_files"]]
+        nb = reference_notebook(name, ROOT / "release")
+        for k in range(args.students):
+            make_submission(f"s{k:03d}", name, nb, files, root=ROOT)
+    cache = ROOT / "native_cache" if not args.skip_cold else REPO / "build" / "native_cache"
+    info = machine_info() if callable(machine_info) else {}
+    cold = None if args.skip_cold else run_class(args.jobs, True, cache)
+    warm = run_class(args.jobs, True, cache)
+    out = {"machine": info, "load_average": os.getloadavg(), "notebooks": args.notebooks,
+           "students": args.students, "cold": cold, "warm": warm,
+           "course": extrapolate(warm, cold)}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    write_json(RESULTS_DIR / "grading.json", out)
+    lines = ["| run | gradings | JOBS | wall s | CPU s per grading | gradings/min/core (CPU) "
+             "| gradings/min/core (wall) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, r in (("cold", cold), ("warm", warm)):
+        if r:
+            lines.append(f"| {label} | {r['gradings']} | {r['jobs']} | {r['wall_s']} | "
+                         f"{r['cpu_s_per_grading']} | {r['per_core_per_min']} | "
+                         f"{r['per_core_per_min_wall']} |")
+    c = out["course"]
+    lines += ["", f"300 students x 8 notebooks: {c['core_hours']} core-hours, "
+              f"{c['wall_hours_16_cores']} h on 16 cores; one student's 8 notebooks "
+              f"{c['one_student_8_notebooks_core_s']:g} core-s; Gradescope (one container per "
+              f"submission, in parallel): ~{c['gradescope_per_submission_s']:g} s per "
+              "submission plus the container start."]
+    (RESULTS_DIR / "grading.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(json.dumps(out["course"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
