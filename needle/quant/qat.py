@@ -504,9 +504,13 @@ def main(argv=None):
     root = Path(__file__).resolve().parents[2]
     ap.add_argument("--out", default=str(root / QAT_CHECKPOINT))
     ap.add_argument("--bits", type=int, default=4, help="weight and activation bits")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--steps", type=int, default=360)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--freeze-bn", type=float, default=0.1,
+                    help="fraction of the steps after which BatchNorm statistics freeze")
+    ap.add_argument("--freeze-observers", type=float, default=0.85,
+                    help="fraction of the steps after which activation ranges freeze")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     split = mnist_offline_split()
@@ -517,7 +521,8 @@ def main(argv=None):
     qat = prepare_qat(pretrained_mnist_cnn(), config)
     start = time.time()
     fine_tune(qat, x, y, args.steps, args.batch_size, args.lr,
-              freeze_bn_step=int(args.steps * 0.7), freeze_observers_step=int(args.steps * 0.85),
+              freeze_bn_step=int(args.steps * args.freeze_bn),
+              freeze_observers_step=int(args.steps * args.freeze_observers),
               seed=args.seed)
     save_qat(qat, args.out)
     from .convert import convert
