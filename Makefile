@@ -77,4 +77,4 @@ clean:
 # (about 10 minutes on 2 cores): writes checkpoints/mnist_cnn_qat_w4a4.safetensors.
 .PHONY: qat-checkpoint
 qat-checkpoint: build
-	$(PY) -c "from needle.quant.qat import main; main(['--steps', '240', '--batch-size', '32'])"
+	$(PY) -c "from needle.quant.qat import main; main()"
