@@ -74,7 +74,7 @@ clean:
 	rm -rf $(BUILD_DIR) $(BUILD_DIR).log needle/backend_ndarray/*.so release autograded feedback
 
 # Re-run the QAT fine-tune (4-bit weights and activations) behind notebook 08's results
-# (about 10 minutes on 2 cores): writes checkpoints/mnist_cnn_qat_w4a4.safetensors.
+# (about 15 minutes on 2 idle cores): writes checkpoints/mnist_cnn_qat_w4a4.safetensors.
 .PHONY: qat-checkpoint
 qat-checkpoint: build
 	$(PY) -c "from needle.quant.qat import main; main()"

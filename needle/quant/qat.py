@@ -504,10 +504,10 @@ def main(argv=None):
     root = Path(__file__).resolve().parents[2]
     ap.add_argument("--out", default=str(root / QAT_CHECKPOINT))
     ap.add_argument("--bits", type=int, default=4, help="weight and activation bits")
-    ap.add_argument("--steps", type=int, default=240)
+    ap.add_argument("--steps", type=int, default=360)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--freeze-bn", type=float, default=0.7,
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--freeze-bn", type=float, default=0.1,
                     help="fraction of the steps after which BatchNorm statistics freeze")
     ap.add_argument("--freeze-observers", type=float, default=0.85,
                     help="fraction of the steps after which activation ranges freeze")
