@@ -107,3 +107,8 @@ sanitize: $(DEPS)
 .PHONY: train-lm
 train-lm: build
 	$(PY) -m needle.apps.train_lm --epochs 5 --threads 1 --out checkpoints/lm_char_lstm.safetensors
+# Re-run the QAT fine-tune (4-bit weights and activations) behind notebook 08's results
+# (about 15 minutes on 2 idle cores): writes checkpoints/mnist_cnn_qat_w4a4.safetensors.
+.PHONY: qat-checkpoint
+qat-checkpoint: build
+	$(PY) -c "from needle.quant.qat import main; main()"
