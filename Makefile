@@ -122,3 +122,8 @@ train-lm: build
 # cheat / robustness case of graders/cheat_catalog.py. `make test` runs a fixed part of it.
 audit: build
 	$(PY) graders/check_pipeline.py --all-mutants --native-audit --all-cases
+# Re-run the QAT fine-tune (4-bit weights and activations) behind notebook 08's results
+# (about 15 minutes on 2 idle cores): writes checkpoints/mnist_cnn_qat_w4a4.safetensors.
+.PHONY: qat-checkpoint
+qat-checkpoint: build
+	$(PY) -c "from needle.quant.qat import main; main()"

@@ -44,6 +44,8 @@ _CUDA = "src/cuda/qgemm.cuh"
 _T_REF = "tests/test_quant_reference.py::"
 _T_OBS = "tests/test_observers.py::"
 _T_MOD = "tests/test_quant_modules.py::"
+_QAT = "needle/quant/qat.py"
+_T_QAT = "tests/test_qat.py::"
 
 
 def _ex(num, name, where, title, tests=(), pytest=()):
@@ -144,6 +146,21 @@ NOTEBOOKS = [
          _ex("7.6", "quantized_add", f"{_REF}:quantized_add",
              "the residual addition in integers", ["test_int8_accuracy", "test_save_load"],
              [_T_REF + "test_quantized_add", _T_MOD + "test_quantized_add"]),
+     ]},
+    {"id": "08_qat", "title": "Quantization-aware training: a 4-bit MNIST classifier",
+     "uses": [_REF, _OBS, _FUSE, _MOD, _CONV],
+     "exercises": [
+         _ex("8.1", "FakeQuantize.compute", f"{_QAT}:FakeQuantize.compute",
+             "fake quantization: quantize then dequantize", ["test_fake_quantize"],
+             [_T_QAT + "test_fake_quantize_forward_is_the_reference",
+              _T_QAT + "test_fake_quantize_per_channel_forward_and_mask"]),
+         _ex("8.2", "FakeQuantize.gradient", f"{_QAT}:FakeQuantize.gradient",
+             "the straight-through gradient with the clipping mask", ["test_fake_quantize"],
+             [_T_QAT + "test_ste_mask_at_the_range_edges",
+              _T_QAT + "test_ste_equals_the_derivative_of_clipping_away_from_the_edges"]),
+         _ex("8.3", "conv_bn_qat", f"{_QAT}:conv_bn_qat",
+             "BatchNorm folded into the weight before it is quantized, in training",
+             ["test_conv_bn_qat"], [_T_QAT + "test_conv_bn_qat"]),
      ]},
 ]
 

@@ -210,7 +210,7 @@ def test_load_quantized_errors(mnist_q, tmp_path):
     for spec, match in (("{not json", "corrupt"),
                         ('{"quant": {"Conv9d": {}}, "body": {"Identity": {}}}',
                          "unknown module type 'Conv9d'"),
-                        ('{"quant": {"QuantStub": {"bits": 3}}, "body": {"Identity": {}}}',
+                        ('{"quant": {"QuantStub": {"width": 3}}, "body": {"Identity": {}}}',
                          "invalid arguments")):
         path = tmp_path / "bad.safetensors"
         ndl.save(sd, path, metadata={"needle.quant.model": spec})

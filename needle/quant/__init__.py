@@ -16,3 +16,5 @@ from .modules import (QTensor, QuantStub, DeQuantStub, QuantizedConv2d, Quantize
                       QuantizedAdd, QuantizedResidual, QuantizedFlatten, QuantizedReLU)
 from .convert import (PreparedModel, QuantizedModel, prepare, calibrate, convert,
                       quantize_model, quantize_weight, load_quantized)
+from .qat import (FakeQuantize, fake_quantize, QATModel, prepare_qat, fine_tune, save_qat,
+                  load_qat)

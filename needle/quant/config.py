@@ -17,7 +17,8 @@ class QConfig:
     [-(2^(b-1) - 1), 2^(b-1) - 1] (int8: [-127, 127]), ``weight_bits`` b in 2..8, stored as
     int8, one scale per output channel (``"per_channel"``) or one per layer (``"per_tensor"``).
     Activations are affine per tensor in ``activation_dtype`` (uint8 [0, 255] or int8
-    [-128, 127]). ``activation_observer`` / ``weight_observer`` pick the range estimator
+    [-128, 127]), using ``activation_bits`` (2..8, default 8) of that type: uint8 4-bit is
+    [0, 15], int8 4-bit [-8, 7]. ``activation_observer`` / ``weight_observer`` pick the range estimator
     ("minmax", "moving_average", "percentile", "mse"); ``observer_args`` passes keyword
     arguments to the activation observer (e.g. ``{"percentile": 99.9}``).
     """
@@ -28,6 +29,7 @@ class QConfig:
     weight_bits: int = 8
     activation_dtype: str = "uint8"
     observer_args: dict = field(default_factory=dict)
+    activation_bits: int = 8
 
     def __post_init__(self):
         for name, value, allowed in (
@@ -40,6 +42,9 @@ class QConfig:
         if not isinstance(self.weight_bits, int) or not 2 <= self.weight_bits <= 8:
             raise ValueError(f"QConfig.weight_bits must be an int in [2, 8], got "
                              f"{self.weight_bits!r}")
+        if not isinstance(self.activation_bits, int) or not 2 <= self.activation_bits <= 8:
+            raise ValueError(f"QConfig.activation_bits must be an int in [2, 8], got "
+                             f"{self.activation_bits!r}")
         if not isinstance(self.observer_args, dict):
             raise TypeError(f"QConfig.observer_args must be a dict, got "
                             f"{type(self.observer_args).__name__}")
@@ -51,13 +56,19 @@ class QConfig:
         return R.qrange("int8", self.weight_bits, reduced_range=True)
 
     def activation_qrange(self):
-        return R.qrange(self.activation_dtype)
+        """(qmin, qmax) of the activations: activation_bits of activation_dtype."""
+        return R.qrange(self.activation_dtype, self.activation_bits)
+
+    def activation_clamp_bits(self):
+        """activation_bits when below 8 (the integer modules then clamp to that range), else
+        None (the dtype's own range)."""
+        return None if self.activation_bits == 8 else self.activation_bits
 
     # observers -------------------------------------------------------------------------------
     def make_activation_observer(self):
         from .observers import make_observer
         return make_observer(self.activation_observer, dtype=self.activation_dtype,
-                             scheme="affine", **self.observer_args)
+                             scheme="affine", bits=self.activation_bits, **self.observer_args)
 
     def make_weight_observer(self, axis=None):
         """Observer for a weight whose output channels run along ``axis``."""

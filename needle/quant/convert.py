@@ -146,12 +146,14 @@ def _convert_gemm(m, qp_in, config, final):
         K, _, cin, cout = w.shape
         w_q, s_w = quantize_weight(w, config, axis=3)
         w_q = w_q.transpose(3, 0, 1, 2).reshape(cout, K * K * cin)
-        layer = QuantizedConv2d(cin, cout, K, m.stride, m.padding, m.relu, out_dtype, device)
+        layer = QuantizedConv2d(cin, cout, K, m.stride, m.padding, m.relu, out_dtype, device,
+                                out_bits=config.activation_clamp_bits())
     else:
         fin, fout = w.shape
         w_q, s_w = quantize_weight(w, config, axis=1)
         w_q = w_q.T
-        layer = QuantizedLinear(fin, fout, m.relu, out_dtype, device)
+        layer = QuantizedLinear(fin, fout, m.relu, out_dtype, device,
+                                out_bits=config.activation_clamp_bits())
     bias_q = R.quantize_bias(m.bias.numpy().reshape(-1), qp_in[0], s_w)
     qp_out = (np.float32(1.0), 0) if final else _out_qparams(m, config)
     layer.set_qparams(np.ascontiguousarray(w_q), bias_q, s_w, qp_in, qp_out)
@@ -165,7 +167,8 @@ def _convert(m, qp, config, final_gemm):
     if isinstance(m, FusedResidual):
         fn, qp_fn = _convert(m.fn, qp, config, final_gemm)
         qp_out = _out_qparams(m, config)
-        add = QuantizedAdd(m.relu, config.activation_dtype, device=None)
+        add = QuantizedAdd(m.relu, config.activation_dtype, device=None,
+                           out_bits=config.activation_clamp_bits())
         add.set_qparams(qp_fn, qp, qp_out)
         return QuantizedResidual(fn, add), qp_out
     if isinstance(m, nnb.Sequential):
@@ -189,13 +192,17 @@ def _convert(m, qp, config, final_gemm):
 
 
 def convert(prepared):
-    """Build the :class:`QuantizedModel` of a calibrated :class:`PreparedModel`."""
+    """Build the :class:`QuantizedModel` of a calibrated :class:`PreparedModel`, or of a
+    ``qat.QATModel`` (BatchNorm folded with its running statistics, its activation ranges)."""
+    if hasattr(prepared, "to_prepared"):
+        prepared = prepared.to_prepared()
     config = prepared.config
     if prepared.input_observer.num_batches == 0:
         raise RuntimeError("the model has not been calibrated: run calibrate() first")
     qp_in = prepared.input_observer.qparams()
     device = next(iter(prepared.model.parameters())).device
-    stub = QuantStub(config.activation_dtype, qp_in[0], qp_in[1], device=device)
+    stub = QuantStub(config.activation_dtype, qp_in[0], qp_in[1], device=device,
+                     bits=config.activation_clamp_bits())
     final = _last_gemm(prepared.model)
     if final is not None and final.relu:
         final = None  # keep the ReLU: requantize like every other layer

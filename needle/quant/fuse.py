@@ -158,7 +158,28 @@ def _fuse_linear(linear, bn=None, relu=False):
     return FusedLinear(_tensor(w, linear.weight), _tensor(b, linear.weight), relu)
 
 
-def _fuse_sequence(mods):
+class FuseRules:
+    """What each fusable run becomes: ``conv(conv, bn, relu)``, ``linear(linear, bn, relu)``,
+    ``residual(fused_fn, relu)`` build the replacements (bn may be None); modules of type
+    ``leaves`` are left as they are. ``fuse_model`` folds for inference; quantization-aware
+    training (``qat.py``) swaps in modules that keep BatchNorm trainable."""
+
+    leaves = (FusedConv2d, FusedLinear)
+
+    @staticmethod
+    def conv(conv, bn, relu):
+        return _fuse_conv(conv, bn, relu)
+
+    @staticmethod
+    def linear(linear, bn, relu):
+        return _fuse_linear(linear, bn, relu)
+
+    @staticmethod
+    def residual(fn, relu):
+        return FusedResidual(fn, relu)
+
+
+def _fuse_sequence(mods, rules=FuseRules):
     """Fuse Conv/Linear [-> BN] [-> ReLU] and Residual [-> ReLU] runs in a list of modules."""
     out, i = [], 0
     while i < len(mods):
@@ -173,14 +194,14 @@ def _fuse_sequence(mods):
                 nxt = mods[i + 1] if i + 1 < len(mods) else None
             relu = isinstance(nxt, nnb.ReLU)
             i += 1 + int(relu)
-            out.append(_fuse_conv(m, bn, relu) if is_conv else _fuse_linear(m, bn, relu))
+            out.append(rules.conv(m, bn, relu) if is_conv else rules.linear(m, bn, relu))
             continue
         if isinstance(m, nnb.Residual):
             relu = isinstance(nxt, nnb.ReLU)
-            out.append(FusedResidual(_fuse(m.fn), relu))
+            out.append(rules.residual(_fuse(m.fn, rules), relu))
             i += 1 + int(relu)
             continue
-        out.append(_fuse(m))
+        out.append(_fuse(m, rules))
         i += 1
     return out
 
@@ -223,24 +244,24 @@ def fuse_model(model):
     return _fuse(clone_module(model)).eval()
 
 
-def _fuse(model):
+def _fuse(model, rules=FuseRules):
     """Fuse inside ``model`` (a private copy): returns the fused replacement."""
-    if isinstance(model, (FusedConv2d, FusedLinear)):
+    if isinstance(model, rules.leaves):
         return model
     if isinstance(model, (Conv, nnb.Linear, nnb.Residual, nnb.Sequential)):
         mods = list(model.modules) if isinstance(model, nnb.Sequential) else [model]
-        mods = _fuse_sequence(mods)
+        mods = _fuse_sequence(mods, rules)
         return mods[0] if len(mods) == 1 else nnb.Sequential(*mods)
     for k, v in list(model.__dict__.items()):
-        model.__dict__[k] = _fuse_attr(v)
+        model.__dict__[k] = _fuse_attr(v, rules)
     return model
 
 
-def _fuse_attr(v):
+def _fuse_attr(v, rules=FuseRules):
     if isinstance(v, Module):
-        return _fuse(v)
+        return _fuse(v, rules)
     if isinstance(v, (list, tuple)) and any(isinstance(x, Module) for x in v):
-        return type(v)(_fuse_sequence(list(v)))
+        return type(v)(_fuse_sequence(list(v), rules))
     if isinstance(v, dict):
-        return {k: _fuse_attr(x) for k, x in v.items()}
+        return {k: _fuse_attr(x, rules) for k, x in v.items()}
     return v

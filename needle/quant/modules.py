@@ -52,6 +52,24 @@ class QTensor:
         return f"QTensor({self.dtype}{list(self.shape)}, scale={self.scale}, zp={self.zero_point})"
 
 
+def _clamp_codes(x, dtype, bits):
+    """Clamp integer codes (NDArray) to the ``bits``-bit range of ``dtype`` (None: as is).
+
+    Small integers are exact in float32, so the float min/max is an integer clamp."""
+    if bits is None:
+        return x
+    qmin, qmax = R.qrange(dtype, bits)
+    f = x.astype("float32").maximum(float(qmin))
+    return (-((-f).maximum(-float(qmax)))).astype(dtype)
+
+
+def _check_bits(dtype, bits):
+    """None, or an int in [2, 8] (validated against ``dtype``'s width)."""
+    if bits is not None:
+        R.qrange(dtype, bits)
+    return bits
+
+
 def _check_qtensor(module, q):
     if not isinstance(q, QTensor):
         raise TypeError(f"{type(module).__name__} expects a QTensor (run it inside a "
@@ -102,17 +120,19 @@ class QuantizedModule(Module):
 class QuantStub(QuantizedModule):
     """float32 Tensor -> QTensor: ``q = clamp(rint(x / s) + zp)`` (NCHW images become NHWC).
 
-    Buffers: scale float32 [1], zero_point int32 [1]; ``dtype`` "uint8" or "int8".
+    Buffers: scale float32 [1], zero_point int32 [1]; ``dtype`` "uint8" or "int8"; ``bits``
+    (2..7) clamps the codes to that many bits of ``dtype`` (None: the full range).
     """
 
-    def __init__(self, dtype="uint8", scale=1.0, zero_point=0, device=None):
+    def __init__(self, dtype="uint8", scale=1.0, zero_point=0, device=None, bits=None):
         super().__init__(device)
         self.dtype = dtype
+        self.bits = _check_bits(dtype, bits)
         self._buffer("scale", [scale], np.float32)
         self._buffer("zero_point", [zero_point], np.int32)
 
     def spec_args(self):
-        return {"dtype": self.dtype}
+        return {"dtype": self.dtype, "bits": self.bits}
 
     def forward(self, x):
         if not isinstance(x, Tensor):
@@ -131,7 +151,7 @@ class QuantStub(QuantizedModule):
         r = (data / s).astype("int32").astype("float32")
         q = (r + float(zp)).astype(self.dtype)
         ### END SOLUTION
-        return QTensor(q, np.float32(s), zp)
+        return QTensor(_clamp_codes(q, self.dtype, self.bits), np.float32(s), zp)
 
 
 class DeQuantStub(QuantizedModule):
@@ -163,13 +183,15 @@ class _QuantizedGemmLayer(QuantizedModule):
     input_scale / output_scale float32 [1], input_zero_point / output_zero_point int32 [1].
     ``out_dtype`` "uint8"/"int8" requantizes to the output qparams (with ``relu`` fused);
     "int32" keeps the accumulators (scale s_in * s_w[c], zero point 0) for a final layer.
+    ``out_bits`` (2..7) clamps uint8/int8 outputs to that many bits (None: the full range).
     """
 
-    def _init_buffers(self, n, k, relu, out_dtype):
+    def _init_buffers(self, n, k, relu, out_dtype, out_bits=None):
         if out_dtype not in ("uint8", "int8", "int32"):
             raise ValueError(f"out_dtype must be uint8, int8 or int32, got {out_dtype!r}")
         self.relu = bool(relu)
         self.out_dtype = out_dtype
+        self.out_bits = None if out_dtype == "int32" else _check_bits(out_dtype, out_bits)
         self._buffer("weight", np.zeros((n, k)), np.int8)
         self._buffer("bias", np.zeros(n), np.int32)
         self._buffer("weight_scale", np.ones(n), np.float32)
@@ -219,7 +241,7 @@ class _QuantizedGemmLayer(QuantizedModule):
                             d["shift"], d["zp_out"], self.relu, self.out_dtype)
         if self.out_dtype == "int32":
             return out, d["acc_scale"], 0
-        return out, np.float32(d["s_out"]), d["zp_out"]
+        return _clamp_codes(out, self.out_dtype, self.out_bits), np.float32(d["s_out"]), d["zp_out"]
 
 
 class QuantizedConv2d(_QuantizedGemmLayer):
@@ -231,19 +253,20 @@ class QuantizedConv2d(_QuantizedGemmLayer):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=None,
-                 relu=False, out_dtype="uint8", device=None):
+                 relu=False, out_dtype="uint8", device=None, out_bits=None):
         super().__init__(device)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.padding = kernel_size // 2 if padding is None else padding
         self._init_buffers(out_channels, kernel_size * kernel_size * in_channels, relu,
-                           out_dtype)
+                           out_dtype, out_bits)
 
     def spec_args(self):
         padding = None if self.padding == self.kernel_size // 2 else self.padding
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": self.kernel_size, "stride": self.stride,
-                "padding": padding, "relu": self.relu, "out_dtype": self.out_dtype}
+                "padding": padding, "relu": self.relu, "out_dtype": self.out_dtype,
+                "out_bits": self.out_bits}
 
     def forward(self, q):
         d = self._derived()
@@ -279,14 +302,15 @@ class QuantizedLinear(_QuantizedGemmLayer):
     weight int8 [out_features, in_features] (the transpose of the float (in, out) weight).
     """
 
-    def __init__(self, in_features, out_features, relu=False, out_dtype="uint8", device=None):
+    def __init__(self, in_features, out_features, relu=False, out_dtype="uint8", device=None,
+                 out_bits=None):
         super().__init__(device)
         self.in_features, self.out_features = in_features, out_features
-        self._init_buffers(out_features, in_features, relu, out_dtype)
+        self._init_buffers(out_features, in_features, relu, out_dtype, out_bits)
 
     def spec_args(self):
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "relu": self.relu, "out_dtype": self.out_dtype}
+                "relu": self.relu, "out_dtype": self.out_dtype, "out_bits": self.out_bits}
 
     def forward(self, q):
         d = self._derived()
@@ -307,11 +331,12 @@ class QuantizedLinear(_QuantizedGemmLayer):
 class QuantizedAdd(QuantizedModule):
     """``a + b`` of two QTensors, requantized to the output qparams with integers only
     (``reference.quantized_add``). Buffers: scales float32 [3] (a, b, out) and zero points
-    int32 [3]."""
+    int32 [3]. ``out_bits`` (2..7) clamps the output to that many bits (None: full range)."""
 
-    def __init__(self, relu=False, out_dtype="uint8", device=None):
+    def __init__(self, relu=False, out_dtype="uint8", device=None, out_bits=None):
         super().__init__(device)
         self.relu, self.out_dtype = bool(relu), out_dtype
+        self.out_bits = _check_bits(out_dtype, out_bits)
         self._buffer("scales", np.ones(3), np.float32)
         self._buffer("zero_points", np.zeros(3), np.int32)
 
@@ -321,7 +346,7 @@ class QuantizedAdd(QuantizedModule):
         self._buffer("zero_points", [p[1] for p in qp], np.int32)
 
     def spec_args(self):
-        return {"relu": self.relu, "out_dtype": self.out_dtype}
+        return {"relu": self.relu, "out_dtype": self.out_dtype, "out_bits": self.out_bits}
 
     def _derive(self):
         s, z = self._np("scales"), self._np("zero_points")
@@ -336,10 +361,15 @@ class QuantizedAdd(QuantizedModule):
             codes = np.arange(256, dtype=np.uint8)
             va, vb = np.meshgrid(codes.view(a_dtype), codes.view(b_dtype), indexing="ij")
             m_a, n_a, m_b, n_b = d["mults"]
-            d["tables"][key] = R.quantized_add(va, d["z"][0], m_a, n_a, vb, d["z"][1], m_b, n_b,
-                                               d["z"][2], self.out_dtype,
-                                               self.relu).reshape(-1)
+            d["tables"][key] = self._clip(R.quantized_add(
+                va, d["z"][0], m_a, n_a, vb, d["z"][1], m_b, n_b, d["z"][2], self.out_dtype,
+                self.relu).reshape(-1))
         return d["tables"][key]
+
+    def _clip(self, out):
+        if self.out_bits is None:
+            return out
+        return np.clip(out, *R.qrange(self.out_dtype, self.out_bits)).astype(out.dtype)
 
     def forward(self, a, b):
         _check_qtensor(self, a)
@@ -360,8 +390,8 @@ class QuantizedAdd(QuantizedModule):
             index |= b_np.view(np.uint8)
             out = self._table(d, a_np.dtype, b_np.dtype).take(index)
         else:
-            out = R.quantized_add(a_np, d["z"][0], m_a, n_a, b_np, d["z"][1], m_b, n_b,
-                                  d["z"][2], self.out_dtype, self.relu)
+            out = self._clip(R.quantized_add(a_np, d["z"][0], m_a, n_a, b_np, d["z"][1], m_b,
+                                             n_b, d["z"][2], self.out_dtype, self.relu))
         return QTensor(NDArray(out, device=a.data.device, dtype=self.out_dtype),
                        np.float32(d["s"][2]), d["z"][2])
 

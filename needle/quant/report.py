@@ -160,15 +160,18 @@ def plot_histograms(float_model, qmodel, x, out_dir):
     cols = 4
     rows = -(-len(floats) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    for ax, (name, fm), (_, qm) in zip(axes.flat, floats, quants):
+    # layers are named as in the quantized model everywhere (weights and activations alike)
+    for ax, (_, fm), (name, qm) in zip(axes.flat, floats, quants):
         w = fm.weight.numpy()
         wq = qm.weight.numpy().astype(np.float32)
         s = qm.weight_scale.numpy()
         deq = (wq * s[:, None]).ravel()
         ax.hist(w.ravel(), bins=80, alpha=0.6, label="float")
         ax.hist(deq, bins=80, alpha=0.6, label="int8 (dequantized)")
-        ax.set_title(f"{name} weights", fontsize=9)
-    axes.flat[0].legend(fontsize=7)
+        ax.set_title(f"{name} weights", fontsize=10)
+        ax.set_xlabel("weight value")
+        ax.set_ylabel("count")
+    axes.flat[0].legend(fontsize=9)
     for ax in list(axes.flat)[len(floats):]:
         ax.axis("off")
     fig.tight_layout()
@@ -182,9 +185,11 @@ def plot_histograms(float_model, qmodel, x, out_dir):
     for ax, (name, f, d) in zip(axes.flat, acts):
         ax.hist(f.ravel(), bins=80, alpha=0.6, label="float")
         ax.hist(d.ravel(), bins=80, alpha=0.6, label="quantized")
-        ax.set_title(f"{name} ({sqnr(f, d):.1f} dB)", fontsize=9)
+        ax.set_title(f"{name} output ({sqnr(f, d):.1f} dB)", fontsize=10)
         ax.set_yscale("log")
-    axes.flat[0].legend(fontsize=7)
+        ax.set_xlabel("activation value")
+        ax.set_ylabel("count (log scale)")
+    axes.flat[0].legend(fontsize=9)
     for ax in list(axes.flat)[len(acts):]:
         ax.axis("off")
     fig.tight_layout()
