@@ -31,6 +31,7 @@ cell).
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import filecmp
 import json
@@ -302,6 +303,19 @@ def isolation_summary(record: dict) -> str:
 #: what an unwritten exercise raises (course/manifest.py stub_message)
 STUB_MESSAGE = re.compile(r"(?P<name>[\w.]+): exercise (?P<id>\d+\.\d+) of notebook "
                           r"(?P<notebook>\w+)")
+
+
+def library_tests_hit_stubs(ename: str, evalue: str) -> bool:
+    """Whether a ``test_library`` cell's failure comes from unwritten exercises only: its
+    AssertionError carries {test: message}, and every failing test met a stub."""
+    if ename != "AssertionError":
+        return False
+    try:
+        failed = ast.literal_eval(evalue.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return bool(failed) and isinstance(failed, dict) and all(
+        isinstance(v, str) and STUB_MESSAGE.search(v) is not None for v in failed.values())
 
 
 def stub_errors(nb_path: Path) -> list:

@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nbformat  # noqa: E402
 
 from graders.audit_catalog import CATALOG, Patch  # noqa: E402
-from graders.autograde import STUB_MESSAGE, WORKSPACE, autograde_one, cell_scores  # noqa: E402
+from graders.autograde import (STUB_MESSAGE, WORKSPACE, autograde_one, cell_scores,  # noqa: E402
+                               library_tests_hit_stubs)
 from graders.build_cache import BuildCache  # noqa: E402
 from graders.course import (AUTOGRADED_DIR, FEEDBACK_DIR, REPO, SUBMITTED_DIR,  # noqa: E402
                             course_manifest, reference_notebook, tool_path,
@@ -74,7 +75,8 @@ def _stub_error(ename, evalue):
     """A Python stub raises NotImplementedError; a C++ stub a RuntimeError with the same
     message ('<function>: exercise <n.m> of notebook <id>')."""
     return ename in STUB_ERRORS or (ename == "RuntimeError" and (
-        STUB_MESSAGE.search(evalue) is not None or "not implemented" in evalue))
+        STUB_MESSAGE.search(evalue) is not None or "not implemented" in evalue)) or \
+        library_tests_hit_stubs(ename, evalue)
 _MARKER_LINE = re.compile(r"^\s*(###|//)\s*(BEGIN|END)\s+(SOLUTION|HIDDEN TESTS)\s*$")
 
 
