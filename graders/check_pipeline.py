@@ -329,7 +329,7 @@ def notebook_errors(nb):
     for i, cell in enumerate(nb.cells):
         for o in cell.get("outputs", []):
             if o.get("output_type") == "error":
-                out.append((i, _grade_id(cell), o.get("ename"), str(o.get("evalue"))[:120]))
+                out.append((i, _grade_id(cell), o.get("ename"), str(o.get("evalue"))))
     return out
 
 
@@ -501,7 +501,7 @@ def run(args) -> int:
                                default=len(nb.cells))
             bad = [e for e in errs if e[0] < first_graded or not _stub_error(e[2], e[3])]
             rep.add(f"{name}: its exercises as stubs, the notebook runs (only stub errors)",
-                    not bad, "; ".join(f"cell {i} {g or ''} {en}: {ev}" for i, g, en, ev in bad[:3]))
+                    not bad, "; ".join(f"cell {i} {g or ''} {en}: {ev[:120]}" for i, g, en, ev in bad[:3]))
             nonzero = {k[1]: v[0] for k, v in scores.items() if v[0]}
             rep.add(f"{name}: its exercises as stubs score 0 on {len(scores)} autograded cells",
                     scores and not nonzero, f"non-zero: {nonzero}" if nonzero else "")
