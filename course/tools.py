@@ -139,13 +139,20 @@ def check(root: Path, nb_id: str, run_pytest: bool = True) -> int:
 
 # ---------------------------------------------------------------------------------- validate
 
+#: seconds a cell may run under `validate` (the grader allows 900)
+VALIDATE_CELL_TIMEOUT = 900
+
+
 def validate(root: Path, nb_id: str) -> int:
     nb_id = M.notebook(nb_id)["id"]
     path = _nb_path(root, nb_id)
     env = {**os.environ, "NEEDLE_ROOT": str(root)}
     bindir = os.path.dirname(sys.executable)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
-    res = subprocess.run([sys.executable, "-m", "nbgrader", "validate", str(path)],
+    # The library-tests cell runs pytest: give each cell the grader's own limit, not
+    # nbgrader's 30-second default.
+    res = subprocess.run([sys.executable, "-m", "nbgrader", "validate", str(path),
+                          f"--Execute.timeout={VALIDATE_CELL_TIMEOUT}"],
                          cwd=path.parent, env=env, capture_output=True, text=True)
     out = res.stdout + res.stderr
     print(out.rstrip())
