@@ -542,3 +542,28 @@ def ci_subset(catalog=None):
             seen[m.exercise] = seen.get(m.exercise, 0) + 1
             out.append(m)
     return out
+
+# Notebook 08: quantization-aware training.
+QAT, NB8 = "needle/quant/qat.py", "08_qat"
+CATALOG += [
+    M("FakeQuantize.compute", "fq_passes_input_through", "returns the input, not its fake-quantized value",
+      NB8, F("out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
+             "                              self.reduced_range)",
+             "out = x.astype(np.float32, copy=True)", file=QAT)),
+    M("FakeQuantize.compute", "fq_returns_codes", "returns the integer codes, not their dequantized values",
+      NB8, F("out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
+             "                              self.reduced_range)",
+             "out = R.quantize(x, self.scale, self.zero_point, self.dtype, axis=self.axis).astype(np.float32)",
+             file=QAT)),
+    M("FakeQuantize.gradient", "ste_without_clipping_mask", "passes the gradient everywhere, clipped values too",
+      NB8, F("mask = (codes >= self.qmin) & (codes <= self.qmax) & ~np.isnan(x)",
+             "mask = np.ones(x.shape, dtype=bool)", file=QAT)),
+    M("FakeQuantize.gradient", "ste_zero_gradient", "blocks the gradient everywhere (the true derivative of rounding)",
+      NB8, F("mask = (codes >= self.qmin) & (codes <= self.qmax) & ~np.isnan(x)",
+             "mask = np.zeros(x.shape, dtype=bool)", file=QAT)),
+    M("conv_bn_qat", "qat_fold_var_not_std", "folds with the variance instead of the standard deviation",
+      NB8, F("    sf = bn.weight / ops.power_scalar(bn.running_var + bn.eps, 0.5)\n    w_fold",
+             "    sf = bn.weight / (bn.running_var + bn.eps)\n    w_fold", file=QAT)),
+    M("conv_bn_qat", "qat_eval_forgets_mean", "the folded bias forgets the running mean",
+      NB8, F("b_fold = bn.bias - bn.running_mean * sf", "b_fold = bn.bias + 0 * bn.running_mean", file=QAT)),
+]

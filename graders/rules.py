@@ -164,6 +164,19 @@ RULES = {
          ["qadd_no_left_shift", "qadd_ignores_b_zp", "qadd_relu_at_zero",
           "qadd_truncating_rescale"]),
     ],
+    "FakeQuantize.compute": [
+        ("the forward value is reference.fake_quantize: quantize with the stored qparams, then "
+         "dequantize", ["fq_passes_input_through", "fq_returns_codes"]),
+    ],
+    "FakeQuantize.gradient": [
+        ("straight-through: the gradient passes where the unclamped code lies in [qmin, qmax], "
+         "and is 0 outside (and for NaN)", ["ste_without_clipping_mask", "ste_zero_gradient"]),
+    ],
+    "conv_bn_qat": [
+        ("BatchNorm is folded with gamma / sqrt(running_var + eps) before the weight is "
+         "quantized; in eval the folded bias is beta - mean * factor",
+         ["qat_fold_var_not_std", "qat_eval_forgets_mean"]),
+    ],
 }
 
 
