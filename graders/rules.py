@@ -137,7 +137,7 @@ RULES = {
     ],
     "quantize_weight": [
         ("per output channel along the given axis, reduced range",
-         ["qweight_per_tensor", "qweight_full_range", "qweight_scale_not_per_channel",
+         ["qweight_per_tensor", "qweight_scale_not_per_channel",
           "qweight_axis_zero"]),
     ],
     "QuantStub.forward": [
