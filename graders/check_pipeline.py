@@ -63,7 +63,7 @@ TAMPER = {
     "edit": "test_quantize",                  # its source is replaced by `pass`
     "delete": "test_per_channel",             # removed from the submitted notebook
     "loop": Patch("r = np.rint(b / s)", "while True: pass", file="needle/quant/reference.py"),
-    "loop_cells": {"test_quantize_bias"},     # the only tests that call the looping function
+    "loop_cells": {"test_quantize_bias", "test_library"},  # the tests that call the looping function
     "timeout": 20,
 }
 STUB_ERRORS = ("NotImplementedError",)
