@@ -15,11 +15,10 @@ import numpy
 
 from . import backend_ndarray as array_api
 from .backend_ndarray import NDArray, default_device
+from .backend_ndarray.ndarray import FLOAT_DTYPES, implicit_dtype
 
 LAZY_MODE = False
 TENSOR_COUNTER = 0
-
-_FLOAT_DEFAULT = "float32"
 
 
 class Op:
@@ -158,9 +157,13 @@ class Tensor(Value):
     ``array`` may be a Tensor, an NDArray, a numpy array, a Python scalar or nested list.
     ``device`` defaults to the array's own device (Tensor/NDArray) or
     ``needle.default_device()``. ``dtype`` defaults to the dtype of a Tensor/NDArray input and
-    to ``"float32"`` for everything else (numpy float64 input becomes float32, as in the
-    course). Integer tensors (``int8``, ``uint8``, ``int32``) hold data only: they never
-    require gradients (``requires_grad`` is ignored for them).
+    to ``"float32"`` for everything else (numpy float64 input becomes float32, as on the
+    course's compiled backend). Under ``NEEDLE_BACKEND=np`` (the course's numpy backend) a
+    float32 numpy array stays float32 and all other data becomes float64, as numpy arrays do,
+    on a device that holds float64 (``cpu_numpy()``). ``dtype="float64"`` works on
+    ``cpu_numpy()`` only; other devices raise TypeError. Float tensors (float32, float64) are
+    differentiable and their gradients keep their dtype. Integer tensors (``int8``, ``uint8``,
+    ``int32``) hold data only: they never require gradients (``requires_grad`` is ignored).
     """
 
     grad: "Tensor"
@@ -180,9 +183,11 @@ class Tensor(Value):
                 cached_data = array.astype(dtype).to(device)
         else:
             device = default_device() if device is None else device
-            dtype = _FLOAT_DEFAULT if dtype is None else dtype
+            if dtype is None:
+                dtype = implicit_dtype(numpy.asarray(array), device, floats_only=True,
+                                       from_numpy=isinstance(array, (numpy.ndarray, numpy.generic)))
             cached_data = Tensor._array_from_numpy(array, device=device, dtype=dtype)
-        if dtype != "float32":
+        if dtype not in FLOAT_DTYPES:
             requires_grad = False  # integer tensors are storage, never differentiated
         self._init(None, [], cached_data=cached_data, requires_grad=requires_grad)
 
@@ -268,7 +273,9 @@ class Tensor(Value):
             from . import init
             out_grad = init.ones(*self.shape, dtype=self.dtype, device=self.device)
         elif not isinstance(out_grad, Tensor):
-            out_grad = Tensor(out_grad, device=self.device, requires_grad=False)
+            out_grad = Tensor(out_grad, device=self.device, dtype=self.dtype, requires_grad=False)
+        else:
+            out_grad = _grad_in_dtype(out_grad, self.dtype)
         if tuple(out_grad.shape) != tuple(self.shape):
             raise ValueError(f"out_grad has shape {out_grad.shape}, expected {self.shape}")
         compute_gradient_of_variables(self, out_grad)
@@ -397,6 +404,8 @@ def compute_gradient_of_variables(output_tensor, out_grad):
         if grads is None:
             continue
         node.grad = sum_node_list(grads)
+        if isinstance(node, Tensor):
+            node.grad = _grad_in_dtype(node.grad, node.dtype)
         if node.op is None:
             continue
         in_grads = node.op.gradient_as_tuple(node.grad, node)
@@ -404,6 +413,14 @@ def compute_gradient_of_variables(output_tensor, out_grad):
             if grad is None or not inp.requires_grad:
                 continue
             node_to_output_grads_list.setdefault(inp, []).append(grad)
+
+
+def _grad_in_dtype(grad, dtype):
+    """``grad`` in the float ``dtype`` of the tensor it belongs to: a float32 input of an op
+    that promoted to float64 gets a float32 gradient (as in PyTorch)."""
+    if grad.dtype == dtype or dtype not in FLOAT_DTYPES:
+        return grad
+    return Tensor(grad.realize_cached_data(), dtype=dtype, requires_grad=False)
 
 
 def find_topo_sort(node_list: List[Value]) -> List[Value]:

@@ -73,8 +73,9 @@ def test_dtype_normalisation_and_defaults(device):
     assert nd.NDArray([1, 2], device=device).dtype == "float32"  # lists: float32 as in the course
     assert nd.NDArray(np.zeros(2, np.float64), device=device).dtype == "float32"
     assert nd.NDArray(np.zeros(2, np.int64), device=device).dtype == "float32"
-    with pytest.raises(TypeError, match="float64"):
-        nd.NDArray([1.0], device=device, dtype="float64")
+    if "float64" not in device.dtypes:  # cpu_numpy holds float64: tests/test_float64.py
+        with pytest.raises(TypeError, match="float64"):
+            nd.NDArray([1.0], device=device, dtype="float64")
     with pytest.raises(TypeError, match="int16"):
         device.empty((2,), dtype=np.int16)
 
@@ -471,8 +472,9 @@ def test_backend_validates_inputs(device):
         device.reduce_sum(Array(4, "int8"), Array(2, "float32"), 2)
     a = Array(6, "uint8")
     assert a.size == 6 and a.dtype == "uint8" and isinstance(a.ptr(), int)
-    with pytest.raises(TypeError, match="float64"):
-        Array(3, "float64")
+    if "float64" not in device.dtypes:
+        with pytest.raises(TypeError, match="float64"):
+            Array(3, "float64")
 
 
 # ---------------------------------------------------------------- the C++ backend only

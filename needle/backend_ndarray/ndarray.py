@@ -3,20 +3,31 @@
 An ``NDArray`` is a view (shape, strides, offset, all in elements) into a flat ``Array`` that
 lives on a device. Views (reshape of compact arrays, permute, broadcast_to, getitem, flip,
 as_strided) share the buffer; ``compact()`` copies a view into a fresh row-major buffer.
-Four dtypes exist: float32, int8, uint8, int32. Every dtype supports creation, numpy
-round trips, views, setitem, ``astype`` and ``to(device)``; math needs float32.
+Five dtypes exist: float32, float64, int8, uint8, int32. Every device holds float32 and the
+three integer dtypes; float64 lives only where the backend lists it in its ``DTYPES`` (the
+numpy backend, ``cpu_numpy()``), and asking for it elsewhere raises a TypeError that says so.
+Every dtype supports creation, numpy round trips, views, setitem, ``astype`` and
+``to(device)``; math needs a float dtype (float32 with float64 gives float64, as in numpy).
 
 Devices: ``cpu()`` (C++ backend), ``cuda()`` (CUDA backend), ``cpu_numpy()`` (numpy backend).
+
+Data given without a dtype becomes float32 (the kit's default, and the course's compiled
+backend), except under ``NEEDLE_BACKEND=np`` (the course's numpy backend), where numpy's own
+float dtype is kept on a device that holds it (see ``implicit_dtype``).
 """
 import builtins
 import operator
+import os
 from functools import lru_cache, reduce
 
 import numpy as np
 
 from . import ndarray_backend_numpy
 
-DTYPES = ("float32", "int8", "uint8", "int32")
+DTYPES = ("float32", "float64", "int8", "uint8", "int32")
+FLOAT_DTYPES = ("float32", "float64")
+#: the dtypes every backend holds; a backend module that holds more lists them in ``DTYPES``
+BASE_DTYPES = ("float32", "int8", "uint8", "int32")
 INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int32": (-(2**31), 2**31 - 1)}
 
 
@@ -25,7 +36,7 @@ def prod(x):
 
 
 def normalize_dtype(dtype):
-    """Return the dtype name ("float32", "int8", "uint8" or "int32") of a str or numpy dtype."""
+    """Return the dtype name (one of ``DTYPES``) of a str or numpy dtype; None -> "float32"."""
     if dtype is None:
         return "float32"
     if type(dtype) is str and dtype in DTYPES:
@@ -165,21 +176,44 @@ class BackendDevice:
     def enabled(self):
         return self.mod is not None
 
+    @property
+    def dtypes(self):
+        """The dtypes this device holds: ``BASE_DTYPES``, or the backend module's ``DTYPES``."""
+        return tuple(getattr(self.__dict__.get("mod"), "DTYPES", BASE_DTYPES))
+
+    def check_dtype(self, dtype):
+        """``dtype`` normalised (see ``normalize_dtype``); a TypeError naming it and the way out
+        when this device cannot hold it (float64 on the compiled backends)."""
+        dtype = normalize_dtype(dtype)
+        if dtype not in self.dtypes:
+            raise TypeError(
+                f"dtype {dtype} is not available on device {self!r}, which holds {', '.join(self.dtypes)}; "
+                f"use device cpu_numpy() (or NEEDLE_BACKEND=np) for {dtype} arrays, or convert the "
+                f"data to one of those dtypes first (e.g. .astype('float32'))")
+        return dtype
+
     # creators ------------------------------------------------------------------------------
+    def _random(self, draw, shape, dtype):
+        # float64 arrays get unrounded float64 draws; every other dtype the float32 ones
+        dtype = self.check_dtype(dtype)
+        values = draw(*_shape_arg(shape)).astype(np.float64 if dtype == "float64" else np.float32)
+        return NDArray(values, device=self, dtype=dtype)
+
     def randn(self, *shape, dtype="float32"):
         """Standard normal samples (numpy's global RNG), shape ``shape``."""
-        return NDArray(np.random.randn(*_shape_arg(shape)).astype(np.float32), device=self, dtype=dtype)
+        return self._random(np.random.randn, shape, dtype)
 
     def rand(self, *shape, dtype="float32"):
         """Uniform [0, 1) samples (numpy's global RNG), shape ``shape``."""
-        return NDArray(np.random.rand(*_shape_arg(shape)).astype(np.float32), device=self, dtype=dtype)
+        return self._random(np.random.rand, shape, dtype)
 
     def one_hot(self, n, i, dtype="float32"):
         """Rows of the n x n identity picked by the integer indices ``i`` (shape i.shape + (n,))."""
+        dtype = self.check_dtype(dtype)
         idx = np.asarray(i.numpy() if isinstance(i, NDArray) else i).astype(np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise IndexError(f"one_hot: indices must lie in [0, {n}), got range [{idx.min()}, {idx.max()}]")
-        return NDArray(np.eye(n, dtype=normalize_dtype(dtype))[idx], device=self)
+        return NDArray(np.eye(n, dtype=dtype)[idx], device=self, dtype=dtype)
 
     def empty(self, shape, dtype="float32"):
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
@@ -326,6 +360,36 @@ def all_devices():
     return [d for d in (cpu_numpy(), cpu(), cuda()) if d.enabled()]
 
 
+# NEEDLE_BACKEND=np stands for the course's numpy backend, where arrays are numpy arrays: data
+# given without a dtype keeps numpy's float dtype (float64 for lists and np.random.randn).
+# Everywhere else such data becomes float32, as on the course's compiled backend, which the
+# kit's models, quantization code and notebooks rely on.
+KEEP_NUMPY_FLOATS = os.environ.get("NEEDLE_BACKEND", "").strip() == "np"
+
+
+def default_float_dtype(device):
+    """The float dtype of data given without a dtype on ``device``: "float32", or "float64"
+    under ``NEEDLE_BACKEND=np`` when ``device`` holds it (cpu_numpy)."""
+    return "float64" if KEEP_NUMPY_FLOATS and "float64" in device.dtypes else "float32"
+
+
+def implicit_dtype(data, device, *, from_numpy, floats_only=False):
+    """The dtype ``NDArray(data, device)`` takes without a ``dtype``: ``data`` is a numpy array
+    (``from_numpy``) or ``np.asarray`` of a list or scalar; ``floats_only`` gives the rule of
+    Tensors, which are always float.
+
+    Default: numpy arrays of float32 or an integer dtype of ``BASE_DTYPES`` keep it, all else
+    (float64 arrays, lists, Python scalars) becomes float32. ``NEEDLE_BACKEND=np``: numpy's
+    dtype (float64 for float lists) is kept when ``device`` holds it, else the data takes
+    ``default_float_dtype(device)``."""
+    name = data.dtype.name
+    if floats_only and name not in FLOAT_DTYPES:
+        return default_float_dtype(device)
+    if KEEP_NUMPY_FLOATS:
+        return name if name in device.dtypes else default_float_dtype(device)
+    return name if from_numpy and name in BASE_DTYPES else "float32"
+
+
 def _is_scalar(x):
     return isinstance(x, (int, float, bool, np.number, np.bool_)) or (
         isinstance(x, np.ndarray) and x.ndim == 0)
@@ -335,8 +399,10 @@ class NDArray:
     """A strided view into a flat buffer on a device.
 
     ``NDArray(other, device=None, dtype=None)`` copies ``other`` (NDArray, numpy array, list or
-    scalar). Without ``dtype``: numpy arrays of a supported dtype keep it, other numpy arrays,
-    lists and Python scalars become float32.
+    scalar). Without ``dtype``: numpy arrays of float32, int8, uint8 or int32 keep it, other
+    numpy arrays (float64 included), lists and Python scalars become float32; under
+    ``NEEDLE_BACKEND=np`` numpy's dtype is kept where the device holds it (``implicit_dtype``).
+    An explicit ``dtype`` the device cannot hold raises TypeError.
     """
 
     # numpy must defer to our reflected operators (np.float32(2) * x -> x.__rmul__).
@@ -357,16 +423,17 @@ class NDArray:
         if other.dtype.kind not in "biuf":
             raise TypeError(f"NDArray: cannot store {other.dtype} data (complex, object, string "
                             f"and time values have no exact {DTYPES} form); convert it first")
-        if dtype is None and is_np and other.dtype.name in DTYPES:
-            np_dtype = other.dtype.name
+        if dtype is None:
+            np_dtype = implicit_dtype(other, device, from_numpy=is_np)
         else:
-            np_dtype = normalize_dtype(dtype)
-        if np_dtype != "float32" and other.dtype.kind == "f":
+            np_dtype = device.check_dtype(dtype)
+        is_float = np_dtype in FLOAT_DTYPES
+        if not is_float and other.dtype.kind == "f":
             # Floats to integers follow the astype rules (half to even, saturation, NaN -> 0).
-            src = NDArray(other.astype(np.float32), device=device)
+            src = NDArray(other.astype(np.float32), device=device, dtype="float32")
             self._init(src.astype(np_dtype))
             return
-        if np_dtype != "float32" and other.dtype.kind in "iub":
+        if not is_float and other.dtype.kind in "iub":
             other = _saturate_int(other, np_dtype)
         array = np.asarray(other, dtype=np_dtype, order="C")  # keeps 0-d arrays 0-d
         out = NDArray.make(array.shape, device=device, dtype=np_dtype)
@@ -417,7 +484,7 @@ class NDArray:
         device = device if device is not None else default_device()
         if handle is None:  # a fresh buffer of prod(shape) elements: the view must fit in it
             check_view(shape, strides, offset, MAX_ELEMENTS, "NDArray.make")
-            dtype = normalize_dtype(dtype)
+            dtype = device.check_dtype(dtype)
             handle = device.Array(prod(shape), dtype)
         else:
             dtype = normalize_dtype(handle.dtype)
@@ -665,6 +732,7 @@ class NDArray:
         dtype = normalize_dtype(dtype)
         if dtype == self.dtype:
             return self
+        self._device.check_dtype(dtype)
         src = self.compact()
         out = NDArray._alloc(self._shape, self._device, dtype)
         self.device.astype(src._handle, out._handle)
@@ -673,7 +741,7 @@ class NDArray:
     # helpers ---------------------------------------------------------------------------------
     def _check_value(self, value):
         """A scalar suitable for this dtype; integers must fit the integer range."""
-        if self.dtype == "float32":
+        if self.dtype in FLOAT_DTYPES:
             return float(value)
         if isinstance(value, (float, np.floating)):
             if not float(value).is_integer():
@@ -688,11 +756,18 @@ class NDArray:
         if other.device != self.device:
             raise ValueError(f"arrays are on different devices: {self.device} and {other.device}")
 
-    def _need_float(self, op, other=None):
-        if self.dtype != "float32":
-            raise TypeError(f"{op} needs float32, got {self.dtype}")
-        if isinstance(other, NDArray) and other.dtype != "float32":
-            raise TypeError(f"{op} needs float32, got {other.dtype}")
+    def result_dtype(self, op, other=None):
+        """The dtype of float math ``op`` on this array (and the NDArray ``other``): the float
+        dtype of both, float64 when one is float64 (numpy's promotion); TypeError for integer
+        arrays."""
+        dtype = self._dtype
+        for d in (dtype,) if other is None else (dtype, other._dtype):
+            if d not in FLOAT_DTYPES:
+                raise TypeError(f"{op} needs float32, got {d}; convert integer arrays with "
+                                ".astype('float32') first (float64 works too where the device holds it)")
+        if other is not None and other._dtype != dtype:
+            dtype = "float64"
+        return dtype
 
     def _axes(self, axis):
         axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
@@ -708,16 +783,17 @@ class NDArray:
 
     # math ------------------------------------------------------------------------------------
     def ewise_or_scalar(self, other, ewise_func, scalar_func, op="op"):
-        """Apply ``ewise_func`` with an NDArray of the same shape or ``scalar_func`` with a scalar."""
-        out = NDArray._alloc(self._shape, self._device)
+        """Apply ``ewise_func`` with an NDArray of the same shape or ``scalar_func`` with a scalar
+        (the result has ``result_dtype``; a scalar never changes it)."""
         if isinstance(other, NDArray):
             self._check_device(other)
-            self._need_float(op, other)
+            dtype = self.result_dtype(op, other)
             if other.shape != self.shape:
                 raise ValueError(f"{op}: shapes {self.shape} and {other.shape} differ (broadcast explicitly)")
-            ewise_func(self.compact()._handle, other.compact()._handle, out._handle)
+            out = NDArray._alloc(self._shape, self._device, dtype)
+            ewise_func(self.astype(dtype).compact()._handle, other.astype(dtype).compact()._handle, out._handle)
         else:
-            self._need_float(op)
+            out = NDArray._alloc(self._shape, self._device, self.result_dtype(op))
             scalar_func(self.compact()._handle, float(other), out._handle)
         return out
 
@@ -755,8 +831,7 @@ class NDArray:
     def __rtruediv__(self, other):
         if not _is_scalar(other):
             return NotImplemented
-        self._need_float("div")
-        return self.device.full(self.shape, float(other)) / self
+        return self.device.full(self.shape, float(other), dtype=self.result_dtype("div")) / self
 
     def __neg__(self):
         return self * (-1.0)
@@ -764,8 +839,7 @@ class NDArray:
     def __pow__(self, other):
         if not _is_scalar(other):
             raise TypeError(f"power: exponent must be a scalar, got {type(other).__name__}")
-        self._need_float("power")
-        out = NDArray._alloc(self._shape, self._device)
+        out = NDArray._alloc(self._shape, self._device, self.result_dtype("power"))
         self.device.scalar_power(self.compact()._handle, float(other), out._handle)
         return out
 
@@ -797,8 +871,7 @@ class NDArray:
     __hash__ = None
 
     def _unary(self, name):
-        self._need_float(name)
-        out = NDArray._alloc(self._shape, self._device)
+        out = NDArray._alloc(self._shape, self._device, self.result_dtype(name))
         getattr(self.device, "ewise_" + name)(self.compact()._handle, out._handle)
         return out
 
@@ -812,26 +885,27 @@ class NDArray:
         return self._unary("tanh")
 
     def __matmul__(self, other):
-        """2-D matrix product [m, n] @ [n, p] -> [m, p] (float32)."""
+        """2-D matrix product [m, n] @ [n, p] -> [m, p] (``result_dtype``)."""
         if not isinstance(other, NDArray):
             return NotImplemented
         self._check_device(other)
-        self._need_float("matmul", other)
+        dtype = self.result_dtype("matmul", other)
         if self.ndim != 2 or other.ndim != 2 or self.shape[1] != other.shape[0]:
             raise ValueError(f"matmul: shapes {self.shape} and {other.shape} do not fit (need [m, n] @ [n, p])")
         m, n, p = self.shape[0], self.shape[1], other.shape[1]
-        out = NDArray._alloc((m, p), self._device)
+        out = NDArray._alloc((m, p), self._device, dtype)
         if m * p == 0:
             out.fill(0.0)
         elif n == 0:
             out.fill(0.0)
         else:
-            self.device.matmul(self.compact()._handle, other.compact()._handle, out._handle, m, n, p)
+            self.device.matmul(self.astype(dtype).compact()._handle, other.astype(dtype).compact()._handle,
+                               out._handle, m, n, p)
         return out
 
     # reductions ------------------------------------------------------------------------------
     def _reduce(self, axis, keepdims, name):
-        self._need_float(name)
+        dtype = self.result_dtype(name)
         axes = tuple(range(self.ndim)) if axis is None else self._axes(axis)
         keep = tuple(a for a in range(self.ndim) if a not in axes)
         red_size = prod(self.shape[a] for a in axes)
@@ -842,9 +916,9 @@ class NDArray:
         if red_size == 0:
             if name == "max":
                 raise ValueError(f"max over a zero-size axis of shape {self.shape}")
-            return self.device.full(out_shape, 0.0)
+            return self.device.full(out_shape, 0.0, dtype=dtype)
         view = self.permute(keep + axes).compact()
-        out = NDArray._alloc(out_shape, self._device)
+        out = NDArray._alloc(out_shape, self._device, dtype)
         if out.size > 0:
             getattr(self.device, "reduce_" + name)(view._handle, out._handle, red_size)
         return out

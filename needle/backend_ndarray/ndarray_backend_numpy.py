@@ -2,13 +2,16 @@
 
 It provides exactly the backend module interface of docs/ARCHITECTURE.md: a flat ``Array``
 buffer plus free functions taking shapes, strides and offsets in elements. The C++ and CUDA
-backends are tested against it, so it favours clarity over speed.
+backends are tested against it, so it favours clarity over speed. Beyond the dtypes every
+backend holds it also holds float64 (listed in ``DTYPES``): its float math runs in the dtype
+of its operands, which must agree (NDArray promotes mixed operands first).
 """
 import numpy as np
 
 __device_name__ = "cpu_numpy"
 
-DTYPES = ("float32", "int8", "uint8", "int32")
+DTYPES = ("float32", "float64", "int8", "uint8", "int32")
+FLOAT_DTYPES = ("float32", "float64")
 _INT_RANGES = {
     "int8": (-128, 127),
     "uint8": (0, 255),
@@ -24,21 +27,18 @@ def _check_dtype(dtype):
 
 
 class Array:
-    """A flat buffer of ``size`` elements of ``dtype`` (one of float32, int8, uint8, int32)."""
+    """A flat buffer of ``size`` elements of ``dtype`` (one of ``DTYPES``)."""
 
     def __init__(self, size, dtype="float32"):
         size = int(size)
         if size < 0:
             raise ValueError(f"Array size must be >= 0, got {size}")
-        self.array = np.empty(size, dtype=_check_dtype(dtype))
+        self.dtype = _check_dtype(dtype)  # the name, fixed for the buffer's life
+        self.array = np.empty(size, dtype=self.dtype)
 
     @property
     def size(self):
         return self.array.size
-
-    @property
-    def dtype(self):
-        return str(self.array.dtype)
 
     def ptr(self):
         return self.array.ctypes.data
@@ -78,9 +78,12 @@ def _check_same(a, out, what):
 
 
 def _check_float(name, *arrays):
+    """Every array float32, or every one float64."""
     for x in arrays:
-        if x.dtype != "float32":
-            raise TypeError(f"{name} needs float32, got {x.dtype}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} needs float32 or float64, got {x.dtype}")
+    if len({x.dtype for x in arrays}) > 1:
+        raise TypeError(f"{name}: operands differ in dtype ({', '.join(x.dtype for x in arrays)})")
 
 
 def _check_sizes(name, out, *arrays):
@@ -136,11 +139,11 @@ def astype(a, out):
     int->int saturates; int->float rounds to nearest."""
     _check_sizes("astype", out, a)
     src, dst = a.array, out.dtype
-    if dst == "float32":
-        out.array[:] = src.astype(np.float32)
+    if dst in FLOAT_DTYPES:
+        out.array[:] = src.astype(dst)
         return
     lo, hi = _INT_RANGES[dst]
-    if src.dtype == np.float32:
+    if src.dtype.kind == "f":
         x = np.rint(src.astype(np.float64))
         x = np.nan_to_num(x, nan=0.0, posinf=hi, neginf=lo)
         out.array[:] = np.clip(x, lo, hi).astype(dst)
@@ -148,10 +151,10 @@ def astype(a, out):
         out.array[:] = np.clip(src.astype(np.int64), lo, hi).astype(dst)
 
 
-# ---- float32 math -------------------------------------------------------------------------
+# ---- float math (float32 or float64; scalars are taken in the operand's dtype) --------------
 def _ewise(name, fn):
     def op(a, b, out):
-        _check_float(name, a, b)
+        _check_float(name, a, b, out)
         _check_sizes(name, out, a, b)
         with np.errstate(all="ignore"):
             out.array[:] = fn(a.array, b.array)
@@ -161,17 +164,17 @@ def _ewise(name, fn):
 
 def _scalar(name, fn):
     def op(a, val, out):
-        _check_float(name, a)
+        _check_float(name, a, out)
         _check_sizes(name, out, a)
         with np.errstate(all="ignore"):
-            out.array[:] = fn(a.array, np.float32(val))
+            out.array[:] = fn(a.array, a.array.dtype.type(val))
     op.__name__ = name
     return op
 
 
 def _unary(name, fn):
     def op(a, out):
-        _check_float(name, a)
+        _check_float(name, a, out)
         _check_sizes(name, out, a)
         with np.errstate(all="ignore"):
             out.array[:] = fn(a.array)
@@ -183,16 +186,16 @@ ewise_add = _ewise("ewise_add", np.add)
 ewise_mul = _ewise("ewise_mul", np.multiply)
 ewise_div = _ewise("ewise_div", np.divide)
 ewise_maximum = _ewise("ewise_maximum", np.maximum)
-ewise_eq = _ewise("ewise_eq", lambda x, y: (x == y).astype(np.float32))
-ewise_ge = _ewise("ewise_ge", lambda x, y: (x >= y).astype(np.float32))
+ewise_eq = _ewise("ewise_eq", lambda x, y: (x == y).astype(x.dtype))
+ewise_ge = _ewise("ewise_ge", lambda x, y: (x >= y).astype(x.dtype))
 
 scalar_add = _scalar("scalar_add", np.add)
 scalar_mul = _scalar("scalar_mul", np.multiply)
 scalar_div = _scalar("scalar_div", np.divide)
 scalar_power = _scalar("scalar_power", np.power)
 scalar_maximum = _scalar("scalar_maximum", np.maximum)
-scalar_eq = _scalar("scalar_eq", lambda x, y: (x == y).astype(np.float32))
-scalar_ge = _scalar("scalar_ge", lambda x, y: (x >= y).astype(np.float32))
+scalar_eq = _scalar("scalar_eq", lambda x, y: (x == y).astype(x.dtype))
+scalar_ge = _scalar("scalar_ge", lambda x, y: (x >= y).astype(x.dtype))
 
 ewise_log = _unary("ewise_log", np.log)
 ewise_exp = _unary("ewise_exp", np.exp)
@@ -200,7 +203,7 @@ ewise_tanh = _unary("ewise_tanh", np.tanh)
 
 
 def matmul(a, b, out, m, n, p):
-    """out[m, p] = a[m, n] @ b[n, p]; all compact row-major float32."""
+    """out[m, p] = a[m, n] @ b[n, p]; all compact row-major, all float32 or all float64."""
     _check_float("matmul", a, b, out)
     if a.size != m * n or b.size != n * p or out.size != m * p:
         raise ValueError(f"matmul: sizes a={a.size} b={b.size} out={out.size} do not fit m={m} n={n} p={p}")
@@ -209,7 +212,7 @@ def matmul(a, b, out, m, n, p):
 
 def _reduce(name, fn):
     def op(a, out, reduce_size):
-        _check_float(name, a)
+        _check_float(name, a, out)
         if reduce_size <= 0 or a.size != out.size * reduce_size:
             raise ValueError(f"{name}: input size {a.size} != out size {out.size} * reduce_size {reduce_size}")
         out.array[:] = fn(a.array.reshape(-1, reduce_size), axis=1)

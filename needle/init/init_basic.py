@@ -1,8 +1,8 @@
 """Tensor creators. Random ones draw from numpy's global RNG (``np.random.seed`` applies).
 
 Every creator takes ``*shape`` (or one tuple), and the keywords ``device`` (default
-``needle.default_device()``), ``dtype`` (default ``"float32"``) and ``requires_grad``
-(default False).
+``needle.default_device()``), ``dtype`` (default ``"float32"``; ``"float64"`` where the device
+holds it, with values drawn and scaled in float64) and ``requires_grad`` (default False).
 """
 import numpy as np
 
@@ -24,17 +24,22 @@ def _dtype(dtype):
     return "float32" if dtype in ("bool", bool, np.bool_) else dtype
 
 
+def _draw_dtype(dtype):
+    """Random values are drawn and scaled in float64 for float64 tensors, else in float32."""
+    return "float64" if _dtype(dtype) in ("float64", np.float64) else "float32"
+
+
 def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=False):
     """Uniform samples in [low, high)."""
     device = default_device() if device is None else device
-    array = device.rand(*_shape(shape)) * (high - low) + low
+    array = device.rand(*_shape(shape), dtype=_draw_dtype(dtype)) * (high - low) + low
     return ndl.Tensor(array, device=device, dtype=_dtype(dtype), requires_grad=requires_grad)
 
 
 def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad=False):
     """Normal samples with the given mean and standard deviation."""
     device = default_device() if device is None else device
-    array = device.randn(*_shape(shape)) * std + mean
+    array = device.randn(*_shape(shape), dtype=_draw_dtype(dtype)) * std + mean
     return ndl.Tensor(array, device=device, dtype=_dtype(dtype), requires_grad=requires_grad)
 
 
@@ -56,7 +61,7 @@ def zeros(*shape, device=None, dtype="float32", requires_grad=False):
 def randb(*shape, p=0.5, device=None, dtype="float32", requires_grad=False):
     """Bernoulli(p) samples as 0.0 / 1.0 (1 with probability ``p``)."""
     device = default_device() if device is None else device
-    array = device.rand(*_shape(shape)) <= p
+    array = device.rand(*_shape(shape), dtype=_draw_dtype(dtype)) <= p
     return ndl.Tensor(array, device=device, dtype=_dtype(dtype), requires_grad=requires_grad)
 
 

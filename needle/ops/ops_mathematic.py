@@ -468,7 +468,7 @@ def _matmul_nd(a: NDArray, b: NDArray) -> NDArray:
         return out.permute(tuple(range(1, nb + 1)) + (0, nb + 1)).compact()
     ab = a.broadcast_to(batch + (m, n))
     bb = b.broadcast_to(batch + (n, p))
-    out = array_api.empty(batch + (m, p), device=a.device)
+    out = array_api.empty(batch + (m, p), dtype=a.result_dtype("matmul", b), device=a.device)
     for idx in numpy.ndindex(*batch):
         out[idx] = ab[idx] @ bb[idx]
     return out
@@ -653,7 +653,7 @@ def _col2im(g: NDArray, w: NDArray, x_shape, stride: int, padding: int) -> NDArr
     _, Ho, Wo, _ = g.shape
     w2 = w.compact().reshape((K * K * C, Cout)).permute((1, 0))
     dcols = (g.reshape((N * Ho * Wo, Cout)) @ w2).reshape((N, Ho, Wo, K, K, C))
-    dx = array_api.full((N, H + 2 * padding, W + 2 * padding, C), 0.0, device=g.device)
+    dx = array_api.full((N, H + 2 * padding, W + 2 * padding, C), 0.0, dtype=dcols.dtype, device=g.device)
     for i in range(K):
         for j in range(K):
             window = (slice(None), slice(i, i + stride * (Ho - 1) + 1, stride),
