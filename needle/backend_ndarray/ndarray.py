@@ -128,6 +128,7 @@ class BackendDevice:
     def __init__(self, name, mod):
         self.name = name
         self.mod = mod
+        self._dtypes = tuple(getattr(mod, "DTYPES", BASE_DTYPES))
 
     def __eq__(self, other):
         return isinstance(other, BackendDevice) and self.name == other.name
@@ -179,13 +180,13 @@ class BackendDevice:
     @property
     def dtypes(self):
         """The dtypes this device holds: ``BASE_DTYPES``, or the backend module's ``DTYPES``."""
-        return tuple(getattr(self.__dict__.get("mod"), "DTYPES", BASE_DTYPES))
+        return self._dtypes
 
     def check_dtype(self, dtype):
         """``dtype`` normalised (see ``normalize_dtype``); a TypeError naming it and the way out
         when this device cannot hold it (float64 on the compiled backends)."""
         dtype = normalize_dtype(dtype)
-        if dtype not in self.dtypes:
+        if dtype not in self._dtypes:
             raise TypeError(
                 f"dtype {dtype} is not available on device {self!r}, which holds {', '.join(self.dtypes)}; "
                 f"use device cpu_numpy() (or NEEDLE_BACKEND=np) for {dtype} arrays, or convert the "
