@@ -255,7 +255,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cuda", action="store_true", help="build the CUDA backend (needs nvcc)")
     ap.add_argument("--json", type=Path, help="also write the result (ok, problems, timings) here")
     args = ap.parse_args(argv)
-    res = emulate(args.release, args.work, args.cuda)
+    # absolute: the emulation changes directories (its /content) while it copies into ``work``
+    res = emulate(args.release.resolve(), args.work.resolve(), args.cuda)
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     for p in res["problems"]:
