@@ -18,3 +18,4 @@ from .convert import (PreparedModel, QuantizedModel, prepare, calibrate, convert
                       quantize_model, quantize_weight, load_quantized)
 from .qat import (FakeQuantize, fake_quantize, QATModel, prepare_qat, fine_tune, save_qat,
                   load_qat)
+from .int4 import Int4Weight, save_int4, load_int4

@@ -400,3 +400,173 @@ def quantized_add(a, a_zero_point, a_mult, a_shift, b, b_zero_point, b_mult, b_s
         lo = max(lo, int(out_zero_point))
     return np.clip(y + int(out_zero_point), lo, hi).astype(name)
     ### END SOLUTION
+
+
+# ------------------------------------------------------------------------------------------
+# Weight-only int4, group-wise (docs/ARCHITECTURE.md, "Weight-only int4")
+#
+# A float weight W [N, K] (one row per output channel) is cut along K into groups of
+# ``group`` values (the last group of a row may be shorter). Every group g of row n has a
+# float32 scale s[n, g] and a zero point z[n, g] in [0, 15]; its 4-bit codes are
+#     u = clamp(rint(w / s) + z, 0, 15),     w ~= (u - z) * s
+# symmetric: s = max|w| / 7.5 (choose_qparams on the signed 4-bit range [-8, 7]), z = 8
+# asymmetric: s = (hi - lo) / 15, z = clamp(-rint(lo / s), 0, 15): choose_qparams "affine" on
+#     uint8 with bits=4 (the range extended to contain 0).
+# Packing: two codes per byte, row by row, ``ceil(K / 2)`` bytes a row; code k sits in byte
+# k // 2, in the LOW nibble when k is even and the HIGH nibble when k is odd; the unused high
+# nibble of a row with odd K is 0.
+# ------------------------------------------------------------------------------------------
+
+__all__ += ["INT4_SCHEMES", "INT4_LANES", "int4_groups", "quantize_int4", "pack_int4",
+            "unpack_int4", "dequantize_int4", "int4_gemm_reference"]
+
+INT4_SCHEMES = ("symmetric", "asymmetric")
+#: partial sums per group in the int4 matrix product (the width of one AVX2 float32 vector)
+INT4_LANES = 8
+
+
+def int4_groups(k, group):
+    """Number of groups of a row of ``k`` values: ``ceil(k / group)``. ``group`` must be a
+    positive multiple of 8 (the kernels unpack 8 codes at a time), ``k`` >= 1."""
+    if not isinstance(group, (int, np.integer)) or group < 8 or group % 8:
+        raise ValueError(f"int4 group size must be a positive multiple of 8 (e.g. 32, 64, "
+                         f"128), got {group!r}")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"int4 rows need k >= 1 values, got {k!r}")
+    return -(-int(k) // int(group))
+
+
+def _group_view(w, group):
+    """w [N, K] float32 -> [N, G, group] padded with NaN (ignored by the range) and a mask."""
+    n, k = w.shape
+    ng = int4_groups(k, group)
+    padded = np.full((n, ng * group), np.nan, np.float32)
+    padded[:, :k] = w
+    return padded.reshape(n, ng, group)
+
+
+def quantize_int4(w, group=64, scheme="symmetric"):
+    """Group-wise int4 codes of a float weight.
+
+    w: float [N, K] (output channels x reduction), finite. group: values per group (multiple
+    of 8). scheme: "symmetric" (zero point 8) or "asymmetric" (zero point per group).
+    Returns ``(codes uint8 [N, K] in [0, 15], scales float32 [N, G], zero_points uint8 [N, G])``
+    with ``G = ceil(K / group)``.
+    """
+    if scheme not in INT4_SCHEMES:
+        raise ValueError(f"int4 scheme must be one of {INT4_SCHEMES}, got {scheme!r}")
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"quantize_int4 needs a 2-D weight [N, K], got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("quantize_int4: the weight holds non-finite values")
+    n, k = w.shape
+    ng = int4_groups(k, group)
+    g = _group_view(w, group)
+    lo = np.nanmin(g, axis=2).reshape(-1)
+    hi = np.nanmax(g, axis=2).reshape(-1)
+    ### BEGIN SOLUTION
+    if scheme == "symmetric":
+        scale, _ = choose_qparams(lo, hi, "symmetric", "int8", bits=4)
+        zp = np.full(scale.shape, 8, np.int64)
+    else:
+        scale, zp = choose_qparams(lo, hi, "affine", "uint8", bits=4)
+    scale = scale.reshape(n, ng)
+    zp = zp.reshape(n, ng).astype(np.int64)
+    # the padding NaNs quantize to the zero point and are cut off again
+    codes = quantize(g.reshape(n * ng, group), scale.reshape(-1), zp.reshape(-1), "uint8",
+                     axis=0, qmin=0, qmax=15)
+    codes = codes.reshape(n, ng * group)[:, :k]
+    ### END SOLUTION
+    return codes, scale.astype(np.float32), zp.astype(np.uint8)
+
+
+def pack_int4(codes):
+    """Two 4-bit codes per byte: uint8 [N, K] in [0, 15] -> uint8 [N, ceil(K / 2)], code k in
+    the low nibble of byte k // 2 when k is even, the high nibble when k is odd."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.dtype.kind not in "iu":
+        raise ValueError(f"pack_int4 needs 2-D integer codes, got {codes.dtype} {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() > 15):
+        raise ValueError(f"int4 codes must lie in [0, 15], got [{codes.min()}, {codes.max()}]")
+    n, k = codes.shape
+    ### BEGIN SOLUTION
+    padded = np.zeros((n, k + (k & 1)), np.uint8)
+    padded[:, :k] = codes
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
+    ### END SOLUTION
+
+
+def unpack_int4(packed, k):
+    """Inverse of :func:`pack_int4`: uint8 [N, ceil(k / 2)] -> codes uint8 [N, k]."""
+    packed = np.asarray(packed)
+    if packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] != -(-int(k) // 2):
+        raise ValueError(f"unpack_int4 needs uint8 [N, ceil({k} / 2)], got {packed.dtype} "
+                         f"{packed.shape}")
+    ### BEGIN SOLUTION
+    out = np.empty((packed.shape[0], 2 * packed.shape[1]), np.uint8)
+    out[:, 0::2] = packed & 0x0F
+    out[:, 1::2] = packed >> 4
+    return out[:, :k]
+    ### END SOLUTION
+
+
+def _expand_groups(p, k, group):
+    return np.repeat(np.asarray(p), group, axis=1)[:, :k]
+
+
+def dequantize_int4(packed, scales, zero_points, group, k):
+    """Float32 [N, k] weights ``(u - z) * s`` of packed int4 codes (for checks and for the
+    reference; the kernels never form them)."""
+    u = unpack_int4(packed, k).astype(np.int64)
+    z = _expand_groups(zero_points, k, group).astype(np.int64)
+    s = _expand_groups(np.asarray(scales, np.float32), k, group)
+    return (u - z).astype(np.float32) * s
+
+
+def int4_gemm_reference(x, packed, scales, zero_points, group, k):
+    """``y [M, N] = x [M, k] @ W^T`` for int4 weights W [N, k], in the kernels' exact float32
+    order (so they can be compared bit for bit; every operation is a float32 IEEE multiply or
+    add, never a fused multiply-add).
+
+    For every row m and output channel n, with ``LANES = 8`` and groups g of ``group`` values:
+
+        p[0..7] = 0
+        for t in 0 .. len(g) - 1:   k = g * group + t
+            p[t % 8] = p[t % 8] + float32(u[n, k] - z[n, g]) * x[m, k]
+        sum_g = ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7))
+        y[m, n] = y[m, n] + s[n, g] * sum_g          (y starts at 0, groups in order)
+
+    x: float32 [M, k]; packed uint8 [N, ceil(k/2)]; scales float32 [N, G]; zero_points uint8
+    [N, G]. Returns float32 [M, N].
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != k:
+        raise ValueError(f"int4_gemm: x must be [M, {k}], got {x.shape}")
+    ng = int4_groups(k, group)
+    u = unpack_int4(packed, k)
+    n = u.shape[0]
+    scales = np.asarray(scales, np.float32)
+    zero_points = np.asarray(zero_points)
+    if scales.shape != (n, ng) or zero_points.shape != (n, ng):
+        raise ValueError(f"int4_gemm: scales and zero points must be [{n}, {ng}], got "
+                         f"{scales.shape} and {zero_points.shape}")
+    m = x.shape[0]
+    L = INT4_LANES
+    y = np.zeros((m, n), np.float32)
+    ### BEGIN SOLUTION
+    w = u.astype(np.int64) - _expand_groups(zero_points, k, group).astype(np.int64)
+    w = w.astype(np.float32)                                   # [N, k] small integers
+    for g in range(ng):
+        k0, k1 = g * group, min(k, (g + 1) * group)
+        p = np.zeros((m, n, L), np.float32)
+        for t0 in range(0, k1 - k0, L):
+            seg = slice(k0 + t0, min(k1, k0 + t0 + L))
+            width = seg.stop - seg.start
+            prod = w[None, :, seg] * x[:, None, seg]           # [M, N, width] float32
+            p[:, :, :width] = p[:, :, :width] + prod
+        s = ((p[..., 0] + p[..., 4]) + (p[..., 2] + p[..., 6])) + \
+            ((p[..., 1] + p[..., 5]) + (p[..., 3] + p[..., 7]))
+        y = y + scales[None, :, g] * s
+    ### END SOLUTION
+    return y
