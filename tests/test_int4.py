@@ -11,7 +11,8 @@ from needle.quant.int4 import INT4_KEY, Int4Weight, load_int4, save_int4
 from needle.serialization import SerializationError
 
 CPU = nd.cpu()
-needs_cpu = pytest.mark.skipif(not CPU.enabled(), reason="C++ CPU backend not built")
+needs_cpu = pytest.mark.skipif(not CPU.enabled() or not hasattr(CPU.mod, "int4_gemm"),
+                               reason="C++ CPU backend (with int4_gemm) not built")
 
 
 def weight(n, k, seed=0, outlier=False):

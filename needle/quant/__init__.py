@@ -19,3 +19,5 @@ from .convert import (PreparedModel, QuantizedModel, prepare, calibrate, convert
 from .qat import (FakeQuantize, fake_quantize, QATModel, prepare_qat, fine_tune, save_qat,
                   load_qat)
 from .int4 import Int4Weight, save_int4, load_int4
+from .dynamic import DynamicInt8Matrix
+from .lm import QuantizedLanguageModel, quantize_lm, save_quantized_lm, load_quantized_lm

@@ -570,3 +570,50 @@ def int4_gemm_reference(x, packed, scales, zero_points, group, k):
         y = y + scales[None, :, g] * s
     ### END SOLUTION
     return y
+
+
+# ------------------------------------------------------------------------------------------
+# Dynamic int8 (docs/ARCHITECTURE.md, "Dynamic int8"): weights per output channel, symmetric
+# int8 [-127, 127], prepared once; activations affine uint8 per tensor from the range each
+# call observes; the integer GEMM's int32 accumulator is turned back into float32 by
+#     y = float32(acc) * (float32(s_x) * s_w[c])
+# (a float32 product per channel, then one float32 multiply per output).
+# ------------------------------------------------------------------------------------------
+
+__all__ += ["dynamic_weight", "dynamic_activation", "dynamic_output", "dynamic_linear_reference"]
+
+
+def dynamic_weight(w):
+    """Per-output-channel symmetric int8 of a float weight [N, K]: ``(w_q int8 [N, K],
+    scale float32 [N])`` (range [-127, 127], zero point 0)."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"dynamic_weight needs a 2-D weight [N, K], got shape {w.shape}")
+    scale, zp = choose_qparams(w.min(axis=1), w.max(axis=1), "symmetric", "int8",
+                               reduced_range=True)
+    return quantize(w, scale, zp, "int8", axis=0, reduced_range=True), scale
+
+
+def dynamic_activation(x):
+    """``(x_q uint8, scale, zero_point)``: affine uint8 over the range x holds now."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.astype(np.uint8), np.float32(1.0), 0
+    if not np.all(np.isfinite(x)):
+        raise ValueError("dynamic quantization: the activation holds non-finite values")
+    scale, zp = choose_qparams(x.min(), x.max(), "affine", "uint8")
+    return quantize(x, scale, zp, "uint8"), np.float32(scale), int(zp)
+
+
+def dynamic_output(acc, x_scale, w_scale):
+    """float32 [M, N] of an int32 accumulator: ``float32(acc) * (float32(s_x) * s_w[c])``."""
+    per_channel = np.float32(x_scale) * np.asarray(w_scale, np.float32)
+    return np.asarray(acc).astype(np.float32) * per_channel[None, :]
+
+
+def dynamic_linear_reference(x, w_q, w_scale):
+    """``x [M, K] @ W^T`` with dynamic int8: quantize x over its range, integer GEMM against
+    w_q [N, K] (int8, zero point 0), :func:`dynamic_output`. Returns float32 [M, N]."""
+    xq, s, zp = dynamic_activation(x)
+    acc = qgemm_reference(xq, w_q, zp, out_dtype="int32")
+    return dynamic_output(acc, s, w_scale)

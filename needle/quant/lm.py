@@ -1,0 +1,252 @@
+"""Quantized inference of the course's LSTM language model (needle.apps.LanguageModel).
+
+    qlm = quantize_lm(model, weights="int4", group=64)      # or weights="int8" (dynamic)
+    logits, h = qlm(x, h)                                   # same call as the float model
+    save_quantized_lm(qlm, "lm_int4.safetensors"); qlm = load_quantized_lm(path)
+
+``quantize_lm`` is the language-model sibling of ``quantize_model`` (which stays the
+calibrated static int8 path of the CNNs): no calibration data is needed, because
+
+* ``weights="int8"``: every matrix (the LSTM's W_ih and W_hh, the output Linear) becomes a
+  :class:`~needle.quant.dynamic.DynamicInt8Matrix` (activations quantized per call);
+* ``weights="int4"``: every matrix becomes a group-wise :class:`~needle.quant.int4.Int4Weight`
+  (float activations, the int4 kernel);
+* ``weights="float32"``: the same numpy inference loop on float32 matrices (the baseline for
+  speed comparisons).
+
+The embedding table, the biases and the LSTM's elementwise gate math stay float32. Inference
+only (no autograd): inputs and outputs are needle Tensors, the work is numpy + kernels.
+"""
+import json
+
+import numpy as np
+
+from .. import serialization
+from ..autograd import Tensor
+from ..nn.nn_basic import Module
+from ..serialization import SerializationError
+from .dynamic import DynamicInt8Matrix, FloatMatrix
+from .int4 import Int4Weight, int4_file_parts, read_int4_descriptions
+
+__all__ = ["quantize_lm", "QuantizedLanguageModel", "save_quantized_lm", "load_quantized_lm",
+           "LM_WEIGHTS"]
+
+LM_WEIGHTS = ("float32", "int8", "int4")
+LM_KEY = "needle.quant.lm"
+
+
+def _sigmoid(x):
+    return np.float32(0.5) * (np.tanh(np.float32(0.5) * x) + np.float32(1.0))
+
+
+def _matrix(w_nk, weights, group, scheme, device):
+    if weights == "int8":
+        return DynamicInt8Matrix.from_float(w_nk, device=device)
+    if weights == "int4":
+        return Int4Weight.from_float(w_nk, group, scheme, device=device)
+    return FloatMatrix(w_nk)
+
+
+class QuantizedLanguageModel(Module):
+    """Embedding -> LSTM layers -> Linear with quantized matrices (see :func:`quantize_lm`).
+
+    forward(x (seq_len, bs) token ids, h=None or (h0, c0) each (num_layers, bs, H))
+    -> (logits Tensor (seq_len * bs, vocab), (h_n, c_n) Tensors), like LanguageModel.
+    ``matrices``: {"layer{k}.W_ih", "layer{k}.W_hh", "linear"} -> matrix object ([N, K]).
+    """
+
+    def __init__(self, embedding, layers, linear, linear_bias, weights, group=None,
+                 scheme=None, device=None):
+        super().__init__()
+        self.embedding_table = np.ascontiguousarray(embedding, np.float32)
+        self.layers = layers        # list of (W_ih matrix, W_hh matrix, bias float32 [4H])
+        self.linear_matrix = linear
+        self.linear_bias = np.ascontiguousarray(linear_bias, np.float32)
+        self.weights, self.group, self.scheme = weights, group, scheme
+        self.device = device
+        self.hidden_size = layers[0][1].k
+        self.seq_model_name = "lstm"
+        self.training = False
+
+    @property
+    def matrices(self):
+        out = {}
+        for i, (w_ih, w_hh, _) in enumerate(self.layers):
+            out[f"layer{i}.W_ih"], out[f"layer{i}.W_hh"] = w_ih, w_hh
+        out["linear"] = self.linear_matrix
+        return out
+
+    def forward_numpy(self, ids, h=None):
+        """ids int (T, bs) -> (logits float32 [T*bs, V], (h, c) float32 [L, bs, H])."""
+        ids = np.asarray(ids).astype(np.int64)
+        vocab = self.embedding_table.shape[0]
+        if ids.ndim != 2:
+            raise ValueError(f"expected token ids of shape (seq_len, bs), got {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise IndexError(f"token ids must lie in [0, {vocab}), got [{ids.min()}, {ids.max()}]")
+        T, bs = ids.shape
+        H, L = self.hidden_size, len(self.layers)
+        if h is None:
+            h0 = np.zeros((L, bs, H), np.float32)
+            c0 = np.zeros((L, bs, H), np.float32)
+        else:
+            h0, c0 = (np.asarray(a.numpy() if hasattr(a, "numpy") else a, np.float32) for a in h)
+        X = self.embedding_table[ids]                          # (T, bs, E)
+        hs, cs = [], []
+        for li, (w_ih, w_hh, bias) in enumerate(self.layers):
+            gx = w_ih.matmul(X.reshape(T * bs, -1)).reshape(T, bs, 4 * H) + bias
+            hh, cc = h0[li], c0[li]
+            out = np.empty((T, bs, H), np.float32)
+            for t in range(T):
+                g = gx[t] + w_hh.matmul(hh)
+                i, f, gg, o = (g[:, j * H:(j + 1) * H] for j in range(4))
+                cc = _sigmoid(f) * cc + _sigmoid(i) * np.tanh(gg)
+                hh = _sigmoid(o) * np.tanh(cc)
+                out[t] = hh
+            X = out
+            hs.append(hh)
+            cs.append(cc)
+        logits = self.linear_matrix.matmul(X.reshape(T * bs, H)) + self.linear_bias
+        return logits, (np.stack(hs), np.stack(cs))
+
+    def forward(self, x, h=None):
+        ids = x.numpy() if hasattr(x, "numpy") else np.asarray(x)
+        logits, (hn, cn) = self.forward_numpy(ids, h)
+        dev = x.device if isinstance(x, Tensor) else self.device
+        t = lambda a: Tensor(a, device=dev, requires_grad=False)
+        return t(logits), (t(hn), t(cn))
+
+    def weight_bytes(self):
+        """Bytes of every array the model needs (matrices, embedding, biases)."""
+        return (sum(m.nbytes for m in self.matrices.values()) + self.embedding_table.nbytes +
+                self.linear_bias.nbytes + sum(b.nbytes for _, _, b in self.layers))
+
+    def __repr__(self):
+        return (f"QuantizedLanguageModel(weights={self.weights!r}, group={self.group}, "
+                f"layers={len(self.layers)}, hidden={self.hidden_size})")
+
+
+def quantize_lm(model, weights="int4", group=64, scheme="symmetric", device=None):
+    """A :class:`QuantizedLanguageModel` of an LSTM ``LanguageModel``.
+
+    weights: "int4" (group-wise, ``group`` in 32/64/128 or any multiple of 8, ``scheme``
+    "symmetric" | "asymmetric"), "int8" (dynamic) or "float32". device: where the kernels run
+    (default: the default device).
+    """
+    if weights not in LM_WEIGHTS:
+        raise ValueError(f"weights must be one of {LM_WEIGHTS}, got {weights!r}")
+    if getattr(model, "seq_model_name", None) != "lstm":
+        raise ValueError("quantize_lm handles LSTM LanguageModels (seq_model='lstm')")
+    layers = []
+    for cell in model.seq_model.lstm_cells:
+        w_ih = cell.W_ih.numpy().T                             # (4H, in)
+        w_hh = cell.W_hh.numpy().T                             # (4H, H)
+        bias = np.zeros(w_ih.shape[0], np.float32)
+        for b in (cell.bias_ih, cell.bias_hh):
+            if b is not None:
+                bias = bias + b.numpy().reshape(-1)
+        layers.append((_matrix(w_ih, weights, group, scheme, device),
+                       _matrix(w_hh, weights, group, scheme, device), bias.astype(np.float32)))
+    lin = _matrix(model.linear.weight.numpy().T, weights, group, scheme, device)
+    lb = model.linear.bias.numpy().reshape(-1) if model.linear.bias is not None else \
+        np.zeros(lin.n, np.float32)
+    return QuantizedLanguageModel(model.embedding.weight.numpy(), layers, lin, lb, weights,
+                                  group if weights == "int4" else None,
+                                  scheme if weights == "int4" else None, device)
+
+
+# ---- files --------------------------------------------------------------------------------
+def save_quantized_lm(qlm, path):
+    """Write an int4 or int8 :class:`QuantizedLanguageModel` to a needle safetensors file.
+    int4 matrices use the int4 format (``needle.quant.int4``); int8 ones ``name.w_q`` int8
+    and ``name.scale`` float32."""
+    tensors = {"embedding": qlm.embedding_table, "linear.bias": qlm.linear_bias}
+    for i, (_, _, b) in enumerate(qlm.layers):
+        tensors[f"layer{i}.bias"] = b
+    meta = {}
+    if qlm.weights == "int4":
+        parts, meta = int4_file_parts(qlm.matrices)
+        tensors.update(parts)
+    elif qlm.weights == "int8":
+        for name, m in qlm.matrices.items():
+            tensors[f"{name}.w_q"], tensors[f"{name}.scale"] = m.w_q, m.scale
+    else:
+        for name, m in qlm.matrices.items():
+            tensors[f"{name}.w"] = m.w
+    meta[LM_KEY] = json.dumps({"weights": qlm.weights, "layers": len(qlm.layers)})
+    serialization.save(tensors, path, metadata=meta)
+
+
+def _expect(path, entries, key, dtype, shape):
+    if key not in entries:
+        raise SerializationError(f"{path}: the file has no tensor {key!r}")
+    got = (entries[key][0].name, tuple(entries[key][1]))
+    if got != (dtype, tuple(shape)):
+        raise SerializationError(f"{path}: tensor {key!r} is {got[0]} {got[1]}, expected "
+                                 f"{dtype} {tuple(shape)}")
+
+
+def load_quantized_lm(path, device=None):
+    """Rebuild a model written by :func:`save_quantized_lm`; every tensor's dtype and shape is
+    checked against the description (and the others) before anything is read."""
+    entries, meta = serialization.read_header(path)
+    try:
+        d = json.loads(meta[LM_KEY])
+        weights, n_layers = d["weights"], d["layers"]
+    except (KeyError, ValueError, TypeError) as e:
+        raise SerializationError(f"{path}: not a quantized language model "
+                                 f"({LM_KEY!r} metadata missing or corrupt: {e!s:.100})") from None
+    if weights not in LM_WEIGHTS or type(n_layers) is not int or not 1 <= n_layers <= 64:
+        raise SerializationError(f"{path}: bad {LM_KEY!r} metadata {d!r:.200}")
+    if "embedding" not in entries or len(entries["embedding"][1]) != 2:
+        raise SerializationError(f"{path}: the file has no 2-D 'embedding' tensor")
+    vocab, emb = entries["embedding"][1]
+    names = [f"layer{i}.{w}" for i in range(n_layers) for w in ("W_ih", "W_hh")] + ["linear"]
+    if weights == "int4":
+        desc = read_int4_descriptions(path, entries, meta)
+        if sorted(desc) != sorted(names):
+            raise SerializationError(f"{path}: int4 weights {sorted(desc)} != {sorted(names)}")
+        shapes = {n: tuple(desc[n]["shape"]) for n in names}
+    else:
+        suffix = "w_q" if weights == "int8" else "w"
+        shapes = {}
+        for n in names:
+            if f"{n}.{suffix}" not in entries or len(entries[f"{n}.{suffix}"][1]) != 2:
+                raise SerializationError(f"{path}: the file has no 2-D tensor '{n}.{suffix}'")
+            shapes[n] = tuple(entries[f"{n}.{suffix}"][1])
+    H = shapes["layer0.W_hh"][1]
+    for i in range(n_layers):
+        want_in = emb if i == 0 else H
+        if shapes[f"layer{i}.W_ih"] != (4 * H, want_in) or shapes[f"layer{i}.W_hh"] != (4 * H, H):
+            raise SerializationError(f"{path}: layer {i} matrices {shapes[f'layer{i}.W_ih']}, "
+                                     f"{shapes[f'layer{i}.W_hh']} do not fit hidden size {H}")
+        _expect(path, entries, f"layer{i}.bias", "float32", (4 * H,))
+    if shapes["linear"] != (vocab, H):
+        raise SerializationError(f"{path}: linear is {shapes['linear']}, expected {(vocab, H)}")
+    _expect(path, entries, "linear.bias", "float32", (vocab,))
+    _expect(path, entries, "embedding", "float32", (vocab, emb))
+    if weights == "int8":
+        for n in names:
+            _expect(path, entries, f"{n}.w_q", "int8", shapes[n])
+            _expect(path, entries, f"{n}.scale", "float32", (shapes[n][0],))
+    elif weights == "float32":
+        for n in names:
+            _expect(path, entries, f"{n}.w", "float32", shapes[n])
+    arrays, _ = serialization.load_numpy(path)
+
+    def matrix(n):
+        if weights == "int4":
+            return Int4Weight.from_tensors(n, desc[n], arrays, device, str(path))
+        if weights == "int8":
+            s = arrays[f"{n}.scale"]
+            if not np.all(np.isfinite(s)) or np.any(s <= 0):
+                raise SerializationError(f"{path}: {n}.scale must be finite and > 0")
+            return DynamicInt8Matrix(arrays[f"{n}.w_q"], s, device)
+        return FloatMatrix(arrays[f"{n}.w"])
+
+    layers = [(matrix(f"layer{i}.W_ih"), matrix(f"layer{i}.W_hh"), arrays[f"layer{i}.bias"])
+              for i in range(n_layers)]
+    group = desc["linear"]["group"] if weights == "int4" else None
+    scheme = desc["linear"]["scheme"] if weights == "int4" else None
+    return QuantizedLanguageModel(arrays["embedding"], layers, matrix("linear"),
+                                  arrays["linear.bias"], weights, group, scheme, device)
