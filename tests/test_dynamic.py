@@ -132,3 +132,21 @@ def test_file_is_validated(tmp_path, weights, key, value, meta, match):
     _corrupt(path, key, value, meta)
     with pytest.raises(SerializationError, match=match):
         load_quantized_lm(path)
+
+
+def test_cli_lm_demo_smoke(tmp_path):
+    from needle.data.offline_text import license_paragraphs
+    try:
+        license_paragraphs()
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"offline corpus unavailable: {e}")
+    from needle.quant.__main__ import main
+    result = main(["demo", "--model", "lm", "--test-chars", "400", "--lm-steps", "2",
+                   "--out-dir", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    rows = result["variants"]
+    assert list(rows) == ["float32", "int8-dynamic", "int4-g128", "int4-g64", "int4-g32"]
+    assert 1.0 < rows["float32"]["perplexity"] < 84.0
+    for label in ("int4-g128", "int4-g64", "int4-g32"):
+        assert rows[label]["size_ratio"] > 3.5
+    assert abs(rows["int8-dynamic"]["perplexity_rel_change"]) < 0.02
+    assert json.loads((tmp_path / "r.json").read_text())["test_characters"] == 400

@@ -250,3 +250,107 @@ def load_quantized_lm(path, device=None):
     scheme = desc["linear"]["scheme"] if weights == "int4" else None
     return QuantizedLanguageModel(arrays["embedding"], layers, matrix("linear"),
                                   arrays["linear.bias"], weights, group, scheme, device)
+
+
+# ---- the demo (python -m needle.quant demo --model lm) -------------------------------------
+#: the variants the demo compares: (label, weights, group)
+DEMO_VARIANTS = (("float32", None, None), ("int8-dynamic", "int8", None),
+                 ("int4-g128", "int4", 128), ("int4-g64", "int4", 64), ("int4-g32", "int4", 32))
+
+
+def _blas_single_thread():
+    """A context capping numpy's BLAS at one thread (its threads only add overhead on these
+    small matrices); a no-op without threadpoolctl."""
+    import contextlib
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, "blas")
+
+
+def perplexity(model, ids, batch_size=8, seq_len=64, device=None):
+    """exp(mean cross-entropy) of next-character prediction over ``ids`` (a list of token
+    ids), batchified like the checkpoint's evaluation (columns of ``batch_size``, windows of
+    ``seq_len``, state carried), for a LanguageModel or a QuantizedLanguageModel."""
+    import math
+    from ..apps.simple_ml import epoch_general_ptb
+    from ..data import batchify
+    from ..nn import SoftmaxLoss
+    data = batchify(ids, batch_size)
+    _, loss = epoch_general_ptb(data, model, seq_len, SoftmaxLoss(), None, device=device)
+    return math.exp(loss)
+
+
+def tokens_per_second(model, batch, steps, device=None, seed=0):
+    """Generation speed: ``steps`` single-token forward calls on ``batch`` streams with the
+    state carried (what sampling does). Returns tokens/s = steps * batch / seconds."""
+    import time
+    rng = np.random.default_rng(seed)
+    vocab = model.linear_bias.shape[0] if isinstance(model, QuantizedLanguageModel) else \
+        model.output_size
+    xs = [Tensor(rng.integers(0, vocab, (1, batch)).astype(np.float32), device=device,
+                 requires_grad=False) for _ in range(steps + 1)]
+    h = model(xs[0])[1]
+    t0 = time.perf_counter()
+    for x in xs[1:]:
+        h = model(x, h)[1]
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def lm_demo(checkpoint=None, device=None, out_dir="build", test_chars=None, steps=64,
+            progress=True, say=print):
+    """Float vs dynamic int8 vs int4 (g128, g64, g32) on the shipped character LSTM: test
+    perplexity (the fixed offline split), file bytes (each variant saved and reloaded), and
+    tokens/s at batch 1 and 32. Returns the result dict."""
+    import os
+    from pathlib import Path
+    from ..apps.models import DEFAULT_LM_CHECKPOINT, load_language_model
+    from ..backend_ndarray import default_device
+    from ..data import license_corpus
+    device = default_device() if device is None else device
+    checkpoint = Path(checkpoint or DEFAULT_LM_CHECKPOINT)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = load_language_model(checkpoint, device=device)
+    test = license_corpus().test
+    test = test[:test_chars] if test_chars else test
+    rows = {}
+    with _blas_single_thread():
+        for label, weights, group in DEMO_VARIANTS:
+            say(f"  {label}: quantize, save, reload, evaluate {len(test)} test characters")
+            if weights is None:
+                m, path = model, checkpoint
+            else:
+                q = quantize_lm(model, weights, group=group or 64, device=device)
+                path = out_dir / f"lm_char_lstm_{label}.safetensors"
+                save_quantized_lm(q, path)
+                m = load_quantized_lm(path, device=device)
+            rows[label] = {"perplexity": perplexity(m, test, device=device),
+                           "file_bytes": os.path.getsize(path),
+                           "tokens_per_s_b1": tokens_per_second(m, 1, steps, device),
+                           "tokens_per_s_b32": tokens_per_second(m, 32, steps, device),
+                           "path": str(path)}
+    f = rows["float32"]
+    for r in rows.values():
+        r["perplexity_rel_change"] = r["perplexity"] / f["perplexity"] - 1.0
+        r["size_ratio"] = f["file_bytes"] / r["file_bytes"]
+    goals = {"dynamic int8 within 1% of float perplexity":
+             abs(rows["int8-dynamic"]["perplexity_rel_change"]) <= 0.01,
+             "int4-g64 within 5% of float perplexity":
+             abs(rows["int4-g64"]["perplexity_rel_change"]) <= 0.05,
+             "int4 file >= 3.5x smaller": min(rows[k]["size_ratio"] for k in
+                                              ("int4-g128", "int4-g64", "int4-g32")) >= 3.5}
+    return {"variants": rows, "test_characters": len(test), "device": device.name,
+            "checkpoint": str(checkpoint), "steps": steps, "goals": goals}
+
+
+def lm_table(result):
+    """The demo's markdown table."""
+    lines = ["| variant | test perplexity | vs float | file bytes | smaller | tokens/s b=1 | "
+             "tokens/s b=32 |", "|---|---|---|---|---|---|---|"]
+    for label, r in result["variants"].items():
+        lines.append(f"| {label} | {r['perplexity']:.4f} | {100 * r['perplexity_rel_change']:+.2f}% "
+                     f"| {r['file_bytes']} | {r['size_ratio']:.2f}x | {r['tokens_per_s_b1']:.0f} "
+                     f"| {r['tokens_per_s_b32']:.0f} |")
+    return "\n".join(lines)
