@@ -206,7 +206,7 @@ def cmd_demo_lm(args):
     _say(args, f"quantize the character LSTM ({args.lm_checkpoint or 'the shipped checkpoint'}) "
                f"to dynamic int8 and int4, on {device.name}")
     result = lm_demo(args.lm_checkpoint, device, args.out_dir, args.test_chars, args.lm_steps,
-                     say=lambda *m: _say(args, *m))
+                     outliers=not args.no_outliers, say=lambda *m: _say(args, *m))
     _say(args, "")
     _say(args, lm_table(result))
     for name, ok in result["goals"].items():
@@ -365,6 +365,8 @@ def build_parser():
                    help="--model lm: evaluate only the first N test characters (default all)")
     p.add_argument("--lm-steps", type=int, default=64,
                    help="--model lm: generation steps timed for tokens/s (default 64)")
+    p.add_argument("--no-outliers", action="store_true",
+                   help="--model lm: skip the outlier / SmoothQuant study")
     p.set_defaults(func=cmd_demo)
     return parser
 

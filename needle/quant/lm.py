@@ -299,10 +299,12 @@ def tokens_per_second(model, batch, steps, device=None, seed=0):
 
 
 def lm_demo(checkpoint=None, device=None, out_dir="build", test_chars=None, steps=64,
-            progress=True, say=print):
+            outliers=True, say=print):
     """Float vs dynamic int8 vs int4 (g128, g64, g32) on the shipped character LSTM: test
     perplexity (the fixed offline split), file bytes (each variant saved and reloaded), and
-    tokens/s at batch 1 and 32. Returns the result dict."""
+    tokens/s at batch 1 and 32; with ``outliers`` also the outlier study of
+    ``needle.quant.smooth`` (calibrated on the first 4,000 validation characters). Returns the
+    result dict."""
     import os
     from pathlib import Path
     from ..apps.models import DEFAULT_LM_CHECKPOINT, load_language_model
@@ -341,8 +343,15 @@ def lm_demo(checkpoint=None, device=None, out_dir="build", test_chars=None, step
              abs(rows["int4-g64"]["perplexity_rel_change"]) <= 0.05,
              "int4 file >= 3.5x smaller": min(rows[k]["size_ratio"] for k in
                                               ("int4-g128", "int4-g64", "int4-g32")) >= 3.5}
-    return {"variants": rows, "test_characters": len(test), "device": device.name,
-            "checkpoint": str(checkpoint), "steps": steps, "goals": goals}
+    result = {"variants": rows, "test_characters": len(test), "device": device.name,
+              "checkpoint": str(checkpoint), "steps": steps, "goals": goals}
+    if outliers:
+        from .smooth import outlier_study
+        say("  outliers: per-channel activation ranges, per-tensor W8A8, SmoothQuant")
+        calib = license_corpus().valid[:4000]
+        with _blas_single_thread():
+            result["outliers"] = outlier_study(model, calib, test, device=device, say=say)
+    return result
 
 
 def lm_table(result):
@@ -353,4 +362,14 @@ def lm_table(result):
         lines.append(f"| {label} | {r['perplexity']:.4f} | {100 * r['perplexity_rel_change']:+.2f}% "
                      f"| {r['file_bytes']} | {r['size_ratio']:.2f}x | {r['tokens_per_s_b1']:.0f} "
                      f"| {r['tokens_per_s_b32']:.0f} |")
+    if "outliers" in result:
+        o = result["outliers"]
+        lines += ["", "activation range per input channel, max |x| (max / median over channels):"]
+        lines += [f"  {n}: {r['max']:.3f} ({r['max_over_median']:.2f}x over {r['channels']} "
+                  f"channels)" for n, r in o["ranges"].items()]
+        lines += ["", f"| model | float | per-tensor W8A8 | W8A8 + SmoothQuant "
+                      f"(alpha {o['alpha']}) | embedding max/median |", "|---|---|---|---|---|"]
+        for label, p in o["perplexity"].items():
+            lines.append(f"| {label} | {p['float']:.4f} | {p['w8a8_per_tensor']:.4f} | "
+                         f"{p['w8a8_smoothquant']:.4f} | {p['embedding_max_over_median']:.1f}x |")
     return "\n".join(lines)

@@ -617,3 +617,35 @@ def dynamic_linear_reference(x, w_q, w_scale):
     xq, s, zp = dynamic_activation(x)
     acc = qgemm_reference(xq, w_q, zp, out_dtype="int32")
     return dynamic_output(acc, s, w_scale)
+
+
+# ------------------------------------------------------------------------------------------
+# SmoothQuant scale migration (docs/ARCHITECTURE.md, "Outliers"): a per-input-channel factor
+# s_j moves range from the activation to the weight without changing the float product,
+# (x / s) @ (W * s)^T = x @ W^T, so per-tensor activation quantization no longer spends its
+# levels on a few outlier channels.
+#     s_j = max|X_j|^alpha / max_n |W_nj|^(1 - alpha)     (float64, then float32; channels
+#           where either maximum is 0 get s_j = 1)
+# ------------------------------------------------------------------------------------------
+
+__all__ += ["smoothquant_scales"]
+
+
+def smoothquant_scales(act_absmax, w, alpha=0.5):
+    """Smoothing factors s [K] (float32) for activations with per-channel max |x| ``act_absmax``
+    [K] feeding a weight w [N, K]; ``alpha`` in [0, 1] (0: no migration of the activation
+    range, 1: all of it)."""
+    a = np.asarray(act_absmax, np.float64)
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2 or a.shape != (w.shape[1],):
+        raise ValueError(f"smoothquant_scales: act_absmax must be [K] for w [N, K], got "
+                         f"{a.shape} and {w.shape}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"smoothquant alpha must lie in [0, 1], got {alpha}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError("smoothquant_scales: act_absmax must be finite and >= 0")
+    wmax = np.abs(w).max(axis=0).astype(np.float64)
+    ok = (a > 0) & (wmax > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(ok, a ** alpha / wmax ** (1.0 - alpha), 1.0)
+    return s.astype(np.float32)
