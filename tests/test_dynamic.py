@@ -142,7 +142,8 @@ def test_cli_lm_demo_smoke(tmp_path):
         pytest.skip(f"offline corpus unavailable: {e}")
     from needle.quant.__main__ import main
     result = main(["demo", "--model", "lm", "--test-chars", "400", "--lm-steps", "2",
-                   "--out-dir", str(tmp_path), "--json", str(tmp_path / "r.json")])
+                   "--out-dir", str(tmp_path), "--json", str(tmp_path / "r.json"),
+                   "--no-outliers"])
     rows = result["variants"]
     assert list(rows) == ["float32", "int8-dynamic", "int4-g128", "int4-g64", "int4-g32"]
     assert 1.0 < rows["float32"]["perplexity"] < 84.0

@@ -85,14 +85,19 @@ def test_gemm_reference_matches_float64_product(scheme, m, n, k, group):
 
 
 def test_gemm_reference_follows_the_documented_lane_order():
-    # a group of 16 where float32 rounding depends on the order: lane t % 8 sums first
-    k, group = 16, 16
+    # float32 rounding depends on the order: t = 0 and t = 16 share a partial sum, t = 2 has
+    # its own, so 1e8 - 1e8 cancels before the 1 is added
+    k, group = 32, 32
     codes = np.full((1, k), 9, np.uint8)            # u - z = 1 with z = 8
     x = np.zeros((1, k), np.float32)
-    x[0, 0], x[0, 8], x[0, 1] = 1e8, -1e8, 1.0      # (1e8 - 1e8) in lane 0, 1 in lane 1
+    x[0, 0], x[0, 2], x[0, 16] = 1e8, 1.0, -1e8
     y = R.int4_gemm_reference(x, R.pack_int4(codes), np.ones((1, 1), np.float32),
                               np.full((1, 1), 8, np.uint8), group, k)
     assert y[0, 0] == 1.0                            # a left-to-right sum would give 0
+    x[0, 2], x[0, 1] = 0.0, 1.0                      # t = 1 sums with the odd codes
+    y = R.int4_gemm_reference(x, R.pack_int4(codes), np.ones((1, 1), np.float32),
+                              np.full((1, 1), 8, np.uint8), group, k)
+    assert y[0, 0] == 1.0
 
 
 # ---- kernel ----------------------------------------------------------------------------------

@@ -421,7 +421,7 @@ __all__ += ["INT4_SCHEMES", "INT4_LANES", "int4_groups", "quantize_int4", "pack_
             "unpack_int4", "dequantize_int4", "int4_gemm_reference"]
 
 INT4_SCHEMES = ("symmetric", "asymmetric")
-#: partial sums per group in the int4 matrix product (the width of one AVX2 float32 vector)
+#: partial sums per parity per group in the int4 product (the width of one AVX2 float32 vector)
 INT4_LANES = 8
 
 
@@ -529,13 +529,17 @@ def int4_gemm_reference(x, packed, scales, zero_points, group, k):
     order (so they can be compared bit for bit; every operation is a float32 IEEE multiply or
     add, never a fused multiply-add).
 
-    For every row m and output channel n, with ``LANES = 8`` and groups g of ``group`` values:
+    For every row m and output channel n, and every group g of ``group`` values (in order),
+    with two sets of 8 partial sums (for the codes at even and at odd positions t of the
+    group, which is how one byte holds them):
 
-        p[0..7] = 0
+        pe[0..7] = po[0..7] = 0
         for t in 0 .. len(g) - 1:   k = g * group + t
-            p[t % 8] = p[t % 8] + float32(u[n, k] - z[n, g]) * x[m, k]
-        sum_g = ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7))
-        y[m, n] = y[m, n] + s[n, g] * sum_g          (y starts at 0, groups in order)
+            p = po if t is odd else pe
+            p[(t % 16) // 2] = p[(t % 16) // 2] + float32(u[n, k] - z[n, g]) * x[m, k]
+        q[l] = pe[l] + po[l]
+        sum_g = ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7))
+        y[m, n] = y[m, n] + s[n, g] * sum_g          (y starts at 0)
 
     x: float32 [M, k]; packed uint8 [N, ceil(k/2)]; scales float32 [N, G]; zero_points uint8
     [N, G]. Returns float32 [M, N].
@@ -559,14 +563,17 @@ def int4_gemm_reference(x, packed, scales, zero_points, group, k):
     w = w.astype(np.float32)                                   # [N, k] small integers
     for g in range(ng):
         k0, k1 = g * group, min(k, (g + 1) * group)
-        p = np.zeros((m, n, L), np.float32)
-        for t0 in range(0, k1 - k0, L):
-            seg = slice(k0 + t0, min(k1, k0 + t0 + L))
-            width = seg.stop - seg.start
-            prod = w[None, :, seg] * x[:, None, seg]           # [M, N, width] float32
-            p[:, :, :width] = p[:, :, :width] + prod
-        s = ((p[..., 0] + p[..., 4]) + (p[..., 2] + p[..., 6])) + \
-            ((p[..., 1] + p[..., 5]) + (p[..., 3] + p[..., 7]))
+        pe = np.zeros((m, n, L), np.float32)
+        po = np.zeros((m, n, L), np.float32)
+        for t0 in range(k0, k1, 2 * L):                        # 16 codes: 8 bytes
+            t1 = min(k1, t0 + 2 * L)
+            prod = w[None, :, t0:t1] * x[:, None, t0:t1]       # [M, N, <=16] float32
+            even, odd = prod[..., 0::2], prod[..., 1::2]
+            pe[..., :even.shape[-1]] = pe[..., :even.shape[-1]] + even
+            po[..., :odd.shape[-1]] = po[..., :odd.shape[-1]] + odd
+        q = pe + po
+        s = ((q[..., 0] + q[..., 4]) + (q[..., 2] + q[..., 6])) + \
+            ((q[..., 1] + q[..., 5]) + (q[..., 3] + q[..., 7]))
         y = y + scales[None, :, g] * s
     ### END SOLUTION
     return y

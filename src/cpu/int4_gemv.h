@@ -22,8 +22,10 @@ struct Int4GemmArgs {
 
 enum class Int4Isa : int { kScalar = 0, kAvx2 = 1 };
 
-// The exact float32 order of reference.int4_gemm_reference (8 partial sums per group, then a
-// fixed tree, then y += s * sum), on the given path; rows [n0, n1) only.
+// The exact float32 order of reference.int4_gemm_reference (8 + 8 partial sums per group,
+// then a fixed tree, then y += s * sum), on the given path; rows [n0, n1) only. The AVX2
+// path serves group sizes that are multiples of 16 (32, 64, 128, ...); other group sizes
+// run the scalar loop (same bits).
 void int4_gemm_rows(const Int4GemmArgs& a, Int4Isa isa, int64_t n0, int64_t n1);
 // All rows, split over the backend's threads when the matrix is large. isa: the best path
 // NEEDLE_ISA and the CPU allow (AVX2 or scalar).
