@@ -151,3 +151,21 @@ def test_cli_lm_demo_smoke(tmp_path):
         assert rows[label]["size_ratio"] > 3.5
     assert abs(rows["int8-dynamic"]["perplexity_rel_change"]) < 0.02
     assert json.loads((tmp_path / "r.json").read_text())["test_characters"] == 400
+
+
+def test_dynamic_quantized_linear_module():
+    from needle.quant.dynamic import DynamicQuantizedLinear
+    np.random.seed(0)
+    lin = ndl.nn.Linear(12, 5, device=ndl.cpu_numpy())
+    q = DynamicQuantizedLinear(lin)
+    x = np.random.default_rng(0).standard_normal((2, 3, 12)).astype(np.float32)
+    got = q(ndl.Tensor(x, device=ndl.cpu_numpy())).numpy()
+    assert got.shape == (2, 3, 5)
+    w = lin.weight.numpy()
+    want = R.dynamic_linear_reference(x.reshape(6, 12), *R.dynamic_weight(w.T))
+    assert np.array_equal(got.reshape(6, 5), want + lin.bias.numpy().reshape(-1))
+    float_out = lin(ndl.Tensor(x.reshape(6, 12), device=ndl.cpu_numpy())).numpy()
+    np.testing.assert_allclose(got, float_out.reshape(2, 3, 5),
+                               atol=0.05)
+    with pytest.raises(ValueError, match="last dimension 12"):
+        q(ndl.Tensor(np.zeros((2, 11), np.float32)))

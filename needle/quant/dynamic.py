@@ -10,10 +10,11 @@ and the float epilogue is ``reference.dynamic_output`` itself.
 import numpy as np
 
 from ..backend_ndarray import NDArray, default_device
+from ..nn.nn_basic import Module
 from . import kernels
 from . import reference as R
 
-__all__ = ["FloatMatrix", "DynamicInt8Matrix"]
+__all__ = ["FloatMatrix", "DynamicInt8Matrix", "DynamicQuantizedLinear"]
 
 
 class FloatMatrix:
@@ -66,3 +67,33 @@ class DynamicInt8Matrix:
         acc = kernels.qgemm(NDArray(xq, device=self.device, dtype="uint8"), self.packed, zp,
                             None, None, None, out_dtype="int32").numpy()
         return R.dynamic_output(acc, s, self.scale)
+
+
+class DynamicQuantizedLinear(Module):
+    """Dynamic int8 twin of an ``nn.Linear`` (inference only).
+
+    forward(x Tensor (..., in_features)) -> Tensor (..., out_features) float32 on x's device:
+    the weight is int8 per output channel (prepared once), x is quantized per call over its
+    range, then ``DynamicInt8Matrix.matmul`` plus the float bias.
+    """
+
+    def __init__(self, linear, device=None):
+        super().__init__()
+        w = linear.weight.numpy()                        # (in, out)
+        self.in_features, self.out_features = w.shape
+        self.matrix = DynamicInt8Matrix.from_float(w.T, device=device)
+        self.bias = (np.zeros(self.out_features, np.float32) if linear.bias is None
+                     else linear.bias.numpy().reshape(-1).astype(np.float32))
+
+    def forward(self, x):
+        from ..autograd import Tensor
+        a = x.numpy() if hasattr(x, "numpy") else np.asarray(x, np.float32)
+        if a.shape[-1] != self.in_features:
+            raise ValueError(f"DynamicQuantizedLinear expects inputs with last dimension "
+                             f"{self.in_features}, got shape {a.shape}")
+        y = self.matrix.matmul(a.reshape(-1, self.in_features)) + self.bias
+        y = y.reshape(a.shape[:-1] + (self.out_features,))
+        return Tensor(y, device=getattr(x, "device", None), requires_grad=False)
+
+    def __repr__(self):
+        return f"DynamicQuantizedLinear({self.in_features}, {self.out_features})"
