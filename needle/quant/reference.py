@@ -465,7 +465,6 @@ def quantize_int4(w, group=64, scheme="symmetric"):
     g = _group_view(w, group)
     lo = np.nanmin(g, axis=2).reshape(-1)
     hi = np.nanmax(g, axis=2).reshape(-1)
-    ### BEGIN SOLUTION
     if scheme == "symmetric":
         scale, _ = choose_qparams(lo, hi, "symmetric", "int8", bits=4)
         zp = np.full(scale.shape, 8, np.int64)
@@ -477,7 +476,6 @@ def quantize_int4(w, group=64, scheme="symmetric"):
     codes = quantize(g.reshape(n * ng, group), scale.reshape(-1), zp.reshape(-1), "uint8",
                      axis=0, qmin=0, qmax=15)
     codes = codes.reshape(n, ng * group)[:, :k]
-    ### END SOLUTION
     return codes, scale.astype(np.float32), zp.astype(np.uint8)
 
 
@@ -490,11 +488,9 @@ def pack_int4(codes):
     if codes.size and (codes.min() < 0 or codes.max() > 15):
         raise ValueError(f"int4 codes must lie in [0, 15], got [{codes.min()}, {codes.max()}]")
     n, k = codes.shape
-    ### BEGIN SOLUTION
     padded = np.zeros((n, k + (k & 1)), np.uint8)
     padded[:, :k] = codes
     return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
-    ### END SOLUTION
 
 
 def unpack_int4(packed, k):
@@ -503,12 +499,10 @@ def unpack_int4(packed, k):
     if packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] != -(-int(k) // 2):
         raise ValueError(f"unpack_int4 needs uint8 [N, ceil({k} / 2)], got {packed.dtype} "
                          f"{packed.shape}")
-    ### BEGIN SOLUTION
     out = np.empty((packed.shape[0], 2 * packed.shape[1]), np.uint8)
     out[:, 0::2] = packed & 0x0F
     out[:, 1::2] = packed >> 4
     return out[:, :k]
-    ### END SOLUTION
 
 
 def _expand_groups(p, k, group):
@@ -558,7 +552,6 @@ def int4_gemm_reference(x, packed, scales, zero_points, group, k):
     m = x.shape[0]
     L = INT4_LANES
     y = np.zeros((m, n), np.float32)
-    ### BEGIN SOLUTION
     w = u.astype(np.int64) - _expand_groups(zero_points, k, group).astype(np.int64)
     w = w.astype(np.float32)                                   # [N, k] small integers
     for g in range(ng):
@@ -575,7 +568,6 @@ def int4_gemm_reference(x, packed, scales, zero_points, group, k):
         s = ((q[..., 0] + q[..., 4]) + (q[..., 2] + q[..., 6])) + \
             ((q[..., 1] + q[..., 5]) + (q[..., 3] + q[..., 7]))
         y = y + scales[None, :, g] * s
-    ### END SOLUTION
     return y
 
 
