@@ -169,3 +169,11 @@ def test_dynamic_quantized_linear_module():
                                atol=0.05)
     with pytest.raises(ValueError, match="last dimension 12"):
         q(ndl.Tensor(np.zeros((2, 11), np.float32)))
+
+
+@pytest.mark.parametrize("argv,match", [(["--test-chars", "5"], "at least 24"),
+                                        (["--lm-steps", "0"], "positive")])
+def test_cli_lm_demo_rejects_bad_sizes(argv, match):
+    from needle.quant.__main__ import main
+    with pytest.raises(SystemExit, match=match):
+        main(["demo", "--model", "lm", *argv])

@@ -202,6 +202,11 @@ def _table(result):
 
 def cmd_demo_lm(args):
     from needle.quant.lm import lm_demo, lm_table
+    if args.test_chars is not None and args.test_chars < 24:
+        raise SystemExit(f"error: --test-chars must be at least 24 (3 rows of the batch of 8), "
+                         f"got {args.test_chars}")
+    if args.lm_steps < 1:
+        raise SystemExit(f"error: --lm-steps must be positive, got {args.lm_steps}")
     device = _device(args.device)
     _say(args, f"quantize the character LSTM ({args.lm_checkpoint or 'the shipped checkpoint'}) "
                f"to dynamic int8 and int4, on {device.name}")
