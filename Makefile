@@ -106,12 +106,8 @@ sanitize: $(DEPS)
 	cmake -S . -B $(SANITIZE_DIR) -DPython_EXECUTABLE=$(PY) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 	  -DNEEDLE_CUDA=OFF -DNEEDLE_SANITIZE=ON -DNEEDLE_EMULATION_HOST=$(SANITIZE_EMULATION) \
 	  > $(SANITIZE_DIR).log 2>&1 || (cat $(SANITIZE_DIR).log; exit 1)
-	cmake --build $(SANITIZE_DIR) -j $(JOBS)
-	NEEDLE_BACKEND_DIR=$(abspath $(SANITIZE_DIR))/lib \
-	  LD_PRELOAD="$$($${CXX:-c++} -print-file-name=libasan.so)" \
-	  ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(PY) -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS) $(PYTEST_ARGS)
+	nice cmake --build $(SANITIZE_DIR) -j $(JOBS)
+	$(PY) tests/sanitize_runner.py $(SANITIZE_DIR) $(SANITIZE_TESTS) $(PYTEST_ARGS)
 # Retrain the shipped character-level LSTM language model (checkpoints/lm_char_lstm.*):
 # a few minutes on 2 cores, offline (the license corpus of datasets/README.md).
 .PHONY: train-lm
