@@ -13,6 +13,7 @@ Prints a summary (tests passed / failed / skipped, time, each report's first lin
 non-zero when a test failed, pytest died, or any sanitizer report was written.
 """
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,27 +31,36 @@ ASAN_OPTIONS = ("detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:"
 UBSAN_OPTIONS = "print_stacktrace=1:halt_on_error=1:abort_on_error=1:log_path={reports}/ubsan"
 
 
-def asan_runtime():
-    """Path of the compiler's libasan.so (CXX, else c++), or exit with a message."""
+def compiler_runtime(name):
+    """Path of the compiler's (CXX, else c++) library ``name``, or exit with a message."""
     cxx = os.environ.get("CXX") or "c++"
     try:
-        path = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True,
+        path = subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True,
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as e:
-        sys.exit(f"sanitize: cannot ask {cxx} for libasan.so: {e}")
+        sys.exit(f"sanitize: cannot ask {cxx} for {name}: {e}")
     if not os.path.isabs(path) or not os.path.exists(path):
-        sys.exit(f"sanitize: {cxx} has no libasan.so (got {path!r}); install the compiler's "
+        sys.exit(f"sanitize: {cxx} has no {name} (got {path!r}); install the compiler's "
                  "AddressSanitizer runtime (e.g. libasan of your GCC)")
     return os.path.realpath(path)
 
 
+def preload():
+    """LD_PRELOAD for an uninstrumented python: the ASan runtime first, then libstdc++, so
+    ASan's C++ exception interceptor finds the real __cxa_throw at start-up (otherwise every
+    exception a module throws ends the process with "CHECK failed ... real___cxa_throw")."""
+    return " ".join(compiler_runtime(n) for n in ("libasan.so", "libstdc++.so"))
+
+
 def read_reports(reports):
-    """[(file name, the line saying what was found)] for each report file."""
-    found = []
+    """{the line saying what was found: [report file names]} over the report files."""
+    found = {}
     for f in sorted(reports.iterdir()):
         lines = f.read_text(errors="replace").splitlines()
         said = [l for l in lines if "ERROR:" in l or "runtime error:" in l] or lines or ["(empty)"]
-        found.append((f.name, said[0]))
+        # the same finding in many processes: group it (pids and addresses differ)
+        key = re.sub(r"0x[0-9a-f]+|tid=\d+|==\d+==", "_", said[0].strip())
+        found.setdefault(key, []).append(f.name)
     return found
 
 
@@ -79,7 +89,7 @@ def main(argv):
         f.unlink()
     junit = build / "junit.xml"
     junit.unlink(missing_ok=True)
-    env = dict(os.environ, NEEDLE_BACKEND_DIR=str(lib), LD_PRELOAD=asan_runtime(),
+    env = dict(os.environ, NEEDLE_BACKEND_DIR=str(lib), LD_PRELOAD=preload(),
                ASAN_OPTIONS=ASAN_OPTIONS.format(reports=reports),
                UBSAN_OPTIONS=UBSAN_OPTIONS.format(reports=reports),
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -112,9 +122,10 @@ def main(argv):
     if rc < 0:
         print(f"pytest itself died on signal {-rc} ({signal.Signals(-rc).name}): a sanitizer "
               "report in the test process ends the run there")
-    print(f"sanitizer reports: {len(found)}" + (f" (in {reports})" if found else ""))
-    for name, line in found:
-        print(f"  {name}: {line.strip()}")
+    total = sum(len(v) for v in found.values())
+    print(f"sanitizer reports: {total}" + (f" (in {reports})" if found else ""))
+    for line, names in sorted(found.items(), key=lambda kv: -len(kv[1])):
+        print(f"  {len(names)} x {line}   e.g. {names[0]}")
     ok = rc == 0 and not found and counts is not None
     print("result:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
