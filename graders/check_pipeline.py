@@ -17,9 +17,12 @@ Runs in a scratch course under build/check/ (never touches release/, submitted/,
 (e) tampering: an edited and a deleted test cell are restored and still graded; an infinite
     loop in a solution times out (short timeout here) and the other cells are still graded;
     feedback does not show hidden tests;
-(f) Colab emulation (graders/colab_emulation.py): the release's notebooks in fresh kernels of
+(f) cheats and robustness cases (graders/cheat_catalog.py) gain nothing and cost nothing;
+(g) the sandbox contains hostile commands (graders/check_sandbox.py);
+(h) Colab emulation (graders/colab_emulation.py): the release's notebooks in fresh kernels of
     a Colab-like environment, with only stub errors, then, with the reference solutions in
-    the "Drive" copy, with no error.
+    the "Drive" copy, with no error. It runs in its own process beside (a)-(g), so the two
+    cores of a small CI machine are both busy.
 
 Exit status 0 only when every check passes. ``--only-audit NAME`` / ``--skip-audit`` /
 ``--notebooks`` restrict the work while developing.
@@ -27,6 +30,7 @@ Exit status 0 only when every check passes. ``--only-audit NAME`` / ``--skip-aud
 from __future__ import annotations
 
 import argparse
+import atexit
 import html
 import json
 import os
@@ -49,7 +53,6 @@ from graders.course import (AUTOGRADED_DIR, FEEDBACK_DIR, REPO, SUBMITTED_DIR,  
                             course_manifest, reference_notebook, tool_path,
                             unpack_submission, walk_repo)
 from graders.workspace import splice_functions  # noqa: E402
-from graders.colab_emulation import emulate  # noqa: E402
 from graders.feedback import generate_feedback  # noqa: E402
 from graders.release import release  # noqa: E402
 from graders.strip import find_regions, language_of  # noqa: E402
@@ -442,6 +445,19 @@ def run(args) -> int:
         return [f for f in manifest["assignments"][name].get("library_files", [])
                 if f in student_files]
 
+    # The Colab emulation (h) needs only the release and its own runtime: it runs beside the
+    # rest on the second core, and (h) collects its result.
+    colab = None
+    if not args.skip_colab:
+        (CHECK / "colab.json").unlink(missing_ok=True)
+        colab_log = open(CHECK / "colab.log", "wb")
+        colab = (subprocess.Popen([sys.executable, "-m", "graders.colab_emulation",
+                                   "--release", str(release_dir), "--work", str(CHECK / "colab"),
+                                   "--json", str(CHECK / "colab.json")],
+                                  cwd=REPO, stdout=colab_log, stderr=subprocess.STDOUT),
+                 time.time())
+        atexit.register(lambda p=colab[0]: p.poll() is None and p.kill())
+
     from graders.sandbox import probe
     isolated = probe()["isolated"]
     if not isolated:   # e.g. CI without root: grade anyway, say so, skip what needs the sandbox
@@ -624,13 +640,19 @@ def run(args) -> int:
                 f"{len(shown)} hidden lines shown" if shown else "")
 
     # (h) Colab emulation -------------------------------------------------------------
-    if not args.skip_colab:
-        print("== (h) Colab emulation", flush=True)
-        t0 = time.time()
-        res = emulate(release_dir, CHECK / "colab")
+    if colab is not None:
+        print("== (h) Colab emulation (ran beside the checks above)", flush=True)
+        proc, t0 = colab
+        proc.wait()
+        took = time.time() - t0
+        try:
+            res = json.loads((CHECK / "colab.json").read_text())
+        except (OSError, ValueError) as e:
+            tail = (CHECK / "colab.log").read_text(errors="replace")[-2000:]
+            res = {"ok": False, "problems": [f"no result ({e}), exit {proc.returncode}: {tail}"]}
         rep.add(f"Colab emulation: {len(names)} notebooks with only stub errors, then with the "
-                f"reference solutions on Drive with none ({time.time() - t0:.0f}s)", res["ok"],
-                "; ".join(res["problems"][:4]))
+                f"reference solutions on Drive with none ({took:.0f}s, log {CHECK / 'colab.log'})",
+                res["ok"], "; ".join(res["problems"][:4]))
     # (f) cheats and robustness, (g) the sandbox itself ----------------------------------
     if not args.skip_cases:
         print("== (f) cheats and robustness", flush=True)

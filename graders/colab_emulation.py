@@ -253,8 +253,12 @@ def main(argv=None) -> int:
     ap.add_argument("--release", type=Path, required=True, help="a release (graders.release)")
     ap.add_argument("--work", type=Path, default=REPO / "build" / "colab-emulation")
     ap.add_argument("--cuda", action="store_true", help="build the CUDA backend (needs nvcc)")
+    ap.add_argument("--json", type=Path, help="also write the result (ok, problems, timings) here")
     args = ap.parse_args(argv)
-    res = emulate(args.release, args.work, args.cuda)
+    # absolute: the emulation changes directories (its /content) while it copies into ``work``
+    res = emulate(args.release.resolve(), args.work.resolve(), args.cuda)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
     for p in res["problems"]:
         print("PROBLEM", p)
     print(json.dumps({k: round(v, 1) for k, v in res["timings"].items()}, indent=1))

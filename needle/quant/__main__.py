@@ -4,6 +4,8 @@
     python -m needle.quant evaluate  --model F_or_Q              accuracy and images/s
     python -m needle.quant report    --checkpoint F --quantized Q [--plots DIR]
     python -m needle.quant demo                                  the whole story (make demo)
+    python -m needle.quant demo --model lm                       the LSTM: float / dynamic int8
+                                                                 / int4-g128 / int4-g32 table
 
 Every command takes ``--json PATH`` (``-`` for stdout) to write its results as JSON, and
 ``--data-dir`` / ``--device``. Data: the offline split of the MNIST test set (calibration
@@ -198,7 +200,32 @@ def _table(result):
     return "\n".join(lines)
 
 
+def cmd_demo_lm(args):
+    from needle.quant.lm import lm_demo, lm_table
+    if args.test_chars is not None and args.test_chars < 24:
+        raise SystemExit(f"error: --test-chars must be at least 24 (3 rows of the batch of 8), "
+                         f"got {args.test_chars}")
+    if args.lm_steps < 1:
+        raise SystemExit(f"error: --lm-steps must be positive, got {args.lm_steps}")
+    device = _device(args.device)
+    _say(args, f"quantize the character LSTM ({args.lm_checkpoint or 'the shipped checkpoint'}) "
+               f"to dynamic int8 and int4, on {device.name}")
+    result = lm_demo(args.lm_checkpoint, device, args.out_dir, args.test_chars, args.lm_steps,
+                     outliers=not args.no_outliers, say=lambda *m: _say(args, *m))
+    _say(args, "")
+    _say(args, lm_table(result))
+    for name, ok in result["goals"].items():
+        _say(args, f"  [{'ok' if ok else 'MISSED'}] {name}")
+    if args.json is None:
+        json_path = str(Path(args.out_dir) / "demo_lm.json")
+        _write_json(result, json_path)
+        _say(args, f"\nwrote {json_path}")
+    return result
+
+
 def cmd_demo(args):
+    if args.model == "lm":
+        return cmd_demo_lm(args)
     import needle as ndl
     from needle.quant import report
     from needle.quant.convert import load_quantized
@@ -334,6 +361,17 @@ def build_parser():
                    help="where the quantized model and demo.json go (default build/)")
     p.add_argument("--check-images", type=int, default=500,
                    help="held-out images whose logits are compared before/after reload")
+    p.add_argument("--model", default="cnn", choices=["cnn", "lm"],
+                   help="cnn: the MnistCNN int8 story (default); lm: the character LSTM with "
+                        "dynamic int8 and weight-only int4")
+    p.add_argument("--lm-checkpoint", default=None,
+                   help="LanguageModel checkpoint for --model lm (default: the shipped one)")
+    p.add_argument("--test-chars", type=int, default=None,
+                   help="--model lm: evaluate only the first N test characters (default all)")
+    p.add_argument("--lm-steps", type=int, default=64,
+                   help="--model lm: generation steps timed for tokens/s (default 64)")
+    p.add_argument("--no-outliers", action="store_true",
+                   help="--model lm: skip the outlier / SmoothQuant study")
     p.set_defaults(func=cmd_demo)
     return parser
 

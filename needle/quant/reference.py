@@ -400,3 +400,251 @@ def quantized_add(a, a_zero_point, a_mult, a_shift, b, b_zero_point, b_mult, b_s
         lo = max(lo, int(out_zero_point))
     return np.clip(y + int(out_zero_point), lo, hi).astype(name)
     ### END SOLUTION
+
+
+# ------------------------------------------------------------------------------------------
+# Weight-only int4, group-wise (docs/ARCHITECTURE.md, "Weight-only int4")
+#
+# A float weight W [N, K] (one row per output channel) is cut along K into groups of
+# ``group`` values (the last group of a row may be shorter). Every group g of row n has a
+# float32 scale s[n, g] and a zero point z[n, g] in [0, 15]; its 4-bit codes are
+#     u = clamp(rint(w / s) + z, 0, 15),     w ~= (u - z) * s
+# symmetric: s = max|w| / 7.5 (choose_qparams on the signed 4-bit range [-8, 7]), z = 8
+# asymmetric: s = (hi - lo) / 15, z = clamp(-rint(lo / s), 0, 15): choose_qparams "affine" on
+#     uint8 with bits=4 (the range extended to contain 0).
+# Packing: two codes per byte, row by row, ``ceil(K / 2)`` bytes a row; code k sits in byte
+# k // 2, in the LOW nibble when k is even and the HIGH nibble when k is odd; the unused high
+# nibble of a row with odd K is 0.
+# ------------------------------------------------------------------------------------------
+
+__all__ += ["INT4_SCHEMES", "INT4_LANES", "int4_groups", "quantize_int4", "pack_int4",
+            "unpack_int4", "dequantize_int4", "int4_gemm_reference"]
+
+INT4_SCHEMES = ("symmetric", "asymmetric")
+#: partial sums per parity per group in the int4 product (the width of one AVX2 float32 vector)
+INT4_LANES = 8
+
+
+def int4_groups(k, group):
+    """Number of groups of a row of ``k`` values: ``ceil(k / group)``. ``group`` must be a
+    positive multiple of 8 (the kernels unpack 8 codes at a time), ``k`` >= 1."""
+    if not isinstance(group, (int, np.integer)) or group < 8 or group % 8:
+        raise ValueError(f"int4 group size must be a positive multiple of 8 (e.g. 32, 64, "
+                         f"128), got {group!r}")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"int4 rows need k >= 1 values, got {k!r}")
+    return -(-int(k) // int(group))
+
+
+def _group_view(w, group):
+    """w [N, K] float32 -> [N, G, group] padded with NaN (ignored by the range) and a mask."""
+    n, k = w.shape
+    ng = int4_groups(k, group)
+    padded = np.full((n, ng * group), np.nan, np.float32)
+    padded[:, :k] = w
+    return padded.reshape(n, ng, group)
+
+
+def quantize_int4(w, group=64, scheme="symmetric"):
+    """Group-wise int4 codes of a float weight.
+
+    w: float [N, K] (output channels x reduction), finite. group: values per group (multiple
+    of 8). scheme: "symmetric" (zero point 8) or "asymmetric" (zero point per group).
+    Returns ``(codes uint8 [N, K] in [0, 15], scales float32 [N, G], zero_points uint8 [N, G])``
+    with ``G = ceil(K / group)``.
+    """
+    if scheme not in INT4_SCHEMES:
+        raise ValueError(f"int4 scheme must be one of {INT4_SCHEMES}, got {scheme!r}")
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"quantize_int4 needs a 2-D weight [N, K], got shape {w.shape}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("quantize_int4: the weight holds non-finite values")
+    n, k = w.shape
+    ng = int4_groups(k, group)
+    g = _group_view(w, group)
+    lo = np.nanmin(g, axis=2).reshape(-1)
+    hi = np.nanmax(g, axis=2).reshape(-1)
+    if scheme == "symmetric":
+        scale, _ = choose_qparams(lo, hi, "symmetric", "int8", bits=4)
+        zp = np.full(scale.shape, 8, np.int64)
+    else:
+        scale, zp = choose_qparams(lo, hi, "affine", "uint8", bits=4)
+    scale = scale.reshape(n, ng)
+    zp = zp.reshape(n, ng).astype(np.int64)
+    # the padding NaNs quantize to the zero point and are cut off again
+    codes = quantize(g.reshape(n * ng, group), scale.reshape(-1), zp.reshape(-1), "uint8",
+                     axis=0, qmin=0, qmax=15)
+    codes = codes.reshape(n, ng * group)[:, :k]
+    return codes, scale.astype(np.float32), zp.astype(np.uint8)
+
+
+def pack_int4(codes):
+    """Two 4-bit codes per byte: uint8 [N, K] in [0, 15] -> uint8 [N, ceil(K / 2)], code k in
+    the low nibble of byte k // 2 when k is even, the high nibble when k is odd."""
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.dtype.kind not in "iu":
+        raise ValueError(f"pack_int4 needs 2-D integer codes, got {codes.dtype} {codes.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() > 15):
+        raise ValueError(f"int4 codes must lie in [0, 15], got [{codes.min()}, {codes.max()}]")
+    n, k = codes.shape
+    padded = np.zeros((n, k + (k & 1)), np.uint8)
+    padded[:, :k] = codes
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(packed, k):
+    """Inverse of :func:`pack_int4`: uint8 [N, ceil(k / 2)] -> codes uint8 [N, k]."""
+    packed = np.asarray(packed)
+    if packed.ndim != 2 or packed.dtype != np.uint8 or packed.shape[1] != -(-int(k) // 2):
+        raise ValueError(f"unpack_int4 needs uint8 [N, ceil({k} / 2)], got {packed.dtype} "
+                         f"{packed.shape}")
+    out = np.empty((packed.shape[0], 2 * packed.shape[1]), np.uint8)
+    out[:, 0::2] = packed & 0x0F
+    out[:, 1::2] = packed >> 4
+    return out[:, :k]
+
+
+def _expand_groups(p, k, group):
+    return np.repeat(np.asarray(p), group, axis=1)[:, :k]
+
+
+def dequantize_int4(packed, scales, zero_points, group, k):
+    """Float32 [N, k] weights ``(u - z) * s`` of packed int4 codes (for checks and for the
+    reference; the kernels never form them)."""
+    u = unpack_int4(packed, k).astype(np.int64)
+    z = _expand_groups(zero_points, k, group).astype(np.int64)
+    s = _expand_groups(np.asarray(scales, np.float32), k, group)
+    return (u - z).astype(np.float32) * s
+
+
+def int4_gemm_reference(x, packed, scales, zero_points, group, k):
+    """``y [M, N] = x [M, k] @ W^T`` for int4 weights W [N, k], in the kernels' exact float32
+    order (so they can be compared bit for bit; every operation is a float32 IEEE multiply or
+    add, never a fused multiply-add).
+
+    For every row m and output channel n, and every group g of ``group`` values (in order),
+    with two sets of 8 partial sums (for the codes at even and at odd positions t of the
+    group, which is how one byte holds them):
+
+        pe[0..7] = po[0..7] = 0
+        for t in 0 .. len(g) - 1:   k = g * group + t
+            p = po if t is odd else pe
+            p[(t % 16) // 2] = p[(t % 16) // 2] + float32(u[n, k] - z[n, g]) * x[m, k]
+        q[l] = pe[l] + po[l]
+        sum_g = ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7))
+        y[m, n] = y[m, n] + s[n, g] * sum_g          (y starts at 0)
+
+    x: float32 [M, k]; packed uint8 [N, ceil(k/2)]; scales float32 [N, G]; zero_points uint8
+    [N, G]. Returns float32 [M, N].
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != k:
+        raise ValueError(f"int4_gemm: x must be [M, {k}], got {x.shape}")
+    ng = int4_groups(k, group)
+    u = unpack_int4(packed, k)
+    n = u.shape[0]
+    scales = np.asarray(scales, np.float32)
+    zero_points = np.asarray(zero_points)
+    if scales.shape != (n, ng) or zero_points.shape != (n, ng):
+        raise ValueError(f"int4_gemm: scales and zero points must be [{n}, {ng}], got "
+                         f"{scales.shape} and {zero_points.shape}")
+    m = x.shape[0]
+    L = INT4_LANES
+    y = np.zeros((m, n), np.float32)
+    w = u.astype(np.int64) - _expand_groups(zero_points, k, group).astype(np.int64)
+    w = w.astype(np.float32)                                   # [N, k] small integers
+    for g in range(ng):
+        k0, k1 = g * group, min(k, (g + 1) * group)
+        pe = np.zeros((m, n, L), np.float32)
+        po = np.zeros((m, n, L), np.float32)
+        for t0 in range(k0, k1, 2 * L):                        # 16 codes: 8 bytes
+            t1 = min(k1, t0 + 2 * L)
+            prod = w[None, :, t0:t1] * x[:, None, t0:t1]       # [M, N, <=16] float32
+            even, odd = prod[..., 0::2], prod[..., 1::2]
+            pe[..., :even.shape[-1]] = pe[..., :even.shape[-1]] + even
+            po[..., :odd.shape[-1]] = po[..., :odd.shape[-1]] + odd
+        q = pe + po
+        s = ((q[..., 0] + q[..., 4]) + (q[..., 2] + q[..., 6])) + \
+            ((q[..., 1] + q[..., 5]) + (q[..., 3] + q[..., 7]))
+        y = y + scales[None, :, g] * s
+    return y
+
+
+# ------------------------------------------------------------------------------------------
+# Dynamic int8 (docs/ARCHITECTURE.md, "Dynamic int8"): weights per output channel, symmetric
+# int8 [-127, 127], prepared once; activations affine uint8 per tensor from the range each
+# call observes; the integer GEMM's int32 accumulator is turned back into float32 by
+#     y = float32(acc) * (float32(s_x) * s_w[c])
+# (a float32 product per channel, then one float32 multiply per output).
+# ------------------------------------------------------------------------------------------
+
+__all__ += ["dynamic_weight", "dynamic_activation", "dynamic_output", "dynamic_linear_reference"]
+
+
+def dynamic_weight(w):
+    """Per-output-channel symmetric int8 of a float weight [N, K]: ``(w_q int8 [N, K],
+    scale float32 [N])`` (range [-127, 127], zero point 0)."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"dynamic_weight needs a 2-D weight [N, K], got shape {w.shape}")
+    scale, zp = choose_qparams(w.min(axis=1), w.max(axis=1), "symmetric", "int8",
+                               reduced_range=True)
+    return quantize(w, scale, zp, "int8", axis=0, reduced_range=True), scale
+
+
+def dynamic_activation(x):
+    """``(x_q uint8, scale, zero_point)``: affine uint8 over the range x holds now."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.astype(np.uint8), np.float32(1.0), 0
+    if not np.all(np.isfinite(x)):
+        raise ValueError("dynamic quantization: the activation holds non-finite values")
+    scale, zp = choose_qparams(x.min(), x.max(), "affine", "uint8")
+    return quantize(x, scale, zp, "uint8"), np.float32(scale), int(zp)
+
+
+def dynamic_output(acc, x_scale, w_scale):
+    """float32 [M, N] of an int32 accumulator: ``float32(acc) * (float32(s_x) * s_w[c])``."""
+    per_channel = np.float32(x_scale) * np.asarray(w_scale, np.float32)
+    return np.asarray(acc).astype(np.float32) * per_channel[None, :]
+
+
+def dynamic_linear_reference(x, w_q, w_scale):
+    """``x [M, K] @ W^T`` with dynamic int8: quantize x over its range, integer GEMM against
+    w_q [N, K] (int8, zero point 0), :func:`dynamic_output`. Returns float32 [M, N]."""
+    xq, s, zp = dynamic_activation(x)
+    acc = qgemm_reference(xq, w_q, zp, out_dtype="int32")
+    return dynamic_output(acc, s, w_scale)
+
+
+# ------------------------------------------------------------------------------------------
+# SmoothQuant scale migration (docs/ARCHITECTURE.md, "Outliers"): a per-input-channel factor
+# s_j moves range from the activation to the weight without changing the float product,
+# (x / s) @ (W * s)^T = x @ W^T, so per-tensor activation quantization no longer spends its
+# levels on a few outlier channels.
+#     s_j = max|X_j|^alpha / max_n |W_nj|^(1 - alpha)     (float64, then float32; channels
+#           where either maximum is 0 get s_j = 1)
+# ------------------------------------------------------------------------------------------
+
+__all__ += ["smoothquant_scales"]
+
+
+def smoothquant_scales(act_absmax, w, alpha=0.5):
+    """Smoothing factors s [K] (float32) for activations with per-channel max |x| ``act_absmax``
+    [K] feeding a weight w [N, K]; ``alpha`` in [0, 1] (0: no migration of the activation
+    range, 1: all of it)."""
+    a = np.asarray(act_absmax, np.float64)
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2 or a.shape != (w.shape[1],):
+        raise ValueError(f"smoothquant_scales: act_absmax must be [K] for w [N, K], got "
+                         f"{a.shape} and {w.shape}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"smoothquant alpha must lie in [0, 1], got {alpha}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError("smoothquant_scales: act_absmax must be finite and >= 0")
+    wmax = np.abs(w).max(axis=0).astype(np.float64)
+    ok = (a > 0) & (wmax > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(ok, a ** alpha / wmax ** (1.0 - alpha), 1.0)
+    return s.astype(np.float32)

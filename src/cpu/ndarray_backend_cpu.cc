@@ -18,6 +18,7 @@
 #include "gemm_f32.h"
 #include "parallel.h"
 #include "quant_ops.h"
+#include "int4_gemv.h"
 #include "strided.h"
 
 namespace py = pybind11;
@@ -348,4 +349,5 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
 
   // The int8 kernels (qpack_weights, qgemm, ...) take Array arguments: register them after it.
   register_quant_ops(m);
+  register_int4_ops(m);
 }

@@ -1,0 +1,179 @@
+"""Dynamic int8 matrices and the quantized language model (int8 / int4 / float32 paths)."""
+import json
+
+import numpy as np
+import pytest
+
+import needle as ndl
+from needle.apps.models import LanguageModel
+from needle.quant import reference as R
+from needle.quant.dynamic import DynamicInt8Matrix
+from needle.quant.lm import load_quantized_lm, quantize_lm, save_quantized_lm
+from needle.serialization import SerializationError, load_numpy
+
+DEVICES = [ndl.cpu_numpy()] + ([ndl.cpu()] if ndl.cpu().enabled() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=lambda d: d.name)
+@pytest.mark.parametrize("m,n,k", [(1, 5, 7), (8, 33, 128), (3, 512, 32)])
+def test_dynamic_matrix_is_bit_exact(device, m, n, k):
+    rng = np.random.default_rng(n)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    x = (rng.standard_normal((m, k)) * 3 + 1).astype(np.float32)
+    mat = DynamicInt8Matrix.from_float(w, device=device)
+    got = mat.matmul(x)
+    want = R.dynamic_linear_reference(x, *R.dynamic_weight(w))
+    assert np.array_equal(got, want)
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w.T.astype(np.float64),
+                               rtol=0.05, atol=0.05 * np.abs(x).max() * np.abs(w).max())
+
+
+def test_dynamic_weight_is_per_channel_symmetric():
+    w = np.array([[1.0, -2.0], [0.1, 0.05]], np.float32)
+    w_q, s = R.dynamic_weight(w)
+    assert w_q.tolist() == [[64, -127], [127, 64]]
+    np.testing.assert_allclose(s, [2.0 / 127, 0.1 / 127], rtol=1e-6)
+
+
+def test_dynamic_activation_uses_the_observed_range():
+    xq, s, zp = R.dynamic_activation(np.array([-1.0, 0.0, 3.0], np.float32))
+    assert xq.dtype == np.uint8 and xq[0] == 0 and xq[2] == 255
+    assert np.isclose(s, 4.0 / 255) and xq[1] == zp
+    with pytest.raises(ValueError, match="non-finite"):
+        R.dynamic_activation(np.array([np.nan], np.float32))
+
+
+def tiny_lm(seed=0, layers=1):
+    np.random.seed(seed)
+    return LanguageModel(16, 20, 24, layers, "lstm", device=ndl.cpu_numpy()).eval()
+
+
+def ids(T=6, bs=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 20, (T, bs)).astype(np.float32)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_float32_path_matches_the_needle_model(layers):
+    model = tiny_lm(layers=layers)
+    x = ndl.Tensor(ids(), device=ndl.cpu_numpy(), requires_grad=False)
+    want, (h, c) = model(x)
+    got, (gh, gc) = quantize_lm(model, "float32")(x)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gh.numpy(), h.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(gc.numpy(), c.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weights,group,tol", [("int8", None, 0.05), ("int4", 32, 0.3),
+                                               ("int4", 8, 0.2)])
+def test_quantized_lm_tracks_float_logits(weights, group, tol):
+    model = tiny_lm()
+    x = ndl.Tensor(ids(), device=ndl.cpu_numpy(), requires_grad=False)
+    want = model(x)[0].numpy()
+    q = quantize_lm(model, weights, group=group or 64)
+    got = q(x)[0].numpy()
+    assert np.abs(got - want).max() < tol * np.abs(want).max()
+    # the state carries over: two halves equal one call (exactly for int4, whose numbers do
+    # not depend on the batch; dynamic int8 sees other activation ranges in each half)
+    a, h = q(ndl.Tensor(ids()[:3], device=ndl.cpu_numpy()))
+    b, _ = q(ndl.Tensor(ids()[3:], device=ndl.cpu_numpy()), h)
+    halves = np.concatenate([a.numpy(), b.numpy()])
+    if weights == "int4":
+        np.testing.assert_allclose(halves, got, rtol=1e-6, atol=1e-6)
+    else:
+        assert np.abs(halves - got).max() < tol * np.abs(want).max()
+
+
+def test_quantize_lm_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="weights must be"):
+        quantize_lm(tiny_lm(), "int3")
+    np.random.seed(0)
+    rnn = LanguageModel(8, 10, 8, 1, "rnn", device=ndl.cpu_numpy())
+    with pytest.raises(ValueError, match="LSTM"):
+        quantize_lm(rnn)
+    with pytest.raises(IndexError, match="token ids"):
+        quantize_lm(tiny_lm()).forward_numpy(np.full((2, 2), 20))
+
+
+@pytest.mark.parametrize("weights", ["int4", "int8", "float32"])
+def test_file_roundtrip(tmp_path, weights):
+    q = quantize_lm(tiny_lm(layers=2), weights, group=32, scheme="asymmetric")
+    path = tmp_path / "lm.safetensors"
+    save_quantized_lm(q, path)
+    back = load_quantized_lm(path)
+    x = ids()
+    assert np.array_equal(back.forward_numpy(x)[0], q.forward_numpy(x)[0])
+    assert back.weights == weights
+
+
+def _corrupt(path, key=None, value=None, meta=None):
+    arrays, m = load_numpy(path)
+    if key is not None:
+        arrays[key] = value
+    m = {k: v for k, v in m.items() if k not in ("needle.format_version", "needle.kind")}
+    m.update(meta or {})
+    ndl.save(arrays, path, metadata=m)
+
+
+@pytest.mark.parametrize("weights,key,value,meta,match", [
+    ("int4", None, None, {"needle.quant.lm": "{"}, "not a quantized language model"),
+    ("int4", None, None, {"needle.quant.lm": json.dumps({"weights": "int2", "layers": 1})},
+     "bad"),
+    ("int4", None, None, {"needle.quant.lm": json.dumps({"weights": "int4", "layers": 9})},
+     "int4 weights"),
+    ("int4", "layer0.bias", np.zeros(5, np.float32), None, "layer0.bias"),
+    ("int4", "embedding", np.zeros((20, 15), np.float32), None, "do not fit"),
+    ("int8", "linear.w_q", np.zeros((20, 25), np.int8), None, "linear is"),
+    ("int8", "linear.scale", np.zeros(20, np.float32), None, "finite and > 0"),
+    ("int8", "layer0.W_hh.w_q", np.zeros((96, 24), np.float32), None, "int8"),
+])
+def test_file_is_validated(tmp_path, weights, key, value, meta, match):
+    path = tmp_path / "lm.safetensors"
+    save_quantized_lm(quantize_lm(tiny_lm(), weights), path)
+    _corrupt(path, key, value, meta)
+    with pytest.raises(SerializationError, match=match):
+        load_quantized_lm(path)
+
+
+def test_cli_lm_demo_smoke(tmp_path):
+    from needle.data.offline_text import license_paragraphs
+    try:
+        license_paragraphs()
+    except (FileNotFoundError, ValueError) as e:
+        pytest.skip(f"offline corpus unavailable: {e}")
+    from needle.quant.__main__ import main
+    result = main(["demo", "--model", "lm", "--test-chars", "400", "--lm-steps", "2",
+                   "--out-dir", str(tmp_path), "--json", str(tmp_path / "r.json"),
+                   "--no-outliers"])
+    rows = result["variants"]
+    assert list(rows) == ["float32", "int8-dynamic", "int4-g128", "int4-g64", "int4-g32"]
+    assert 1.0 < rows["float32"]["perplexity"] < 84.0
+    for label in ("int4-g128", "int4-g64", "int4-g32"):
+        assert rows[label]["size_ratio"] > 3.5
+    assert abs(rows["int8-dynamic"]["perplexity_rel_change"]) < 0.02
+    assert json.loads((tmp_path / "r.json").read_text())["test_characters"] == 400
+
+
+def test_dynamic_quantized_linear_module():
+    from needle.quant.dynamic import DynamicQuantizedLinear
+    np.random.seed(0)
+    lin = ndl.nn.Linear(12, 5, device=ndl.cpu_numpy())
+    q = DynamicQuantizedLinear(lin)
+    x = np.random.default_rng(0).standard_normal((2, 3, 12)).astype(np.float32)
+    got = q(ndl.Tensor(x, device=ndl.cpu_numpy())).numpy()
+    assert got.shape == (2, 3, 5)
+    w = lin.weight.numpy()
+    want = R.dynamic_linear_reference(x.reshape(6, 12), *R.dynamic_weight(w.T))
+    assert np.array_equal(got.reshape(6, 5), want + lin.bias.numpy().reshape(-1))
+    float_out = lin(ndl.Tensor(x.reshape(6, 12), device=ndl.cpu_numpy())).numpy()
+    np.testing.assert_allclose(got, float_out.reshape(2, 3, 5),
+                               atol=0.05)
+    with pytest.raises(ValueError, match="last dimension 12"):
+        q(ndl.Tensor(np.zeros((2, 11), np.float32)))
+
+
+@pytest.mark.parametrize("argv,match", [(["--test-chars", "5"], "at least 24"),
+                                        (["--lm-steps", "0"], "positive")])
+def test_cli_lm_demo_rejects_bad_sizes(argv, match):
+    from needle.quant.__main__ import main
+    with pytest.raises(SystemExit, match=match):
+        main(["demo", "--model", "lm", *argv])
