@@ -25,6 +25,9 @@ except ImportError:
     cuda_mod = None
 
 needs_module = pytest.mark.skipif(cuda_mod is None, reason="CUDA backend not built (no nvcc)")
+# make sanitize loads a host-only build of the module: `emulate` and device_count(), no arrays
+needs_full_module = pytest.mark.skipif(cuda_mod is not None and not hasattr(cuda_mod, "Array"),
+                                       reason="host-only emulation build (make sanitize)")
 HAS_GPU = cuda_mod is not None and cuda_mod.device_count() > 0
 needs_gpu = pytest.mark.skipif(not needle.cuda().enabled(), reason="no CUDA device")
 
@@ -71,6 +74,7 @@ def reference_qgemm(c, relu, out_dtype):
 
 # ---- the module, with or without a GPU ------------------------------------------------------
 @needs_module
+@needs_full_module
 def test_module_imports_and_names():
     assert cuda_mod.__device_name__ == "cuda"
     for name in ("Array", "to_numpy", "from_numpy", "fill", "compact", "ewise_setitem",
@@ -89,6 +93,7 @@ def test_enabled_matches_device_count():
 
 
 @needs_module
+@needs_full_module
 @pytest.mark.skipif(HAS_GPU, reason="checks the behaviour without a GPU")
 def test_array_without_gpu_raises_clearly():
     with pytest.raises(RuntimeError, match="no CUDA device"):
@@ -96,6 +101,7 @@ def test_array_without_gpu_raises_clearly():
 
 
 @needs_module
+@needs_full_module
 def test_array_rejects_bad_arguments_before_allocating():
     with pytest.raises(TypeError, match="float64"):
         cuda_mod.Array(4, "float64")
@@ -160,6 +166,7 @@ def test_emulated_qgemm_extremes():
 
 
 @needs_module
+@needs_full_module
 def test_qgemm_path_setting():
     before = cuda_mod.get_qgemm_path()
     try:
@@ -173,6 +180,7 @@ def test_qgemm_path_setting():
 
 
 @needs_module
+@needs_full_module
 @pytest.mark.parametrize("env,path,warns", [("auto", "auto", False), ("mma", "mma", False),
                                             ("bogus", "dp4a", True)])
 def test_qgemm_path_from_environment(env, path, warns):

@@ -16,6 +16,9 @@
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace needle {
 namespace cpu {
@@ -90,8 +93,19 @@ class AlignedArray {
     if (huge) madvise(p, bytes / kHugePageBytes * kHugePageBytes, MADV_HUGEPAGE);  // a hint only
 #endif
     data_ = p;
+#if defined(__SANITIZE_ADDRESS__)
+    // The rounding slack lies inside the allocation, so ASan would let a kernel read or write
+    // it unnoticed: mark it off limits (make sanitize), as if the buffer ended at nbytes().
+    ASAN_POISON_MEMORY_REGION(static_cast<char*>(p) + size * elem, bytes - size * elem);
+    bytes_ = bytes;
+#endif
   }
-  ~AlignedArray() { std::free(data_); }
+  ~AlignedArray() {
+#if defined(__SANITIZE_ADDRESS__)
+    ASAN_UNPOISON_MEMORY_REGION(data_, bytes_);
+#endif
+    std::free(data_);
+  }
   AlignedArray(const AlignedArray&) = delete;
   AlignedArray& operator=(const AlignedArray&) = delete;
 
@@ -128,6 +142,9 @@ class AlignedArray {
   std::size_t size_;
   DType dtype_;
   void* data_ = nullptr;
+#if defined(__SANITIZE_ADDRESS__)
+  std::size_t bytes_ = 0;
+#endif
 };
 
 // Calls f(T*) with the element type of `a` (dispatch over the four dtypes).

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
+#include <pthread.h>
 #include <thread>
 #include <vector>
 #ifdef _OPENMP
@@ -43,6 +44,10 @@ class Pool {
     idle_.wait(lk, [this] { return active_ == 0; });
   }
 
+  // Held around fork() (see before_fork), so no helper is inside the pool's critical section.
+  void lock() { mu_.lock(); }
+  void unlock() { mu_.unlock(); }
+
  private:
   void helper() {
     std::unique_lock<std::mutex> lk(mu_);
@@ -73,8 +78,29 @@ class Pool {
 };
 
 // Held by the one caller whose items use the pool; concurrent callers run alone rather than
-// queue behind it.
+// queue behind it. It also guards g_pool.
 std::mutex g_busy;
+Pool* g_pool = nullptr;  // created on first use; never destroyed (no thread joins at exit)
+
+// fork() copies only the forking thread: a child would inherit helpers_ entries for threads
+// that do not exist (so no helper ever joins it) and possibly a mutex held by one of them
+// forever. Around a fork the forking thread therefore holds both locks, so no call is inside
+// the pool; the child forgets the old pool (leaked: its std::thread objects cannot be
+// destroyed) and builds a new one on its first parallel call.
+void before_fork() {
+  g_busy.lock();
+  if (g_pool) g_pool->lock();
+}
+void after_fork_in_parent() {
+  if (g_pool) g_pool->unlock();
+  g_busy.unlock();
+}
+void after_fork_in_child() {
+  g_pool = nullptr;
+  g_busy.unlock();
+}
+const int g_fork_handlers = pthread_atfork(before_fork, after_fork_in_parent,
+                                           after_fork_in_child);
 
 }  // namespace
 
@@ -86,8 +112,8 @@ void parallel_items(int64_t items, int threads, const std::function<void(int64_t
   if (threads > 1 && items > 1 && !nested) {
     std::unique_lock<std::mutex> own(g_busy, std::try_to_lock);
     if (own.owns_lock()) {
-      static Pool* pool = new Pool;  // leaked on purpose: no thread joins at process exit
-      pool->run(items, static_cast<int>(threads < items ? threads : items), fn);
+      if (!g_pool) g_pool = new Pool;
+      g_pool->run(items, static_cast<int>(threads < items ? threads : items), fn);
       return;
     }
   }
