@@ -1,9 +1,16 @@
-"""Grading throughput: notebook gradings per minute per core, cold and warm, and the
-extrapolation to a whole course (300 students x 8 notebooks).
+"""Grading throughput: CPU seconds per notebook grading (all nine notebooks) and per student,
+gradings per minute per core, cold and warm, and the extrapolation to a whole course (300
+students x 8 notebooks).
 
-    python bench/bench_grading.py                       # notebooks 01 02 03, 4 students, JOBS=2
-    python bench/bench_grading.py --notebooks 01_save_load 03_quant_basics 05_int8_cpu_kernel \\
-        --students 6 --jobs 2
+    python bench/bench_grading.py                       # all notebooks, 1 student, JOBS=1
+    python bench/bench_grading.py --notebooks 01_save_load 03_quant_basics --students 4 --jobs 2
+    python bench/bench_grading.py --skip-cold --reuse   # warm only, keep the last release
+
+Per notebook, the table says where a grading's CPU time goes (from the grading record of
+graders/autograde.py and graders/notebook_executor.py): the workspace, the native build,
+nbgrader's own work, the sandbox's set-up, the executor, the kernel's start and the cells
+(the largest cell named). The per-phase figures are exact with ``--jobs 1``; with more jobs
+the workspace and build phases also count the other jobs' children.
 
 A synthetic class (the reference solution submitted by every student) is graded by
 graders.batch in build/bench_grading/:
@@ -32,11 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import RESULTS_DIR, machine_info, write_json  # noqa: E402
 from graders.batch import grade_class  # noqa: E402
 from graders.check_pipeline import make_submission, reference_notebook  # noqa: E402
-from graders.course import REPO  # noqa: E402
+from graders.course import REPO, course_manifest, load_manifest  # noqa: E402
 from graders.release import release  # noqa: E402
 
 ROOT = REPO / "build" / "bench_grading"
 COURSE = {"students": 300, "notebooks": 8}
+GOAL_CORE_S_PER_STUDENT = 60
 
 
 def _cpu_seconds() -> float:
@@ -51,9 +59,10 @@ def run_class(jobs: int, force: bool, cache: Path) -> dict:
                        progress=True, quiet=True)
     wall, cpu = time.time() - t0, _cpu_seconds() - c0
     graded = [j for j in done if j.status != "skipped"]
-    per = {}
+    per, cpu_per = {}, {}
     for j in graded:
         per.setdefault(j.assignment, []).append(j.seconds)
+        cpu_per.setdefault(j.assignment, []).append(breakdown(j.profile))
     n = len(graded)
     # Per core: from CPU seconds (robust on a loaded machine) and from the wall time.
     return {"gradings": n, "failed": sum(j.status == "error" for j in graded),
@@ -64,7 +73,38 @@ def run_class(jobs: int, force: bool, cache: Path) -> dict:
             "job_seconds_median": round(statistics.median(j.seconds for j in graded), 1)
             if graded else None,
             "job_seconds_by_notebook": {a: round(statistics.median(v), 1)
-                                        for a, v in sorted(per.items())}}
+                                        for a, v in sorted(per.items())},
+            "cpu_by_notebook": {a: median_breakdown(v) for a, v in sorted(cpu_per.items())}}
+
+
+def breakdown(profile: dict) -> dict:
+    """CPU seconds of one grading by phase, from its record's profile (see module doc)."""
+    ph = profile.get("phases_cpu", {})
+    sandbox = profile.get("sandbox_cpu", 0.0)
+    end = profile.get("executor_end_cpu", {"self": 0.0, "children": 0.0})
+    cells = {int(k): v for k, v in profile.get("cells", {}).items()}
+    kernel_start = sum(profile.get("kernel_start_cpu", []))
+    top = max(cells, key=cells.get) if cells else None
+    return {"total": round(sum(ph.values()), 2),
+            "workspace": ph.get("workspace", 0.0), "native_build": ph.get("native_build", 0.0),
+            "nbgrader_own": round(ph.get("nbgrader", 0.0) - sandbox, 2),
+            "sandbox_setup": round(sandbox - end["self"] - end["children"], 2),
+            "executor": end["self"], "kernel_start": round(kernel_start, 2),
+            "cells": round(sum(cells.values()), 2), "replays": profile.get("replay_cpu", 0.0),
+            "largest_cell": f"{top}: {cells[top]:.1f}" if top is not None else ""}
+
+
+def median_breakdown(rows: list) -> dict:
+    return {k: (round(statistics.median(r[k] for r in rows), 2) if k != "largest_cell"
+                else rows[len(rows) // 2][k]) for k in rows[0]}
+
+
+def per_student(warm: dict, notebooks) -> dict:
+    """One student's CPU seconds for the notebooks measured (a course of all of them)."""
+    by = warm["cpu_by_notebook"]
+    total = sum(by[n]["total"] for n in notebooks if n in by)
+    return {"notebooks": len([n for n in notebooks if n in by]), "core_s": round(total, 1),
+            "goal_core_s": GOAL_CORE_S_PER_STUDENT, "within_goal": total <= GOAL_CORE_S_PER_STUDENT}
 
 
 def extrapolate(warm: dict, cold: dict, cores: int = 16) -> dict:
@@ -90,15 +130,20 @@ def extrapolate(warm: dict, cold: dict, cores: int = 16) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--notebooks", nargs="*",
-                    default=["01_save_load", "02_fusion", "03_quant_basics"])
-    ap.add_argument("--students", type=int, default=4)
-    ap.add_argument("--jobs", type=int, default=2)
+                    default=[n["id"] for n in course_manifest().NOTEBOOKS])
+    ap.add_argument("--students", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--skip-cold", action="store_true", help="keep the native cache")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep the release and submissions of the last run (same notebooks)")
     args = ap.parse_args(argv)
-    shutil.rmtree(ROOT, ignore_errors=True)
-    ROOT.mkdir(parents=True)
-    manifest = release(REPO, out=ROOT / "release", course_root=ROOT, names=args.notebooks)
-    for name in args.notebooks:
+    reuse = args.reuse and (ROOT / "release").is_dir()
+    if not reuse:
+        shutil.rmtree(ROOT, ignore_errors=True)
+        ROOT.mkdir(parents=True)
+    manifest = release(REPO, out=ROOT / "release", course_root=ROOT, names=args.notebooks) \
+        if not reuse else load_manifest(ROOT)
+    for name in ([] if reuse else args.notebooks):
         files = [f for f in manifest["assignments"][name].get("library_files", [])
                  if f in manifest["student_files"]]
         nb = reference_notebook(name, ROOT / "release")
@@ -110,7 +155,8 @@ def main(argv=None) -> int:
     warm = run_class(args.jobs, True, cache)
     out = {"machine": info, "load_average": os.getloadavg(), "notebooks": args.notebooks,
            "students": args.students, "cold": cold, "warm": warm,
-           "course": extrapolate(warm, cold)}
+           "course": extrapolate(warm, cold),
+           "per_student": per_student(warm, args.notebooks)}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS_DIR / "grading.json", out)
     lines = ["| run | gradings | JOBS | wall s | CPU s per grading | gradings/min/core (CPU) "
@@ -120,6 +166,18 @@ def main(argv=None) -> int:
             lines.append(f"| {label} | {r['gradings']} | {r['jobs']} | {r['wall_s']} | "
                          f"{r['cpu_s_per_grading']} | {r['per_core_per_min']} | "
                          f"{r['per_core_per_min_wall']} |")
+    lines += ["", "CPU seconds per notebook grading (warm, median over students):", "",
+              "| notebook | total | workspace | native build | nbgrader | sandbox set-up | "
+              "executor | kernel start | cells | replays | largest cell (index: s) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for name, b in warm["cpu_by_notebook"].items():
+        lines.append(f"| {name} | {b['total']} | {b['workspace']} | {b['native_build']} | "
+                     f"{b['nbgrader_own']} | {b['sandbox_setup']} | {b['executor']} | "
+                     f"{b['kernel_start']} | {b['cells']} | {b['replays']} | "
+                     f"{b['largest_cell']} |")
+    ps = out["per_student"]
+    lines += ["", f"one student, {ps['notebooks']} notebooks: {ps['core_s']} core-s "
+              f"(goal <= {ps['goal_core_s']} core-s: {'met' if ps['within_goal'] else 'NOT met'})"]
     c = out["course"]
     lines += ["", f"300 students x 8 notebooks: {c['core_hours']} core-hours, "
               f"{c['wall_hours_16_cores']} h on 16 cores; one student's 8 notebooks "

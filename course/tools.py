@@ -80,6 +80,31 @@ def run_notebook_tests(root: Path, nb_id: str, timeout: int = 900) -> dict:
     return results
 
 
+_SELECT_PLUGIN = '''"""pytest plugin of course.tools: keep only the tests whose node id (relative to the
+working directory) starts with one of $COURSE_TEST_PREFIXES (one per line)."""
+import os
+from pathlib import Path
+
+PREFIXES = tuple(p for p in os.environ.get("COURSE_TEST_PREFIXES", "").splitlines() if p)
+
+
+def _node(item):
+    try:
+        rel = Path(item.path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return item.nodeid
+    return rel + "::" + item.nodeid.split("::", 1)[1] if "::" in item.nodeid else rel
+
+
+def pytest_collection_modifyitems(config, items):
+    keep = [i for i in items if _node(i).startswith(PREFIXES)]
+    drop = [i for i in items if not _node(i).startswith(PREFIXES)]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+'''
+
+
 def run_library_tests(root: Path, prefixes) -> dict:
     """{pytest node id: None (passed) or 'message'} for the tests matching ``prefixes``."""
     prefixes = sorted(set(prefixes))
@@ -88,9 +113,16 @@ def run_library_tests(root: Path, prefixes) -> dict:
     files = sorted({p.split("::")[0] for p in prefixes})
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
+        # Only the listed tests run (a plugin deselects the others of their files), and
+        # without the notebook plugins pytest would load (nbval costs seconds to import).
+        Path(tmp, "_course_select.py").write_text(_SELECT_PLUGIN)
+        env = dict(os.environ, COURSE_TEST_PREFIXES="\n".join(prefixes),
+                   PYTHONPATH=os.pathsep.join([tmp] + [p for p in [os.environ.get(
+                       "PYTHONPATH")] if p]))
         subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-p", "no:nbval", "-p", "no:anyio", "-p", "_course_select",
                         f"--junitxml={xml}", "-o", "junit_family=xunit2", *files],
-                       cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                       cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not xml.exists():
             return {p: "pytest did not run (is it installed? make build)" for p in prefixes}
         tree = ET.parse(xml)

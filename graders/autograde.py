@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import csv
 import filecmp
 import json
@@ -41,12 +42,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from .course import (AUTOGRADED_DIR, GRADEBOOK, NB_RELEASE_DIR, REPO, SUBMITTED_DIR,
-                     course_manifest, load_manifest, nbgrader, unpack_submission, walk_repo)
-from .sandbox import SANDBOX_RW, Limits, SandboxUnavailable, probe, run_isolated
+from .course import (AUTOGRADED_DIR, CONFIG, GRADEBOOK, NB_RELEASE_DIR, REPO, SUBMITTED_DIR,
+                     course_manifest, load_manifest, tool_path, unpack_submission, walk_repo)
+from .nbgrader_runner import NbgraderServer
+from .sandbox import SANDBOX_RW, Limits, SandboxUnavailable, cpu_seconds, probe, run_isolated
 from .workspace import grading_files, unwritten_exercises
 
 OUTPUT = REPO / "graders" / "output"
@@ -226,7 +229,14 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     ``root`` is the course root: its gradebook, ``submitted/`` and workspace (``root/WORKSPACE``)
     are used, so a private root per job makes concurrent gradings independent.
     native_cache: a graders.build_cache.BuildCache that replaces the incremental rebuild."""
-    t0 = time.time()
+    t0, cpu = time.time(), [cpu_seconds()]
+    phases = {}
+
+    def phase(name):
+        now = cpu_seconds()
+        phases[name] = round(now["self"] - cpu[0]["self"] + now["children"]
+                             - cpu[0]["children"], 2)
+        cpu[0] = now
     root = Path(root).resolve()
     pr = probe()
     if not pr["isolated"] and not allow_unisolated:
@@ -249,6 +259,7 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
         report["notes"] += unpack_problems.read_text(errors="replace").splitlines()
     prepare_workspace(release_dir, ws, submission, manifest["student_files"], files)
     overlaid = report["from_student"]
+    phase("workspace")
     build_ok = True
     if build:
         cuda = gpu_present() if cuda is None else cuda
@@ -258,6 +269,7 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
         build_ok = builder(ws, log, jobs, cuda, emulate, allow_unisolated)
         if not build_ok:
             print(f"  [{student}/{assignment}] native build FAILED (log: {log})")
+    phase("native_build")
     # The data stays where the instructor's repository finds it (the workspace has none); the
     # sandbox binds it read-only.
     data_dir = os.environ.get("NEEDLE_DATA_DIR") or str(REPO / "data")
@@ -268,9 +280,13 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
            "NQ_ALLOW_UNISOLATED": "1" if allow_unisolated else "0"}
     if timeout:
         env["NQ_CELL_TIMEOUT"] = str(timeout)
-    res = nbgrader(["autograde", assignment, "--student", student, "--force"], root,
-                   env=env, capture=quiet, check=False)
+    res = run_nbgrader(["autograde", assignment, "--student", student, "--force"], root,
+                       env=env, capture=quiet)
+    phase("nbgrader")
     record = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+    if res.cpu_s is not None:      # the preloaded server's child: not our child's CPU time
+        phases["nbgrader"] = round(phases["nbgrader"] + res.cpu_s, 2)
+    record.setdefault("profile", {})["phases_cpu"] = phases
     record.update({"student": student, "assignment": assignment, "build_ok": build_ok,
                    "overlaid": overlaid})
     if res.returncode != 0:
@@ -288,6 +304,46 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     rec_path.write_text(json.dumps(record, indent=1))
     return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,
             "record": record, "report": report, "output": res.stdout if quiet else None}
+
+
+_SERVERS = threading.local()
+_ALL_SERVERS: list = []
+
+
+def run_nbgrader(args, root: Path, env: dict, capture: bool = True):
+    """``nbgrader ARGS`` for the course at ``root`` (as graders.course.nbgrader), through this
+    thread's preloaded server (graders/nbgrader_runner.py: nbgrader is imported once, each
+    command runs in a fresh forked process). Returns a CompletedProcess with ``cpu_s``, the
+    command's CPU seconds."""
+    root = Path(root).resolve()
+    argv = [*args, f"--JupyterApp.config_file={CONFIG}", f"--CourseDirectory.root={root}",
+            f"--CourseDirectory.db_url=sqlite:///{root / GRADEBOOK}"]
+    full_env = dict(os.environ)
+    full_env["PATH"] = tool_path()
+    full_env.update(env or {})
+    server = getattr(_SERVERS, "server", None)
+    if server is None:
+        server = _SERVERS.server = NbgraderServer()
+    if server not in _ALL_SERVERS:
+        _ALL_SERVERS.append(server)
+    log = root / "build" / "grading" / "nbgrader.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    code, cpu = server.run(argv, root, full_env, log)
+    out = log.read_text(errors="replace")
+    if not capture:
+        sys.stdout.write(out)
+    res = subprocess.CompletedProcess(["nbgrader", *argv], code, out if capture else None)
+    res.cpu_s = cpu
+    return res
+
+
+def close_nbgrader_servers() -> None:
+    """End every preloaded nbgrader server (their CPU time then counts as our children's)."""
+    while _ALL_SERVERS:
+        _ALL_SERVERS.pop().close()
+
+
+atexit.register(close_nbgrader_servers)
 
 
 def isolation_summary(record: dict) -> str:

@@ -40,8 +40,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .autograde import (OUTPUT, autograde_one, cell_scores, describe_report, find_submissions,
-                        gpu_present, isolation_summary)
+from .autograde import (OUTPUT, autograde_one, cell_scores, close_nbgrader_servers,
+                        describe_report, find_submissions, gpu_present, isolation_summary)
 from .build_cache import BuildCache
 from .course import (AUTOGRADED_DIR, GRADEBOOK, NB_RELEASE_DIR, REPO, SOURCE_DIR,
                      SUBMITTED_DIR, load_manifest, walk_repo)
@@ -199,6 +199,7 @@ class Job:
     seconds: float = 0.0
     log: str = ""
     isolation: str = ""            # which isolation the grading got (graders/sandbox.py)
+    profile: dict = field(default_factory=dict)  # where the CPU seconds went (autograde_one)
     resumed_status: str = ""       # for a skipped job: the status recorded when it was graded
 
     @property
@@ -344,6 +345,7 @@ class Batch:
                                  cuda=self.cuda, build=self.build, native_cache=self.cache,
                                  allow_unisolated=self.allow_unisolated)
             job.isolation = isolation_summary(info.get("record") or {})
+            job.profile = (info.get("record") or {}).get("profile", {})
             build_log = slot / GRADING / "logs" / f"{job.student}-{job.assignment}-build.log"
             if build_log.exists():
                 lines += ["-- native build", build_log.read_text(errors="replace")[-20000:]]
@@ -389,7 +391,7 @@ class Batch:
             _write_json(state_path(self.root, job.student, job.assignment), {
                 "key": job.key, "status": job.status, "reason": job.reason,
                 "cells": job.cells, "seconds": round(job.seconds, 2), "log": job.log,
-                "isolation": job.isolation,
+                "isolation": job.isolation, "profile": job.profile,
                 "graded_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     # -- the class -----------------------------------------------------------------------
@@ -419,6 +421,7 @@ class Batch:
                 if job.status == "error":
                     bar.write(f"  FAILED {job.name}: {job.reason} (log: {job.log})")
         bar.close()
+        close_nbgrader_servers()
         return todo + done
 
 

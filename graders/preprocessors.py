@@ -42,7 +42,7 @@ import nbformat
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer
 
-from .sandbox import SANDBOX_RW, Limits, SandboxUnavailable, run_isolated
+from .sandbox import SANDBOX_RW, Limits, SandboxUnavailable, cpu_seconds, run_isolated
 
 HERE = Path(__file__).resolve().parent
 GRADER_DIR = "/sandbox/grader"
@@ -244,6 +244,7 @@ class SandboxedExecute(NbGraderPreprocessor):
             if k in os.environ:
                 env[k] = os.environ[k]
         reason, result = "", None
+        cpu0 = cpu_seconds()
         try:
             res = run_isolated([sys.executable, f"{GRADER_DIR}/notebook_executor.py"],
                                rw_dir=ws, ro_binds=binds, workdir=f"{SANDBOX_RW}/notebooks",
@@ -253,6 +254,11 @@ class SandboxedExecute(NbGraderPreprocessor):
             _record({"isolation": res.isolation})
             if res.result:
                 result = json.loads(res.result)
+                _record({"profile": {"nbgrader_before_execute_cpu": round(cpu0["self"], 2),
+                                     "sandbox_cpu": round(cpu_seconds()["children"]
+                                                          - cpu0["children"], 2),
+                                     "sandbox_wall": round(res.seconds, 1),
+                                     **result.get("profile", {})}})
             else:
                 reason = (f"the notebook's execution ended without a result (exit "
                           f"{res.returncode}{', timed out' if res.timed_out else ''}): "

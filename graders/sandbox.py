@@ -90,6 +90,14 @@ class SandboxResult:
     seconds: float = 0.0
 
 
+def cpu_seconds() -> dict:
+    """{'self', 'children'}: CPU seconds (user + system) of this process and of its waited-for
+    children (grading costs are measured in CPU time: wall time lies on a loaded machine)."""
+    import resource
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"self": me.ru_utime + me.ru_stime, "children": kids.ru_utime + kids.ru_stime}
+
+
 # ---------------------------------------------------------------------------------- probe
 
 _PROBE: dict | None = None
