@@ -282,13 +282,15 @@ def saturate_cast(x, dtype):
          host_checks=("small_notebook",)),
     Case("native_crash_costs_its_tests", "robust",
          "requantize crashes the interpreter (a segfault in native code, through ctypes): only "
-         "the test cells that call it lose points", "03_quant_basics",
+         "the test cells that call it lose points (its test and the library-tests cell, which "
+         "runs requantize's library tests)", "03_quant_basics",
          trick=(_wrap("requantize", "import ctypes; ctypes.string_at(0)"),),
-         lose=("test_requantize",)),
+         lose=("test_requantize", "test_library")),
     Case("memory_bomb_costs_its_test", "robust",
-         "quantize_bias allocates 64 GiB (a MemoryError in the sandbox): only its test loses",
+         "quantize_bias allocates 64 GiB (a MemoryError in the sandbox): only its tests lose (its "
+         "test cell and the library-tests cell)",
          "03_quant_basics", trick=(_wrap("quantize_bias", "_ = bytearray(64 << 30)"),),
-         lose=("test_quantize_bias",)),
+         lose=("test_quantize_bias", "test_library")),
 ]
 
 #: the fixed part of the audit that ``make test`` runs (one of each mechanism, the cheap

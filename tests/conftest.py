@@ -14,6 +14,14 @@ from needle import backend_ndarray as nd
 
 DTYPES = ("float32", "int8", "uint8", "int32")
 
+try:  # property tests: the same examples on every run, so a grade or a CI result is reproducible
+    from hypothesis import HealthCheck, settings as _hyp_settings
+    _hyp_settings.register_profile("needle", derandomize=True,
+                                   suppress_health_check=list(HealthCheck))
+    _hyp_settings.load_profile("needle")
+except ImportError:  # hypothesis is a test dependency; tests that use it import it themselves
+    pass
+
 _CPU = nd.cpu()
 _CUDA = nd.cuda()
 

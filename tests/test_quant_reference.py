@@ -3,7 +3,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, assume
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -84,10 +84,11 @@ def test_zero_exactly_representable(a, b, scheme, qt):
 
 
 @settings(max_examples=300, deadline=None)
-@given(finite, finite, qtypes)
-def test_affine_range_ends(a, b, qt):
-    lo, hi = _range(a, b)
-    assume(lo < 0 < hi and hi - lo > 1e-30)  # narrower ranges hit the smallest-scale floor
+# ranges straddling zero drawn directly (filtering the general ones rejected most draws and
+# could trip hypothesis's health check); narrower ranges hit the smallest-scale floor
+@given(st.floats(-1e4, -2.0 ** -50, width=32), st.floats(2.0 ** -50, 1e4, width=32), qtypes)
+def test_affine_range_ends(lo, hi, qt):
+    lo, hi = float(lo), float(hi)
     s, zp = R.choose_qparams(lo, hi, "affine", *qt)
     qmin, qmax = R.qrange(*qt)
     q = R.quantize(np.float32([lo, hi]), s, zp, qt[0], bits=qt[1], reduced_range=qt[2])
