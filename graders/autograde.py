@@ -163,7 +163,10 @@ def build_native(ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = Fal
             shutil.rmtree(build)
         cmds.append(["cmake", "-S", SANDBOX_RW, "-B", f"{SANDBOX_RW}/build",
                      f"-DPython_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DNEEDLE_CUDA={cuda_flag}"]
+                     f"-DNEEDLE_CUDA={cuda_flag}",
+                     # no link-time optimisation: a grading build is compiled once and only
+                     # tested, never timed, and LTO's link step is most of its CPU time
+                     "-DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF"]
                     + ([f"-DCMAKE_CUDA_ARCHITECTURES={EMULATION_CUDA_ARCH}"]
                        if emulate and not cuda else []))
     if not with_cuda:
