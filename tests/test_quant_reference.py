@@ -83,6 +83,22 @@ def test_zero_exactly_representable(a, b, scheme, qt):
     assert R.dequantize(q, s, zp) == 0.0
 
 
+# ranges where lo / scale rounds differently in float32 and in float64 (found by search)
+FLOAT32_DIVISION_RANGES = [(-728.5419311523438, 283.873291015625, ("uint8", 8, False)),
+                           (-735.3845825195312, 1.4447613954544067, ("uint8", 8, False)),
+                           (-884.1027221679688, 157.21923828125, ("int8", 8, False))]
+
+
+@pytest.mark.parametrize("lo, hi, qt", FLOAT32_DIVISION_RANGES)
+def test_choose_qparams_float32_division(lo, hi, qt):
+    s, zp = R.choose_qparams(lo, hi, "affine", *qt)
+    qmin, _ = R.qrange(*qt)
+    assert np.rint(np.float64(lo) / np.float64(s)) != np.rint(np.float32(lo) / s)  # discriminating
+    assert zp == qmin - np.rint(np.float32(lo) / s)
+    q = R.quantize(np.float32([lo, hi]), s, zp, qt[0], bits=qt[1], reduced_range=qt[2])
+    assert q[0] == qmin
+
+
 @settings(max_examples=300, deadline=None)
 # ranges straddling zero drawn directly (filtering the general ones rejected most draws and
 # could trip hypothesis's health check); narrower ranges hit the smallest-scale floor
