@@ -352,6 +352,19 @@ def test_quantized_add_is_correctly_rounded_sum(seed, sa, sb, so, relu, dtype):
     assert np.all(np.abs(out.astype(int) - want) <= 1)
 
 
+@pytest.mark.parametrize("sa, sb, so, want", [
+    (0.5, 1e-7, 1.0, [129, 130, 128, 127]), (0.25, 3e-8, 0.5, [129, 130, 128, 127]),
+    (0.5, 0.3, 1.0, [128, 129, 127, 127])])
+def test_quantized_add_rounds_each_term_to_the_fraction_bits(sa, sb, so, want):
+    # (a - za) * sa / so lands exactly on a half step and b's term is a tiny negative amount:
+    # each term is rounded to 2^-L before the final rounding, so such a tie still rounds half
+    # up (truncating the terms would round it down); the last case is far from any tie
+    m_a, n_a, m_b, n_b = R.add_multipliers(sa, sb, so)
+    a, b = np.array([11, 13, 9, 7]), np.array([99, 99, 99, 101])
+    out = R.quantized_add(a, 10, m_a, n_a, b, 100, m_b, n_b, 128)
+    np.testing.assert_array_equal(out, want)
+
+
 def test_quantized_add_example_and_shape_error():
     m_a, n_a, m_b, n_b = R.add_multipliers(0.5, 0.25, 1.0)
     a, b = np.array([10, 13, 15, 5]), np.array([0, 6, 0, 0])
