@@ -4,6 +4,7 @@ graders.check_sandbox``; also part of graders/check_pipeline.py).
 Returns rows (check, ok, detail). Needs a machine where ``sandbox.probe()`` is isolated."""
 from __future__ import annotations
 
+import ast
 import sys
 import tempfile
 import time
@@ -30,11 +31,21 @@ def checks():
     with tempfile.TemporaryDirectory(prefix="nq-sbcheck-") as tmp:
         Path(tmp, "keep.txt").write_text("data")
         secret = str(REPO / "graders" / "sandbox.py")
-        r = _run(f"import os; print(os.path.exists({secret!r}), os.path.exists({str(REPO)!r}),"
-                 f" os.getuid(), os.path.exists('/proc/1/root/etc'))", tmp)
+        # The interpreter is bound read-only at its own path: when it is a virtual environment
+        # inside the repository (CI's .venv), the repository's folder exists as its parent and
+        # must hold nothing else.
+        prefix = Path(sys.prefix).resolve()
+        allowed = [prefix.relative_to(REPO).parts[0]] if prefix.is_relative_to(REPO) else []
+        r = _run(f"import os; r = {str(REPO)!r}; print(repr((os.path.exists({secret!r}),"
+                 f" sorted(os.listdir(r)) if os.path.isdir(r) else [], os.getuid())))", tmp)
+        try:
+            seen, listing, uid = ast.literal_eval(r.stdout.decode().strip())
+        except (ValueError, SyntaxError):
+            seen, listing, uid = True, None, 0
         rows.append(("sandbox: instructor repository invisible, unprivileged uid",
-                     r.stdout.split()[:2] == [b"False", b"False"] and r.stdout.split()[2] != b"0",
-                     r.stdout.decode()[:200] + r.stderr.decode()[-200:]))
+                     not seen and listing == allowed and uid != 0,
+                     f"{r.stdout.decode()[:200]} (allowed in the repository folder: {allowed}) "
+                     + r.stderr.decode()[-200:]))
         r = _run("import socket; s = socket.create_connection(('1.1.1.1', 80), timeout=3)", tmp)
         rows.append(("sandbox: no network", r.returncode != 0 and b"unreachable" in r.stderr.lower(),
                      r.stderr.decode()[-120:]))
