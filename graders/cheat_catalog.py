@@ -17,7 +17,7 @@ cheat or the noise added on top. ``CI_CASES`` is the fixed part that ``make test
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .audit_catalog import Patch
 
