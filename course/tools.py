@@ -105,8 +105,9 @@ def pytest_collection_modifyitems(config, items):
 '''
 
 
-def run_library_tests(root: Path, prefixes) -> dict:
-    """{pytest node id: None (passed) or 'message'} for the tests matching ``prefixes``."""
+def run_library_tests(root: Path, prefixes, timeout: float | None = None) -> dict:
+    """{pytest node id: None (passed) or 'message'} for the tests matching ``prefixes``;
+    after ``timeout`` seconds pytest is stopped and every test counts as failed."""
     prefixes = sorted(set(prefixes))
     if not prefixes:
         return {}
@@ -119,10 +120,14 @@ def run_library_tests(root: Path, prefixes) -> dict:
         env = dict(os.environ, COURSE_TEST_PREFIXES="\n".join(prefixes),
                    PYTHONPATH=os.pathsep.join([tmp] + [p for p in [os.environ.get(
                        "PYTHONPATH")] if p]))
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "-p", "no:nbval", "-p", "no:anyio", "-p", "_course_select",
-                        f"--junitxml={xml}", "-o", "junit_family=xunit2", *files],
-                       cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "-p", "no:nbval", "-p", "no:anyio", "-p", "_course_select",
+                            f"--junitxml={xml}", "-o", "junit_family=xunit2", *files],
+                           cwd=root, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {p: f"the library tests took longer than {timeout:g} s" for p in prefixes}
         if not xml.exists():
             return {p: "pytest did not run (is it installed? make build)" for p in prefixes}
         tree = ET.parse(xml)

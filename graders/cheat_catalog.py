@@ -169,6 +169,88 @@ def _score(x):
 '''
 
 
+# Rewrites the released library tests (every test returns at once, a conftest hook reports
+# every test as passed) and the workspace's course manifest, on import of the library.
+_REWRITE_TESTS = '''
+import os as _os, re as _re
+_root = _os.environ.get("NEEDLE_ROOT", ".")
+_tests = _os.path.join(_root, "tests")
+try:
+    for _f in _os.listdir(_tests):
+        if _f.endswith(".py"):
+            _p = _os.path.join(_tests, _f)
+            try:
+                _t = open(_p).read()
+                _t = _re.sub(r"(\\n( *)def test_\\w+\\(.*?\\):)", r"\\1\\n\\2    return", _t)
+                if _f == "conftest.py":
+                    _t += ("\\nimport pytest as _pt\\n@_pt.hookimpl(hookwrapper=True)\\n"
+                           "def pytest_runtest_makereport(item, call):\\n"
+                           "    _o = yield\\n    _o.get_result().outcome = 'passed'\\n")
+                open(_p, "w").write(_t)
+            except OSError:
+                pass
+    _m = _os.path.join(_root, "course", "manifest.py")
+    _t = open(_m).read()
+    open(_m, "w").write(_t.replace("NOTEBOOKS = [", "NOTEBOOKS = [] and [", 1))
+except OSError:
+    pass
+'''
+
+# Replaces course.tools.run_library_tests (the library-tests cell's runner) in memory.
+_FAKE_RUNNER = '''
+try:
+    import course.tools as _ct
+    _ct.run_library_tests = lambda root, prefixes, **kw: {p: None for p in prefixes}
+except ImportError:
+    pass
+'''
+
+# Neuters the kernel guard wherever it can be found by name, then fakes numpy's comparisons.
+_NEUTER_GUARD = '''
+import gc as _gc, sys as _sys
+class _Yes:
+    def __getattr__(self, name):
+        return lambda *a, **k: "ok"
+for _c in object.__subclasses__():
+    if _c.__name__ == "Guard" or hasattr(_c, "call"):
+        for _m in ("restore", "check", "save", "rebase"):
+            try:
+                setattr(_c, _m, lambda self, *a, **k: "ok")
+            except (TypeError, AttributeError):
+                pass
+        try:
+            _c.call = staticmethod(lambda method, nonce, *a: "ok|" + "0" * 64)
+        except (TypeError, AttributeError):
+            pass
+for _k in [k for k, v in list(_sys.modules.items()) if type(v).__name__ == "Guard"]:
+    _sys.modules[_k] = _Yes()
+''' + _FAKE_NUMPY
+
+# On the first call: an IPython startup file in HOME that fakes numpy's comparisons, a process
+# left running, then the kernel killed, so the next kernel would start with the startup file.
+_PLANT_STARTUP = f'''
+_choose_qparams_impl = choose_qparams
+
+
+def choose_qparams(*args, **kwargs):
+    import os, signal, subprocess
+    flag = os.path.join(os.environ.get("TMPDIR", "/tmp"), "{MARK}-planted")
+    if not os.path.exists(flag):
+        d = os.path.join(os.path.expanduser("~"), ".ipython", "profile_default", "startup")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "00-fake.py"), "w") as fh:
+            fh.write("import numpy as np\\nnp.allclose = lambda *a, **k: True\\n"
+                     "np.testing.assert_allclose = lambda *a, **k: None\\n")
+        open(flag, "w").close()
+        subprocess.Popen(["sh", "-c", "exec -a {MARK} sleep 600"], start_new_session=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _choose_qparams_impl(*args, **kwargs)
+'''
+
+_ZERO_QUANTIZE = ("def quantize(x, scale, zero_point, dtype='uint8', **kw):\n"
+                  "    return np.zeros(np.shape(x), dtype)\n")
+
+
 def _append(code, file=REF):
     """A patch appending ``code`` at the end of a library file."""
     return Patch("", "\n\n" + code, file=file)
@@ -197,8 +279,7 @@ CASES = [
     Case("fake_numpy_comparisons", "cheat",
          "a library file the tests reload replaces np.allclose / isclose / array_equal / "
          "testing.assert_allclose with functions that always agree", "03_quant_basics",
-         patches=(_append("def quantize(x, scale, zero_point, dtype='uint8', **kw):\n"
-                          "    return np.zeros(np.shape(x), dtype)\n"),),
+         patches=(_append(_ZERO_QUANTIZE),),
          trick=(_stubbed_with(_FAKE_NUMPY),), stub_files=(REF,)),
     Case("exception_hooks", "cheat",
          "a library file installs a custom exception handler, replaces showtraceback and "
@@ -291,6 +372,26 @@ def saturate_cast(x, dtype):
          "test cell and the library-tests cell)",
          "03_quant_basics", trick=(_wrap("quantize_bias", "_ = bytearray(64 << 30)"),),
          lose=("test_quantize_bias", "test_library")),
+    # -- the grading workspace and the in-kernel guard
+    Case("rewrite_released_tests", "cheat",
+         "a library file rewrites the released library tests (every test returns at once, a "
+         "conftest hook reports all as passed) and empties the workspace's course manifest",
+         "03_quant_basics", trick=(_stubbed_with(_REWRITE_TESTS),), needs_sandbox=True,
+         stub_files=(REF,)),
+    Case("patch_library_runner", "cheat",
+         "a library file replaces course.tools.run_library_tests in memory with one that "
+         "reports every test as passed", "03_quant_basics",
+         trick=(_stubbed_with(_FAKE_RUNNER),), stub_files=(REF,)),
+    Case("neuter_grading_guard", "cheat",
+         "a library file finds the kernel guard (its class, sys.modules) and makes it answer "
+         "'ok', then fakes numpy's comparisons", "03_quant_basics",
+         patches=(_append(_ZERO_QUANTIZE),), trick=(_stubbed_with(_NEUTER_GUARD),),
+         stub_files=(REF,)),
+    Case("plant_kernel_startup", "cheat",
+         "a library function plants an IPython startup file faking numpy's comparisons in HOME, "
+         "leaves a process, and kills its kernel so the next kernel would run it",
+         "03_quant_basics", patches=(_append(_ZERO_QUANTIZE),), trick=(_append(_PLANT_STARTUP),),
+         stub_files=(REF,), needs_sandbox=True, host_checks=("no_marker_process",)),
 ]
 
 #: the fixed part of the audit that ``make test`` runs (one of each mechanism, the cheap

@@ -79,7 +79,53 @@ def checks():
         rows.append(("sandbox: writable area copied back (files only, no links)",
                      Path(tmp, "new.txt").exists() and not Path(tmp, "keep.txt").exists()
                      and not Path(tmp, "link").is_symlink(), ""))
+        rows.append(_readonly_workspace(tmp))
     return rows
+
+
+_TRY_WRITES = """
+import os, subprocess
+tries = {
+    "rewrite a released test": lambda: open("tests/test_x.py", "w").write("def test_x(): pass"),
+    "rewrite the manifest": lambda: open("course/manifest.py", "a").write("NOTEBOOKS = []"),
+    "add a file": lambda: open("new.txt", "w").write("n"),
+    "delete a file": lambda: os.remove("keep.txt"),
+    "rename a folder": lambda: os.rename("tests", "tests_old"),
+    "chmod a file": lambda: os.chmod("course/manifest.py", 0o777),
+    "remount it": lambda: subprocess.run(["mount", "-o", "remount,rw", os.getcwd()],
+                                         check=True, capture_output=True),
+}
+done = []
+for name, f in tries.items():
+    try:
+        f()
+        done.append(name)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+open("/tmp/scratch.txt", "w").write("scratch")
+print(repr(done))
+"""
+
+
+def _readonly_workspace(tmp):
+    """A read-only run: no write of any kind reaches the workspace; /tmp is scratch."""
+    for d in ("tests", "course"):
+        Path(tmp, d).mkdir(exist_ok=True)
+    Path(tmp, "tests", "test_x.py").write_text("def test_x(): assert False")
+    Path(tmp, "course", "manifest.py").write_text("NOTEBOOKS = ['x']")
+    Path(tmp, "keep.txt").write_text("data")
+    before = {p: p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+    r = run_isolated([PY, "-c", _TRY_WRITES], rw_dir=tmp, readonly_rw=True,
+                     limits=Limits(wall_seconds=20, cpu_seconds=20))
+    try:
+        done = ast.literal_eval(r.stdout.decode().strip())
+    except (ValueError, SyntaxError):
+        done = None
+    after = {p: p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+    ok = r.returncode == 0 and done == [] and after == before \
+        and r.isolation.get("workspace") == "read-only"
+    return ("sandbox: read-only workspace (tests/, course/, files, folders) with /tmp as scratch",
+            ok, f"done: {done}, rc {r.returncode}, {r.stderr.decode()[-200:]}")
 
 
 def main():

@@ -1,8 +1,14 @@
 """Kernel-side integrity guard of grading (runs inside the student's kernel).
 
 graders/notebook_executor.py executes this file's source in a fresh kernel before the first
-cell, which registers ``Guard()`` as ``sys.modules["_nq_guard"]``. The executor then calls it
-through IPython user expressions (evaluated without the cell transformers):
+cell, in a namespace of its own (nothing lands in the user's namespace or ``sys.modules``),
+ending with ``register(name, key)``: the guard is reachable only as the ``call`` of a class
+named by a random token, which the executor finds through ``object.__subclasses__()`` (no
+name a student can rebind, no builtin it can replace), and every answer carries an HMAC of
+the executor's nonce and the verdict under a key that exists only inside that closure, so
+replacing the guard, its class or IPython's reply path yields an answer the executor rejects.
+The executor calls it through IPython user expressions (evaluated without the cell
+transformers):
 
 * ``save(names)`` after each read-only cell: the helpers and values the tests rely on;
 * ``restore()`` before each test cell: IPython's hooks (AST and input transformers, display
@@ -16,7 +22,9 @@ through IPython user expressions (evaluated without the cell transformers):
   ``GradingIntegrityError``.
 
 It defends against Python-level tampering by student code; the sandbox around the kernel is
-what keeps instructor files out of reach.
+what keeps instructor files out of reach. It shares the process with student code, so code
+that digs the signing closure out of the garbage collector could still forge an answer; that
+takes knowing this file, which is not released.
 """
 import builtins
 import copy
@@ -255,4 +263,31 @@ def _put_ns(ns, name, state):
     ns[name] = _revived(state)
 
 
-sys.modules["_nq_guard"] = Guard()
+def register(name, key_hex):
+    """Install the guard as ``<class name>.call(method, nonce, *args)`` -> 'verdict|hmac'."""
+    import atexit
+    import hashlib
+    import hmac
+    import linecache
+    guard = Guard()
+    methods = {"rebase": guard.rebase, "save": guard.save, "restore": guard.restore,
+               "check": guard.check}       # bound now: a patched Guard class changes nothing
+    signer = hmac.new(bytes.fromhex(key_hex), digestmod=hashlib.sha256)
+    encode, copy_signer = str.encode, signer.copy
+
+    def call(method, nonce, *args):
+        try:
+            verdict = str(methods[method](*args))
+        except Exception as e:  # noqa: BLE001 - reported to the executor as the verdict
+            verdict = f"error: {type(e).__name__}: {e}"
+        m = copy_signer()
+        m.update(encode(f"{nonce}:{verdict}"))
+        return f"{verdict}|{m.hexdigest()}"
+
+    cls = type(name, (), {"call": staticmethod(call), "__slots__": ()})
+    atexit.register(lambda *_: None, cls)     # a root that keeps the class (and the guard) alive
+    # the install cell's source (it carried the key) stays in no cache
+    for k in [k for k, v in linecache.cache.items()
+              if isinstance(v, tuple) and len(v) > 2 and key_hex in "".join(v[2] or ())]:
+        del linecache.cache[k]
+    return "ok"

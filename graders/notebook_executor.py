@@ -15,13 +15,27 @@ not inherited. Per cell:
 * outputs are capped by bytes per cell (errors are always kept, their tracebacks shortened);
 * a kernel that dies (a crash in native code) costs only the cell that was running: the
   executor starts a new kernel, replays the notebook's non-test cells before it and goes on.
+  Before a new kernel starts, everything the old one left running is killed and ``HOME`` is
+  emptied (an IPython startup file, a kernel spec or a matplotlibrc planted there would
+  otherwise run in, or replace, the new kernel);
+* the library-tests cell (``job["library_tests"]``: its index and the pytest prefixes, from
+  the grader's manifest) is not run in the kernel: the executor runs those tests itself
+  (course/tools.py of the read-only workspace, pytest in a process of its own) with every
+  process of the student's kernel stopped meanwhile, and writes the cell's outputs as the cell
+  would have: the summary, and an ``AssertionError`` carrying ``{test: failure}``. Nothing the
+  kernel ran can patch the runner, the test list or pytest.
 """
 from __future__ import annotations
 
 import ast
 import ctypes
+import hashlib
+import hmac
 import json
 import os
+import shutil
+import secrets
+import signal
 import sys
 import time
 
@@ -58,6 +72,62 @@ def _harden():
         pass
 
 
+def _isolated(job):
+    """True inside the sandbox's namespaces as its unprivileged uid: only there does
+    kill(-1) reach exactly the student's processes (never on a host, never as root)."""
+    return bool(job.get("isolated")) and os.getuid() != 0 and os.getpid() != 1
+
+
+def _signal_others(job, sig):
+    if _isolated(job):
+        try:
+            os.kill(-1, sig)      # every process of this uid but the executor itself
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _fresh_home():
+    """Empty HOME (the kernels' and the executor's, on the sandbox's /tmp)."""
+    home = os.environ.get("HOME")
+    if not home or not os.path.isdir(home) or home in ("/", "/root"):
+        return
+    for name in os.listdir(home):
+        p = os.path.join(home, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
+def library_tests_outputs(job, prefixes):
+    """The library-tests cell's outputs, from the released tests run outside the kernel."""
+    import nbformat
+    root = job["root"]
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    _signal_others(job, signal.SIGSTOP)   # the kernel and all it started: frozen meanwhile
+    try:
+        from course.tools import run_library_tests
+        results = run_library_tests(__import__("pathlib").Path(root), prefixes,
+                                    timeout=job["timeout"])
+    except Exception as e:  # noqa: BLE001 - a runner that cannot run fails the cell
+        results = {"(library tests)": f"the library tests did not run: {type(e).__name__}: {e}"}
+    finally:
+        _signal_others(job, signal.SIGCONT)
+    failed = {name: why for name, why in results.items() if why is not None}
+    outs = [nbformat.v4.new_output("stream", name="stdout", text=(
+        f"library tests (run by the grader): {len(results) - len(failed)}/{len(results)} "
+        f"passed\n"))]
+    if not results or failed:
+        outs.append(nbformat.v4.new_output(
+            "error", ename="AssertionError", evalue=str(failed),
+            traceback=[f"AssertionError: {failed}"]))
+    return outs
+
+
 def main():
     _harden()
     job = json.loads(sys.stdin.read())
@@ -77,8 +147,10 @@ def main():
     roles = job["roles"]
     ro_names = {int(k): v for k, v in job["readonly_names"].items()}
     test_names = {int(k): v for k, v in job.get("test_names", {}).items()}
+    library_tests = {int(k): v for k, v in job.get("library_tests", {}).items()}
     cap = int(job["cell_output_bytes"])
     guard_src = open(job["guard_path"]).read()
+    keys = {}
     events = []
     # where the CPU goes (kernel seconds per cell, kernel starts, the executor itself)
     profile = {"executor_start_cpu": _own_cpu(), "kernel_start_cpu": [], "cells": {},
@@ -152,10 +224,31 @@ def main():
             "error", ename="GradingIntegrityError", evalue=why,
             traceback=[f"GradingIntegrityError: {why}"]))
 
+    def guard(client, method, *args):
+        """(status, verdict, late msgs) of the guard's ``method``: 'error' unless its answer
+        carries the HMAC of a fresh nonce and the verdict under this kernel's key."""
+        nonce = secrets.token_hex(16)
+        call = (f"[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == "
+                f"{keys['name']!r}][0].call({method!r}, {nonce!r}"
+                + "".join(f", {a!r}" for a in args) + ")")
+        status, text, late = request(client, call)
+        if status != "ok":
+            return status, text, late
+        verdict, _, mac = text.rpartition("|")
+        want = hmac.new(bytes.fromhex(keys["key"]), f"{nonce}:{verdict}".encode(),
+                        hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(mac, want):
+            return "error", "its answer was forged", late
+        return "ok", verdict, late
+
     def install(client):
-        status, text, _ = request(client, code=guard_src)
+        # a fresh name and key per kernel; the guard runs in a namespace of its own
+        keys.update(name="_" + secrets.token_hex(8), key=secrets.token_hex(32))
+        src = guard_src + f"\nregister({keys['name']!r}, {keys['key']!r})\n"
+        status, text, _ = request(client, code=f"exec(compile({src!r}, '<grading guard>', "
+                                               f"'exec'), {{'__name__': '_grading_guard'}})")
         if status == "ok":
-            status, text, _ = request(client, "__import__('sys').modules['_nq_guard'].rebase()")
+            status, text, _ = guard(client, "rebase")
         if status != "ok":
             raise RuntimeError(f"kernel guard did not install: {text}")
 
@@ -177,8 +270,13 @@ def main():
 
     def _run_cell(client, i, cell, replay):
         role = roles[i]
+        if role == "test" and i in library_tests:
+            if not replay:
+                cell.outputs = library_tests_outputs(job, library_tests[i])
+                cell.execution_count = None
+            return
         if role == "test" and not replay:
-            status, text, _ = request(client, "__import__('sys').modules['_nq_guard'].restore()")
+            status, text, _ = guard(client, "restore")
             if status != "ok":
                 integrity_error(cell, f"the grading guard was removed or broken ({text})")
                 return
@@ -197,10 +295,11 @@ def main():
         finally:
             kc.execute = orig
         if role == "readonly" and ro_names.get(i):
-            request(client, f"__import__('sys').modules['_nq_guard'].save({ro_names[i]!r})")
+            status, text, _ = guard(client, "save", ro_names[i])
+            if status != "ok":
+                events.append({"cell": i, "guard": text})
         if role == "test" and not replay:
-            status, text, late = request(
-                client, f"__import__('sys').modules['_nq_guard'].check({test_names.get(i, [])!r})")
+            status, text, late = guard(client, "check", test_names.get(i, []))
             forged = False
             for msg in late:
                 if msg["parent_header"].get("msg_id") != sent.get("id"):
@@ -219,6 +318,9 @@ def main():
     crashed, restarts, i, replay_to = set(), 0, 0, 0
     cells = nb.cells
     while i < len(cells):
+        if restarts:
+            _signal_others(job, signal.SIGKILL)   # what the dead kernel left running
+            _fresh_home()
         client = new_client()
         try:
             with client.setup_kernel(stdout=open(os.devnull, "w")):

@@ -22,6 +22,11 @@ scoring policy is applied to the test cells:
   can come from a value student code displays;
 * outputs are capped by bytes per cell (``GRADING_CELL_OUTPUT_BYTES``).
 
+The workspace copy is read-only inside the sandbox (the released tests, ``course/`` and the
+library files are what the grader put there; ``/tmp`` is the scratch space), and the
+library-tests cell (``LIBRARY_TESTS_CELL``) runs the tests the grader's own manifest lists for
+this notebook, in a process the executor starts outside the student's kernel.
+
 If the sandbox cannot run at all, every test cell gets an error output saying why (0 points,
 the reason in the record), and the notebook is still saved.
 
@@ -48,6 +53,13 @@ HERE = Path(__file__).resolve().parent
 GRADER_DIR = "/sandbox/grader"
 DATA_DIR = "/sandbox/data"
 GRADING_CELL_OUTPUT_BYTES = 256 << 10
+LIBRARY_TESTS_CELL = "test_library"
+
+
+def library_test_prefixes(nb_id):
+    """The released library tests of a notebook's exercises (the grader's manifest)."""
+    from course.manifest import exercises
+    return [t for _, ex in exercises(nb_id) for t in ex["pytest"]]
 
 
 def _nbg(cell):
@@ -219,14 +231,20 @@ class SandboxedExecute(NbGraderPreprocessor):
                     if roles[i] == "readonly"}
         test_names = {i: defined_names(c.source) for i, c in enumerate(nb.cells)
                       if roles[i] == "test"}
+        lib_cells = {i: library_test_prefixes(resources["nbgrader"]["notebook"])
+                     for i, c in enumerate(nb.cells)
+                     if roles[i] == "test" and _gid(c) == LIBRARY_TESTS_CELL}
         job = {"notebook": nb, "roles": roles, "readonly_names": ro_names,
+               "library_tests": lib_cells, "root": SANDBOX_RW,
                "test_names": test_names, "timeout": timeout,
                "cell_output_bytes": self.cell_output_bytes,
                "guard_path": f"{GRADER_DIR}/kernel_guard.py",
                "cwd": f"{SANDBOX_RW}/notebooks"}
         from .sandbox import probe
+        job["isolated"] = probe()["isolated"]
         if not probe()["isolated"]:     # graded unisolated (allowed explicitly): host paths
             job["guard_path"], job["cwd"] = str(HERE / "kernel_guard.py"), f"{ws}/notebooks"
+            job["root"] = str(ws)
         binds = [(HERE / "notebook_executor.py", f"{GRADER_DIR}/notebook_executor.py"),
                  (HERE / "kernel_guard.py", f"{GRADER_DIR}/kernel_guard.py")]
         data = os.environ.get("NEEDLE_DATA_DIR")
@@ -248,7 +266,7 @@ class SandboxedExecute(NbGraderPreprocessor):
         try:
             res = run_isolated([sys.executable, f"{GRADER_DIR}/notebook_executor.py"],
                                rw_dir=ws, ro_binds=binds, workdir=f"{SANDBOX_RW}/notebooks",
-                               limits=limits, env=env, copy_back=False,
+                               limits=limits, env=env, copy_back=False, readonly_rw=True,
                                allow_unisolated=os.environ.get("NQ_ALLOW_UNISOLATED") == "1",
                                stdin=json.dumps(job).encode())
             _record({"isolation": res.isolation})

@@ -11,7 +11,9 @@ Each run gets, with Linux namespaces made by util-linux ``unshare`` (no daemon, 
 * a **writable area** ``SANDBOX_RW`` (``/sandbox/work``): a tmpfs of ``limits.disk_bytes`` into
   which ``rw_dir`` is copied before the run and from which its regular files are copied back
   after it (symbolic links and special files are dropped). A run never writes to a host file;
-  ``/tmp`` is a tmpfs too;
+  ``/tmp`` is a tmpfs too. With ``readonly_rw=True`` the copy is mounted read-only once it is
+  made (the grading workspace: the released tests, ``course/`` and the library stay what
+  the grader put there), and only ``/tmp`` (``TMPDIR``, ``HOME``) is writable;
 * its own **PID namespace** (everything it started is killed when it ends), **network
   namespace** (loopback only, no route out), IPC and UTS namespaces, a new session;
 * an **unprivileged user** (a uid of its own, no groups, no capabilities), a **clean
@@ -149,14 +151,17 @@ def _clean_env(env, uid_home):
     venv_bin = os.path.join(sys.prefix, "bin")
     base = {"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": uid_home,
             "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TMPDIR": "/tmp",
-            "PYTHONDONTWRITEBYTECODE": "1"}
+            "PYTHONDONTWRITEBYTECODE": "1",
+            # no ~/.local site-packages: HOME is writable, so a .pth or usercustomize planted
+            # there would run in every later interpreter of the run
+            "PYTHONNOUSERSITE": "1"}
     base.update({str(k): str(v) for k, v in (env or {}).items()})
     return base
 
 
 def run_isolated(cmd, *, rw_dir, ro_binds=(), workdir=None, limits: Limits = Limits(),
                  env=None, copy_back=True, allow_unisolated=False,
-                 stdin: bytes | None = None) -> SandboxResult:
+                 stdin: bytes | None = None, readonly_rw=False) -> SandboxResult:
     """Run ``cmd`` (argv list) in a fresh sandbox; see the module docstring.
 
     rw_dir: host directory copied into the writable area ``SANDBOX_RW`` (and, with
@@ -166,6 +171,9 @@ def run_isolated(cmd, *, rw_dir, ro_binds=(), workdir=None, limits: Limits = Lim
     workdir: working directory inside (default ``SANDBOX_RW``).
     env: extra environment variables (the rest of the host's environment is not passed).
     stdin: bytes the command reads on its standard input (default: nothing).
+    readonly_rw: mount the copy of ``rw_dir`` read-only (then nothing is copied back); only
+        ``/tmp`` stays writable. Unisolated, the host directory cannot be protected: the
+        isolation record says so.
     """
     rw_dir = Path(rw_dir).resolve()
     if not rw_dir.is_dir():
@@ -202,12 +210,15 @@ def run_isolated(cmd, *, rw_dir, ro_binds=(), workdir=None, limits: Limits = Lim
     cfg = {"cmd": [str(c) for c in cmd], "rw_dir": str(rw_dir), "binds": binds,
            "workdir": workdir or (SANDBOX_RW if pr["isolated"] else str(rw_dir)),
            "env": _clean_env(env, home), "uid": uid, "limits": dataclasses.asdict(limits),
-           "copy_back": copy_back, "python_dirs": _python_dirs()}
+           "copy_back": copy_back and not readonly_rw, "readonly_rw": bool(readonly_rw),
+           "python_dirs": _python_dirs()}
     isolation = {"method": pr["method"], "namespaces": pr["namespaces"],
                  "uid": uid, "unprivileged": uid != 0,
                  "filesystem": "private root: system dirs, python, ro binds, tmpfs work area"
                  if pr["isolated"] else "host filesystem (NOT isolated)",
                  "network": "none (loopback only)" if pr["isolated"] else "host (NOT isolated)",
+                 "workspace": ("read-only" if pr["isolated"] else "writable (NOT protected)")
+                 if readonly_rw else "writable copy",
                  "limits": dataclasses.asdict(limits)}
     if not pr["isolated"]:
         isolation["reason"] = pr["reason"]
@@ -436,6 +447,10 @@ def _init(cfg_path):
             _build_root(cfg, root)
             _loopback_up()
             _copy_tree(cfg["rw_dir"], rw_inside, cfg["uid"])
+            if cfg.get("readonly_rw"):
+                # the sandbox uid has no capabilities: it can neither remount nor unmount it
+                _mount(rw_inside, rw_inside, None, MS_BIND)
+                _mount(None, rw_inside, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
             os.makedirs(root + SANDBOX_HOME, exist_ok=True)
             os.chown(root + SANDBOX_HOME, cfg["uid"], cfg["uid"])
         else:
