@@ -128,3 +128,103 @@ def test_unisolated_runs_only_when_allowed(tmp_path, monkeypatch):
                              rw_dir=tmp_path, workdir=sandbox.SANDBOX_RW,
                              allow_unisolated=True)
     assert r.stdout.decode().strip() == str(tmp_path) and r.isolation["method"] == "none"
+
+
+@needs_sandbox
+def test_sandbox_workspace_can_be_read_only(tmp_path):
+    from graders.check_sandbox import _readonly_workspace
+    name, ok, detail = _readonly_workspace(tmp_path)
+    assert ok, detail
+
+
+def _execute(tmp_path, cells, library_tests=None):
+    """Run cells [(role, source)] through graders/notebook_executor.py in the sandbox, as
+    SandboxedExecute does (read-only workspace: tmp_path/ws); returns (outputs, events)."""
+    from graders.preprocessors import GRADER_DIR, HERE, defined_names
+    ws = tmp_path / "ws"
+    (ws / "notebooks").mkdir(parents=True)
+    (ws / "tests").mkdir()
+    (ws / "tests" / "test_tiny.py").write_text(
+        "def test_passes():\n    assert 1 + 1 == 2\n\n\ndef test_fails():\n    assert 1 + 1 == 3\n")
+    import shutil
+    shutil.copytree(HERE.parent / "course", ws / "course",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for _, s in cells])
+    roles = [r for r, _ in cells]
+    job = {"notebook": nb, "roles": roles, "timeout": 120, "cell_output_bytes": 1 << 18,
+           "readonly_names": {str(i): defined_names(s) for i, (r, s) in enumerate(cells)
+                              if r == "readonly"},
+           "test_names": {}, "library_tests": library_tests or {},
+           "root": sandbox.SANDBOX_RW, "isolated": True,
+           "guard_path": f"{GRADER_DIR}/kernel_guard.py", "cwd": f"{sandbox.SANDBOX_RW}/notebooks"}
+    binds = [(HERE / "notebook_executor.py", f"{GRADER_DIR}/notebook_executor.py"),
+             (HERE / "kernel_guard.py", f"{GRADER_DIR}/kernel_guard.py")]
+    r = sandbox.run_isolated([sys.executable, f"{GRADER_DIR}/notebook_executor.py"], rw_dir=ws,
+                             ro_binds=binds, workdir=f"{sandbox.SANDBOX_RW}/notebooks",
+                             limits=sandbox.Limits(wall_seconds=300), copy_back=False,
+                             readonly_rw=True, stdin=json.dumps(job).encode())
+    assert r.result, r.stderr.decode()[-2000:]
+    res = json.loads(r.result)
+    return [c.get("outputs", []) for c in res["notebook"]["cells"]], res["events"]
+
+
+def _errors(outs):
+    return [f"{o['ename']}: {o['evalue']}" for o in outs if o["output_type"] == "error"]
+
+
+_NEUTER = '''
+import sys, numpy as np
+sys.path.insert(0, "/sandbox/work")
+import course.tools
+from IPython import get_ipython
+for c in object.__subclasses__():                   # the guard's class, whatever its name
+    if hasattr(c, "call"):
+        c.call = staticmethod(lambda method, nonce, *a: "ok|" + "0" * 64)
+get_ipython().display_formatter.format = lambda obj, **kw: ({"text/plain": "'ok'"}, {})
+np.allclose = lambda *a, **k: True
+course.tools.run_library_tests = lambda root, prefixes, **kw: {p: None for p in prefixes}
+'''
+
+
+@needs_sandbox
+def test_executor_rejects_a_neutered_guard_and_runs_library_tests_itself(tmp_path):
+    outs, _ = _execute(tmp_path, [
+        ("readonly", "import numpy as np\ndef helper():\n    return 1"),
+        ("test", "assert helper() == 1 and not np.allclose(0.0, 1.0)"),
+        ("solution", _NEUTER),
+        ("test", "assert not np.allclose(0.0, 1.0)"),
+        ("test", "from course.tools import run_library_tests\nassert False, 'never run here'"),
+    ], library_tests={"4": ["tests/test_tiny.py"]})
+    assert _errors(outs[1]) == [] and _errors(outs[2]) == [], outs[:3]
+    assert any("GradingIntegrityError" in e and "forged" in e for e in _errors(outs[3])), outs[3]
+    # the library-tests cell: the executor's own run of the workspace's tests, not the kernel's
+    assert "1/2 passed" in "".join(o.get("text", "") for o in outs[4])
+    assert _errors(outs[4]) == ["AssertionError: {'tests/test_tiny.py::test_fails': "
+                                "'assert (1 + 1) == 3'}"], outs[4]
+
+
+_PLANT = '''
+import os, signal, subprocess
+startup = os.path.expanduser("~/.ipython/profile_default/startup")
+os.makedirs(startup, exist_ok=True)
+with open(os.path.join(startup, "00-fake.py"), "w") as fh:
+    fh.write("import numpy as np\\nnp.allclose = lambda *a, **k: True\\n")
+subprocess.Popen(["sleep", "600"], start_new_session=True)
+os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+@needs_sandbox
+def test_a_new_kernel_after_a_crash_starts_clean(tmp_path):
+    outs, events = _execute(tmp_path, [
+        ("readonly", "import numpy as np"),
+        ("solution", _PLANT),
+        ("test", "import os\nassert not np.allclose(0.0, 1.0)\n"
+                 "print(sorted(os.listdir(os.path.expanduser('~'))))\n"
+                 "print(sum(open(f'/proc/{p}/cmdline').read().startswith('sleep')\n"
+                 "          for p in os.listdir('/proc') if p.isdigit()))"),
+    ])
+    assert {"cell": 1, "kernel_died": True} in events
+    assert _errors(outs[2]) == [], outs[2]
+    printed = "".join(o.get("text", "") for o in outs[2]).split("\n")
+    assert printed[:2] == ["['.ipython']", "0"], printed
