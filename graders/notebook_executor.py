@@ -20,7 +20,8 @@ not inherited. Per cell:
   otherwise run in, or replace, the new kernel);
 * the library-tests cell (``job["library_tests"]``: its index and the pytest prefixes, from
   the grader's manifest) is not run in the kernel: the executor runs those tests itself
-  (course/tools.py of the read-only workspace, pytest in a process of its own) with every
+  (course/tools.py of the read-only workspace, pytest in a process of its own with
+  graders/pytest_guard.py loaded first, so library code cannot fake numpy) with every
   process of the student's kernel stopped meanwhile, and writes the cell's outputs as the cell
   would have: the summary, and an ``AssertionError`` carrying ``{test: failure}``. Nothing the
   kernel ran can patch the runner, the test list or pytest.
@@ -37,6 +38,7 @@ import shutil
 import secrets
 import signal
 import sys
+import tempfile
 import time
 
 RESULT_FD = 3
@@ -109,13 +111,24 @@ def library_tests_outputs(job, prefixes):
     if root not in sys.path:
         sys.path.insert(0, root)
     _signal_others(job, signal.SIGSTOP)   # the kernel and all it started: frozen meanwhile
+    env_before = dict(os.environ)
+    plugins = tempfile.mkdtemp(prefix="nq-pytest-")
     try:
+        # graders/pytest_guard.py, loaded before any test module: numpy stays numpy
+        if job.get("pytest_guard_path"):
+            shutil.copyfile(job["pytest_guard_path"], os.path.join(plugins, "_nq_pytest_guard.py"))
+            os.environ["PYTEST_PLUGINS"] = "_nq_pytest_guard"
+            os.environ["PYTHONPATH"] = os.pathsep.join(
+                [plugins] + [p for p in [os.environ.get("PYTHONPATH")] if p])
         from course.tools import run_library_tests
         results = run_library_tests(__import__("pathlib").Path(root), prefixes,
                                     timeout=job["timeout"])
     except Exception as e:  # noqa: BLE001 - a runner that cannot run fails the cell
         results = {"(library tests)": f"the library tests did not run: {type(e).__name__}: {e}"}
     finally:
+        os.environ.clear()
+        os.environ.update(env_before)
+        shutil.rmtree(plugins, ignore_errors=True)
         _signal_others(job, signal.SIGCONT)
     failed = {name: why for name, why in results.items() if why is not None}
     outs = [nbformat.v4.new_output("stream", name="stdout", text=(

@@ -239,14 +239,16 @@ class SandboxedExecute(NbGraderPreprocessor):
                "test_names": test_names, "timeout": timeout,
                "cell_output_bytes": self.cell_output_bytes,
                "guard_path": f"{GRADER_DIR}/kernel_guard.py",
+               "pytest_guard_path": f"{GRADER_DIR}/pytest_guard.py",
                "cwd": f"{SANDBOX_RW}/notebooks"}
         from .sandbox import probe
         job["isolated"] = probe()["isolated"]
         if not probe()["isolated"]:     # graded unisolated (allowed explicitly): host paths
             job["guard_path"], job["cwd"] = str(HERE / "kernel_guard.py"), f"{ws}/notebooks"
-            job["root"] = str(ws)
+            job["root"], job["pytest_guard_path"] = str(ws), str(HERE / "pytest_guard.py")
         binds = [(HERE / "notebook_executor.py", f"{GRADER_DIR}/notebook_executor.py"),
-                 (HERE / "kernel_guard.py", f"{GRADER_DIR}/kernel_guard.py")]
+                 (HERE / "kernel_guard.py", f"{GRADER_DIR}/kernel_guard.py"),
+                 (HERE / "pytest_guard.py", f"{GRADER_DIR}/pytest_guard.py")]
         data = os.environ.get("NEEDLE_DATA_DIR")
         if data and os.path.isdir(data):
             binds.append((data, DATA_DIR))

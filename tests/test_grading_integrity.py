@@ -1,5 +1,6 @@
 """The grader's own pieces that need no nbgrader run: the notebook repair, the scoring policy,
 the sandbox (instructor-only: not released)."""
+import ast
 import copy
 import json
 import sys
@@ -146,6 +147,10 @@ def _execute(tmp_path, cells, library_tests=None):
     (ws / "tests").mkdir()
     (ws / "tests" / "test_tiny.py").write_text(
         "def test_passes():\n    assert 1 + 1 == 2\n\n\ndef test_fails():\n    assert 1 + 1 == 3\n")
+    (ws / "fakelib.py").write_text("import numpy as np\nnp.allclose = lambda *a, **k: True\n")
+    (ws / "tests" / "test_faked.py").write_text(
+        "import numpy as np\nimport fakelib\n\n\ndef test_wrong():\n"
+        "    assert np.allclose(1.0, 2.0)\n")
     import shutil
     shutil.copytree(HERE.parent / "course", ws / "course",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -156,9 +161,10 @@ def _execute(tmp_path, cells, library_tests=None):
                               if r == "readonly"},
            "test_names": {}, "library_tests": library_tests or {},
            "root": sandbox.SANDBOX_RW, "isolated": True,
-           "guard_path": f"{GRADER_DIR}/kernel_guard.py", "cwd": f"{sandbox.SANDBOX_RW}/notebooks"}
-    binds = [(HERE / "notebook_executor.py", f"{GRADER_DIR}/notebook_executor.py"),
-             (HERE / "kernel_guard.py", f"{GRADER_DIR}/kernel_guard.py")]
+           "guard_path": f"{GRADER_DIR}/kernel_guard.py", "cwd": f"{sandbox.SANDBOX_RW}/notebooks",
+           "pytest_guard_path": f"{GRADER_DIR}/pytest_guard.py"}
+    binds = [(HERE / name, f"{GRADER_DIR}/{name}")
+             for name in ("notebook_executor.py", "kernel_guard.py", "pytest_guard.py")]
     r = sandbox.run_isolated([sys.executable, f"{GRADER_DIR}/notebook_executor.py"], rw_dir=ws,
                              ro_binds=binds, workdir=f"{sandbox.SANDBOX_RW}/notebooks",
                              limits=sandbox.Limits(wall_seconds=300), copy_back=False,
@@ -194,13 +200,16 @@ def test_executor_rejects_a_neutered_guard_and_runs_library_tests_itself(tmp_pat
         ("solution", _NEUTER),
         ("test", "assert not np.allclose(0.0, 1.0)"),
         ("test", "from course.tools import run_library_tests\nassert False, 'never run here'"),
-    ], library_tests={"4": ["tests/test_tiny.py"]})
+    ], library_tests={"4": ["tests/test_tiny.py", "tests/test_faked.py"]})
     assert _errors(outs[1]) == [] and _errors(outs[2]) == [], outs[:3]
     assert any("GradingIntegrityError" in e and "forged" in e for e in _errors(outs[3])), outs[3]
     # the library-tests cell: the executor's own run of the workspace's tests, not the kernel's
-    assert "1/2 passed" in "".join(o.get("text", "") for o in outs[4])
-    assert _errors(outs[4]) == ["AssertionError: {'tests/test_tiny.py::test_fails': "
-                                "'assert (1 + 1) == 3'}"], outs[4]
+    # (and a library that fakes numpy's comparisons on import fails its test)
+    assert "1/3 passed" in "".join(o.get("text", "") for o in outs[4])
+    failed = ast.literal_eval(_errors(outs[4])[0].split(": ", 1)[1])
+    assert failed["tests/test_tiny.py::test_fails"] == "assert (1 + 1) == 3"
+    assert "GradingIntegrityError" in failed["tests/test_faked.py::test_wrong"], failed
+    assert len(failed) == 2 and len(_errors(outs[4])) == 1
 
 
 _PLANT = '''
