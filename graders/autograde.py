@@ -279,6 +279,8 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     data_dir = os.environ.get("NEEDLE_DATA_DIR") or str(REPO / "data")
     env = {"NEEDLE_ROOT": str(ws), "PYTHONDONTWRITEBYTECODE": "1", "NEEDLE_DATA_DIR": data_dir,
            "NEEDLE_SETUP_BUILD": "0",   # the notebook's setup cell must not rebuild
+           # the library-tests cell's property tests at grading's example count (conftest.py)
+           "NEEDLE_TEST_PROFILE": "grading",
            "NQ_GRADING_WS": str(ws), "NQ_GRADING_RECORD": str(rec_path),
            "NQ_RELEASE_NOTEBOOKS": str(root / NB_RELEASE_DIR / assignment),
            "NQ_ALLOW_UNISOLATED": "1" if allow_unisolated else "0"}
