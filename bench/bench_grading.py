@@ -5,6 +5,7 @@ students x 8 notebooks).
     python bench/bench_grading.py                       # all notebooks, 1 student, JOBS=1
     python bench/bench_grading.py --notebooks 01_save_load 03_quant_basics --students 4 --jobs 2
     python bench/bench_grading.py --skip-cold --reuse   # warm only, keep the last release
+    python bench/bench_grading.py --notebooks 06_cuda_int8 --submission untouched  # stubs
 
 Per notebook, the table says where a grading's CPU time goes (from the grading record of
 graders/autograde.py and graders/notebook_executor.py): the workspace, the native build,
@@ -35,6 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import nbformat  # noqa: E402
 
 from common import RESULTS_DIR, machine_info, write_json  # noqa: E402
 from graders.batch import grade_class  # noqa: E402
@@ -134,6 +137,9 @@ def main(argv=None) -> int:
     ap.add_argument("--students", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--skip-cold", action="store_true", help="keep the native cache")
+    ap.add_argument("--submission", choices=("reference", "untouched"), default="reference",
+                    help="what every student submits: the reference solution or the release "
+                         "untouched (stubs: no native file of the student's own)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the release and submissions of the last run (same notebooks)")
     args = ap.parse_args(argv)
@@ -146,14 +152,20 @@ def main(argv=None) -> int:
     for name in ([] if reuse else args.notebooks):
         files = [f for f in manifest["assignments"][name].get("library_files", [])
                  if f in manifest["student_files"]]
-        nb = reference_notebook(name, ROOT / "release")
+        if args.submission == "reference":
+            nb = reference_notebook(name, ROOT / "release")
+        else:
+            nb = nbformat.read(str(ROOT / "release" / "notebooks" / f"{name}.ipynb"), 4)
         for k in range(args.students):
-            make_submission(f"s{k:03d}", name, nb, files, root=ROOT)
+            make_submission(f"s{k:03d}", name, nb, files, root=ROOT,
+                            release_dir=ROOT / "release",
+                            stub_files=files if args.submission == "untouched" else ())
     cache = ROOT / "native_cache" if not args.skip_cold else REPO / "build" / "native_cache"
     info = machine_info() if callable(machine_info) else {}
     cold = None if args.skip_cold else run_class(args.jobs, True, cache)
     warm = run_class(args.jobs, True, cache)
     out = {"machine": info, "load_average": os.getloadavg(), "notebooks": args.notebooks,
+           "submission": args.submission,
            "students": args.students, "cold": cold, "warm": warm,
            "course": extrapolate(warm, cold),
            "per_student": per_student(warm, args.notebooks)}

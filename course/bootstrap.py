@@ -9,11 +9,13 @@ Standard library only: on a fresh Colab runtime nothing else is importable yet.
   installed with pip, output shown, into ``<root>/.packages/py3.X`` (inside the student's copy,
   so on Colab they persist on Drive and the runtime's own packages stay untouched); that folder
   goes on ``sys.path`` and ``PYTHONPATH``.
-* ``ensure_built(root)``: CMake builds the C++ backend, and the CUDA backend when nvcc is found
-  (for the GPU present, else for one architecture: notebook 06 tests its host emulation), with
+* ``ensure_built(root)``: CMake builds the C++ backend, and the CUDA backend when nvcc and a GPU
+  are there (for that GPU); otherwise only the CUDA kernels' host emulation, compiled by the
+  host compiler (no nvcc needed: notebook 06 tests the kernels' tile code through it), with
   the build's progress lines shown. A stamp in ``<root>/build/`` records the hash of the native
   sources and the build options, so the next notebook, or the next session, does nothing.
-  ``NEEDLE_CUDA=0`` / ``1`` forces the CUDA backend off / on.
+  ``NEEDLE_CUDA=0`` / ``1`` forces the CUDA backend off (host emulation) / on (nvcc needed;
+  without a GPU it is built for one architecture).
 """
 from __future__ import annotations
 
@@ -157,7 +159,9 @@ def cuda_plan() -> tuple[bool, str | None]:
         return False, None
     if _gpu_present():
         return True, "native"
-    return True, "75"   # no GPU: one architecture is enough for the host emulation
+    if forced == "1":
+        return True, "75"   # asked for without a GPU: one architecture compiles and links
+    return False, None      # no GPU: the host compiler's emulation is all that can run
 
 
 def _source_hashes(root: Path, options: str) -> dict:
@@ -181,6 +185,7 @@ def _touch_changed(root: Path, old: dict, new: dict) -> None:
 
 
 def _modules_present(root: Path, cuda: bool) -> bool:
+    """The CPU module, and with ``cuda`` the CUDA one (real or host emulation) too."""
     lib = Path(root) / "needle" / "backend_ndarray"
     ok = any(lib.glob("ndarray_backend_cpu*.so"))
     return ok and (not cuda or any(lib.glob("ndarray_backend_cuda*.so")))
@@ -196,34 +201,38 @@ def ensure_built(root: Path, force: bool = False, jobs: int | None = None) -> bo
     if not force and not stamp.exists() and _modules_present(root, False):
         return False        # built by other means (`make build` of the instructor, the grader)
     cuda, arch = cuda_plan()
-    options = f"python={sys.executable} cuda={cuda} arch={arch}"
+    options = f"python={sys.executable} cuda={cuda} arch={arch} emulation=host"
     build = root / "build"
     digest = _source_hashes(root, options)
     try:
         previous = json.loads(stamp.read_text()) if stamp.exists() else {}
     except ValueError:
         previous = {}
-    if not force and previous == digest and _modules_present(root, cuda):
+    if not force and previous == digest and _modules_present(root, True):
         return False
     _touch_changed(root, previous, digest)
     if shutil.which("cmake") is None:
         raise SetupError("cmake is not installed: install CMake (and a C++ compiler), then run "
                          "this again")
     jobs = jobs or max(1, min(4, os.cpu_count() or 1))
-    what = "C++" + (f" and CUDA (arch {arch})" if cuda else "") + " backends"
+    what = "C++ backend and CUDA " + (f"backend (arch {arch})" if cuda else "host emulation")
     print(f"building the {what} in {build} (first run: a minute or more) ...", flush=True)
     t0 = time.time()
     build.mkdir(parents=True, exist_ok=True)
     log = build / "needle-build.log"
     log.write_text("")
     configure = ["cmake", "-S", str(root), "-B", str(build), f"-DPython_EXECUTABLE={sys.executable}",
-                 "-DCMAKE_BUILD_TYPE=Release", f"-DNEEDLE_CUDA={'ON' if cuda else 'OFF'}"]
+                 "-DCMAKE_BUILD_TYPE=Release", f"-DNEEDLE_CUDA={'ON' if cuda else 'OFF'}",
+                 f"-DNEEDLE_EMULATION_HOST={'OFF' if cuda else 'ON'}"]
     if arch:
         configure.append(f"-DCMAKE_CUDA_ARCHITECTURES={arch}")
     cache = build / "CMakeCache.txt"
     if cache.exists() and f"CMAKE_CUDA_ARCHITECTURES:STRING={arch}" not in cache.read_text(
             errors="replace") and cuda:
         cache.unlink()                       # another runtime's GPU: configure afresh
+    if previous.get("options") != options:  # the other CUDA module (same name): never keep it
+        for so in (root / "needle" / "backend_ndarray").glob("ndarray_backend_cuda*.so"):
+            so.unlink()
     steps = [(configure, lambda line: False),
              (["cmake", "--build", str(build), "-j", str(jobs)],
               lambda line: line.lstrip().startswith("[") or "error" in line.lower())]
@@ -232,9 +241,6 @@ def ensure_built(root: Path, force: bool = False, jobs: int | None = None) -> bo
             stamp.unlink(missing_ok=True)
             raise SetupError(f"the build failed (compiler output above, full log {log}): fix "
                              f"the error in your C++/CUDA code, then run this again")
-    if not cuda:                             # an older CUDA module would not match the sources
-        for so in (root / "needle" / "backend_ndarray").glob("ndarray_backend_cuda*.so"):
-            so.unlink()
     stamp.write_text(json.dumps(digest, indent=0, sort_keys=True))
     print(f"built in {time.time() - t0:.0f}s", flush=True)
     return True

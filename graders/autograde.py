@@ -14,8 +14,9 @@ student's versions of library files at their repository paths (e.g.
    rewritten, so the native build below recompiles just what differs from the previous
    submission;
 2. the native backends are rebuilt from those files (CPU always; CUDA when a GPU is present,
-   or, without one, when the assignment's student files include CUDA sources and nvcc exists:
-   then for one architecture only, since the notebook tests the kernels' host emulation);
+   or, without one, when the assignment's student files include CUDA sources: then only the
+   kernels' host emulation, compiled by the host compiler without nvcc, since that is what the
+   notebook tests there);
    a failed build is logged and the old modules are removed, so the notebook's tests fail
    instead of silently testing someone else's kernel;
 3. ``nbgrader autograde`` runs the notebook with ``NEEDLE_ROOT`` pointing at the workspace (the
@@ -119,9 +120,6 @@ def prepare_workspace(release_dir: Path, ws: Path, submission: Path, student_fil
     return overlaid
 
 
-#: the one architecture of a CUDA build made only for the host emulation (no GPU present)
-EMULATION_CUDA_ARCH = "75"
-
 
 def nvcc_present() -> bool:
     return bool(shutil.which("nvcc") or os.environ.get("CUDACXX")
@@ -141,9 +139,10 @@ def build_native(ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = Fal
     """Rebuild the backends of the workspace incrementally, in the sandbox; True on success.
 
     cuda: a GPU is present, build the CUDA backend for every architecture. emulate (no GPU):
-    build it anyway, for one architecture, because the notebook tests its host emulation.
-    Otherwise the CUDA module is removed from the workspace (an earlier build's module would
-    hold an earlier student's kernel).
+    build only its host emulation, with the host compiler (CMake's NEEDLE_EMULATION_HOST: no
+    nvcc needed, a fraction of a CUDA build's time), because the notebook tests the kernels'
+    tile code through it. Otherwise the CUDA module is removed from the workspace (an earlier
+    build's module would hold an earlier student's kernel).
     The build runs in graders/sandbox.py's sandbox (the compiler reads student sources, which
     could #include any file it can see), with the workspace as its writable area at
     ``SANDBOX_RW`` (so the CMake cache's paths are the same in every build); the build outputs
@@ -154,21 +153,22 @@ def build_native(ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = Fal
         return True
     build = ws / "build"
     with_cuda = cuda or emulate
-    cuda_flag = "ON" if with_cuda else "OFF"
+    cuda_flag = "ON" if cuda else "OFF"
+    host_flag = "ON" if emulate and not cuda else "OFF"
     cmds = []
     cache = build / "CMakeCache.txt"
-    if not cache.exists() or f"NEEDLE_CUDA:BOOL={cuda_flag}" not in cache.read_text(errors="replace") \
-            or f"CMAKE_HOME_DIRECTORY:INTERNAL={SANDBOX_RW}" not in cache.read_text(errors="replace"):
+    cached = cache.read_text(errors="replace") if cache.exists() else ""
+    if any(entry not in cached for entry in (
+            f"NEEDLE_CUDA:BOOL={cuda_flag}", f"NEEDLE_EMULATION_HOST:STRING={host_flag}",
+            f"CMAKE_HOME_DIRECTORY:INTERNAL={SANDBOX_RW}")):
         if build.exists():
             shutil.rmtree(build)
         cmds.append(["cmake", "-S", SANDBOX_RW, "-B", f"{SANDBOX_RW}/build",
                      f"-DPython_EXECUTABLE={sys.executable}", "-DCMAKE_BUILD_TYPE=Release",
-                     f"-DNEEDLE_CUDA={cuda_flag}",
+                     f"-DNEEDLE_CUDA={cuda_flag}", f"-DNEEDLE_EMULATION_HOST={host_flag}",
                      # no link-time optimisation: a grading build is compiled once and only
                      # tested, never timed, and LTO's link step is most of its CPU time
-                     "-DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF"]
-                    + ([f"-DCMAKE_CUDA_ARCHITECTURES={EMULATION_CUDA_ARCH}"]
-                       if emulate and not cuda else []))
+                     "-DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF"])
     if not with_cuda:
         for so in (ws / "needle" / "backend_ndarray").glob("ndarray_backend_cuda*.so"):
             so.unlink()
@@ -266,7 +266,8 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     build_ok = True
     if build:
         cuda = gpu_present() if cuda is None else cuda
-        emulate = not cuda and needs_cuda_build(manifest, assignment) and nvcc_present()
+        cuda = cuda and nvcc_present()     # a GPU without nvcc: the host emulation at least
+        emulate = not cuda and needs_cuda_build(manifest, assignment)
         log = root / "build" / "grading" / "logs" / f"{student}-{assignment}-build.log"
         builder = native_cache.build if native_cache is not None else build_native
         build_ok = builder(ws, log, jobs, cuda, emulate, allow_unisolated)
@@ -278,6 +279,8 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     data_dir = os.environ.get("NEEDLE_DATA_DIR") or str(REPO / "data")
     env = {"NEEDLE_ROOT": str(ws), "PYTHONDONTWRITEBYTECODE": "1", "NEEDLE_DATA_DIR": data_dir,
            "NEEDLE_SETUP_BUILD": "0",   # the notebook's setup cell must not rebuild
+           # the library-tests cell's property tests at grading's example count (conftest.py)
+           "NEEDLE_TEST_PROFILE": "grading",
            "NQ_GRADING_WS": str(ws), "NQ_GRADING_RECORD": str(rec_path),
            "NQ_RELEASE_NOTEBOOKS": str(root / NB_RELEASE_DIR / assignment),
            "NQ_ALLOW_UNISOLATED": "1" if allow_unisolated else "0"}

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from .autograde import (OUTPUT, autograde_one, cell_scores, close_nbgrader_servers,
                         describe_report, find_submissions, gpu_present, isolation_summary)
+from . import manual_grades
 from .build_cache import BuildCache
 from .course import (AUTOGRADED_DIR, GRADEBOOK, NB_RELEASE_DIR, REPO, SOURCE_DIR,
                      SUBMITTED_DIR, load_manifest, walk_repo)
@@ -129,15 +130,24 @@ def _delete_submission(con: sqlite3.Connection, db: str, assignment: str, studen
     con.execute(f"DELETE FROM {db}.submitted_assignment WHERE id IN ({sa})", (assignment, student))
 
 
-def merge_gradebook(main_db: Path, job_db: Path | None, assignment: str, student: str) -> None:
+def merge_gradebook(main_db: Path, job_db: Path | None, assignment: str, student: str,
+                    decide=None) -> tuple[dict, dict]:
     """Replace (assignment, student)'s submission in ``main_db`` by the one of ``job_db``
     (None: just remove it). Both gradebooks hold the same assignment rows (the job's is a copy
-    of the main one), so the job's rows are copied as they are, in one transaction."""
+    of the main one), so the job's rows are copied as they are, in one transaction.
+
+    decide(entries) -> (keep, drop): of the instructor's entries on the old rows (manual
+    scores, comments: graders/manual_grades.py), those put back on the new ones. Returns
+    (kept, dropped); without a decide, or with job_db None, everything is dropped."""
     con = sqlite3.connect(main_db, timeout=120)
     try:
         if job_db is not None:
             con.execute("ATTACH DATABASE ? AS job", (str(job_db),))
         with con:
+            entries = manual_grades.read_entries(con, "main", assignment, student)
+            keep, drop = decide(entries) if decide else ({}, entries)
+            if job_db is None:
+                keep, drop = {}, {**drop, **keep}
             _delete_submission(con, "main", assignment, student)
             if job_db is not None:
                 sa = ("SELECT sa.id FROM job.submitted_assignment sa JOIN job.assignment a "
@@ -153,8 +163,10 @@ def merge_gradebook(main_db: Path, job_db: Path | None, assignment: str, student
                 for t in ("grade", "comment"):
                     con.execute(f"INSERT INTO main.{t} SELECT * FROM job.{t} "
                                 f"WHERE notebook_id IN ({sn})", args)
+                manual_grades.write_entries(con, "main", assignment, student, keep)
     finally:
         con.close()
+    return keep, drop
 
 
 def grade_cells(template: Path, assignment: str) -> list[tuple]:
@@ -201,6 +213,7 @@ class Job:
     isolation: str = ""            # which isolation the grading got (graders/sandbox.py)
     profile: dict = field(default_factory=dict)  # where the CPU seconds went (autograde_one)
     resumed_status: str = ""       # for a skipped job: the status recorded when it was graded
+    inputs: dict = field(default_factory=dict)  # what each cell's manual grade depends on
 
     @property
     def name(self) -> str:
@@ -337,6 +350,10 @@ class Batch:
             sub = self.root / SUBMITTED_DIR / job.student / job.assignment
             if not (sub / f"{job.assignment}.ipynb").is_file():
                 raise ValueError(f"the submission has no {job.assignment}.ipynb")
+            info = self.manifest["assignments"][job.assignment]
+            own = set(info.get("own_files", info.get("library_files", [])))
+            job.inputs = manual_grades.cell_inputs(
+                sub, job.assignment, [f for f in self.manifest["student_files"] if f in own])
             _reset_slot(slot, self.template, self.root, job.assignment)
             _copy_submission(sub, slot / SUBMITTED_DIR / job.student / job.assignment)
             info = autograde_one(slot, job.student, job.assignment, self.manifest,
@@ -376,9 +393,20 @@ class Batch:
     def merge(self, job: Job, slot: Path | None) -> None:
         """The one writer: gradebook rows, the autograded folder and the job's state."""
         with self._merge_lock:
+            old = load_state(self.root, job.student, job.assignment) or {}
+            pending = {}
             if job.key not in ("unsafe-name", "unknown-assignment"):
-                merge_gradebook(self.root / GRADEBOOK, slot / GRADEBOOK if slot else None,
-                                job.assignment, job.student)
+                def decide(entries):
+                    entries = {**old.get("manual_pending", {}), **entries}
+                    return manual_grades.split_unchanged(
+                        entries, old.get("inputs", {}), job.inputs, old.get("key") == job.key)
+                kept, dropped = merge_gradebook(self.root / GRADEBOOK,
+                                                slot / GRADEBOOK if slot else None,
+                                                job.assignment, job.student, decide)
+                if job.status == "ok":
+                    self._note_manual(job, kept, dropped)
+                else:
+                    pending = dropped      # restored by the next successful grading
                 dest = self.root / AUTOGRADED_DIR / job.student / job.assignment
                 tmp = dest.with_name(dest.name + ".tmp")
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -392,7 +420,25 @@ class Batch:
                 "key": job.key, "status": job.status, "reason": job.reason,
                 "cells": job.cells, "seconds": round(job.seconds, 2), "log": job.log,
                 "isolation": job.isolation, "profile": job.profile,
+                "inputs": job.inputs if job.status == "ok" else old.get("inputs", {}),
+                "manual_pending": pending,
                 "graded_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    @staticmethod
+    def _note_manual(job: Job, kept: dict, dropped: dict) -> None:
+        """The kept manual scores in the job's cells; the dropped entries in its reason."""
+        scores = {k.rsplit("/", 1)[0]: e for k, e in kept.items() if k.endswith("/grade")}
+        cells = []
+        for nb, cell, score, mx, auto in job.cells:
+            e = scores.get(f"{nb}/{cell}")
+            if e is not None and e.get("manual_score") is not None:
+                score = e["manual_score"] + (e.get("extra_credit") or 0.0)
+            cells.append((nb, cell, score, mx, auto))
+        job.cells = cells
+        if dropped:
+            names = ", ".join(sorted(dropped))
+            job.reason = "; ".join(r for r in (job.reason, f"manual grades/comments dropped, "
+                                                          f"their cells changed: {names}") if r)
 
     # -- the class -----------------------------------------------------------------------
     def run(self, pairs, force=False, retry_failed=False) -> list[Job]:

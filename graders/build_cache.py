@@ -3,7 +3,7 @@
 A grading workspace is the release plus one student's files. Its compiled modules
 (``needle/backend_ndarray/*.so``) depend only on the native sources (``CMakeLists.txt`` and
 every file under ``src/``), the toolchain (compilers, CMake, Python, pybind11) and the build
-mode (CPU only, CUDA for every architecture, CUDA for the host emulation). The cache key is a
+mode (CPU only, CUDA for every architecture, the host compiler's CUDA emulation). The cache key is a
 SHA-256 over exactly those, so:
 
 * a submission that changed no native file gets the release's modules (one build per release);
@@ -74,11 +74,12 @@ def toolchain_fingerprint(cuda: bool) -> str:
 def build_key(ws: Path, mode: str) -> str:
     """SHA-256 (hex) of the workspace's native sources, the build mode and the toolchain.
 
-    mode: "cpu", "cuda" (every architecture) or "emulate-<arch>" (CUDA for one architecture)."""
+    mode: "cpu", "cuda" (every architecture) or "emulate-host" (the CUDA host emulation,
+    compiled by the host compiler: no nvcc involved)."""
     ws = Path(ws)
     h = hashlib.sha256()
     h.update(f"mode {mode}\n".encode())
-    h.update(toolchain_fingerprint(mode != "cpu").encode())
+    h.update(toolchain_fingerprint(mode == "cuda").encode())
     for rel in native_sources(ws):
         h.update(f"\0file {rel}\0".encode())
         h.update((ws / rel).read_bytes())
@@ -129,11 +130,11 @@ class BuildCache:
 
     def build(self, ws: Path, log: Path, jobs: int, cuda: bool, emulate: bool = False,
               allow_unisolated: bool = False) -> bool:
-        from .autograde import EMULATION_CUDA_ARCH, build_native
+        from .autograde import build_native
         ws, log = Path(ws), Path(log)
         if not (ws / "CMakeLists.txt").exists():
             return True
-        mode = "cuda" if cuda else (f"emulate-{EMULATION_CUDA_ARCH}" if emulate else "cpu")
+        mode = "cuda" if cuda else ("emulate-host" if emulate else "cpu")
         key = build_key(ws, mode)
         self.root.mkdir(parents=True, exist_ok=True)
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -260,7 +260,8 @@ class SandboxedExecute(NbGraderPreprocessor):
         env = {"NEEDLE_ROOT": SANDBOX_RW, "NEEDLE_DATA_DIR": DATA_DIR, "MPLBACKEND": "Agg",
                "JUPYTER_PLATFORM_DIRS": "1", "OMP_NUM_THREADS": os.environ.get(
                    "OMP_NUM_THREADS", "2")}
-        for k in ("NEEDLE_GRADE_CUDA", "NEEDLE_SETUP_BUILD", "CUDA_VISIBLE_DEVICES"):
+        for k in ("NEEDLE_GRADE_CUDA", "NEEDLE_SETUP_BUILD", "CUDA_VISIBLE_DEVICES",
+                  "NEEDLE_TEST_PROFILE"):
             if k in os.environ:
                 env[k] = os.environ[k]
         reason, result = "", None

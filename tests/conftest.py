@@ -51,3 +51,22 @@ def dtype(request):
 def rng():
     """A seeded numpy Generator (the same numbers in every test run)."""
     return np.random.default_rng(0)
+
+
+# Grading (graders/autograde.py sets NEEDLE_TEST_PROFILE=grading for the notebooks' library-tests
+# cell) caps every property test at GRADING_MAX_EXAMPLES: hypothesis is derandomized, so these
+# are the same first examples on every run (its boundary values among them), and explicit
+# @example cases always run. `make test` and a student's `make check` run the full counts.
+GRADING_MAX_EXAMPLES = 60
+
+
+def pytest_collection_modifyitems(config, items):
+    import os
+    if os.environ.get("NEEDLE_TEST_PROFILE") != "grading":
+        return
+    for item in items:
+        fn = getattr(item, "obj", None)
+        current = getattr(fn, "_hypothesis_internal_use_settings", None)
+        if current is not None and current.max_examples > GRADING_MAX_EXAMPLES:
+            fn._hypothesis_internal_use_settings = _hyp_settings(
+                current, max_examples=GRADING_MAX_EXAMPLES)

@@ -34,7 +34,7 @@ def test_build_key_depends_on_native_sources_and_mode_only(tmp_path):
     assert k0 == build_cache.build_key(ws, "cpu")
     (ws / "needle" / "quant" / "reference.py").write_text("x = 2\n")      # Python: no rebuild
     assert build_cache.build_key(ws, "cpu") == k0
-    assert build_cache.build_key(ws, "emulate-75") != k0
+    assert build_cache.build_key(ws, "emulate-host") != k0
     (ws / "src" / "cpu" / "k.cc").write_text("int f() { return 2; }\n")
     k1 = build_cache.build_key(ws, "cpu")
     assert k1 != k0
@@ -107,24 +107,38 @@ def test_submission_hash_covers_the_files_that_matter(tmp_path):
 
 _SCHEMA = """
 CREATE TABLE assignment (id TEXT PRIMARY KEY, name TEXT UNIQUE);
+CREATE TABLE notebook (id TEXT PRIMARY KEY, name TEXT, assignment_id TEXT);
+CREATE TABLE base_cell (id TEXT PRIMARY KEY, name TEXT, notebook_id TEXT, type TEXT);
 CREATE TABLE student (id TEXT PRIMARY KEY, first_name TEXT);
 CREATE TABLE submitted_assignment (id TEXT PRIMARY KEY, assignment_id TEXT, student_id TEXT);
 CREATE TABLE submitted_notebook (id TEXT PRIMARY KEY, assignment_id TEXT, notebook_id TEXT);
-CREATE TABLE grade (id TEXT PRIMARY KEY, notebook_id TEXT, cell_id TEXT, auto_score REAL);
-CREATE TABLE comment (id TEXT PRIMARY KEY, notebook_id TEXT, cell_id TEXT, auto_comment TEXT);
+CREATE TABLE grade (id TEXT PRIMARY KEY, notebook_id TEXT, cell_id TEXT, auto_score REAL,
+                    manual_score REAL, extra_credit REAL, needs_manual_grade BOOLEAN);
+CREATE TABLE comment (id TEXT PRIMARY KEY, notebook_id TEXT, cell_id TEXT, auto_comment TEXT,
+                      manual_comment TEXT);
 """
 
 
 def _gradebook(path, rows):
+    """A gradebook of assignment 03 (one notebook 03: test cell C1, answer cell why with its
+    solution cell W2) and one submission per (student, id, C1's score)."""
     con = sqlite3.connect(path)
     con.executescript(_SCHEMA)
     con.execute("INSERT INTO assignment VALUES ('A1', '03')")
+    con.execute("INSERT INTO notebook VALUES ('N1', '03', 'A1')")
+    con.executemany("INSERT INTO base_cell VALUES (?, ?, 'N1', ?)",
+                    [("C1", "C1", "GradeCell"), ("W1", "why", "GradeCell"),
+                     ("W2", "why", "SolutionCell")])
     for student, sa, score in rows:
         con.execute("INSERT OR IGNORE INTO student VALUES (?, '')", (student,))
         con.execute("INSERT INTO submitted_assignment VALUES (?, 'A1', ?)", (sa, student))
         con.execute("INSERT INTO submitted_notebook VALUES (?, ?, 'N1')", (sa + "n", sa))
-        con.execute("INSERT INTO grade VALUES (?, ?, 'C1', ?)", (sa + "g", sa + "n", score))
-        con.execute("INSERT INTO comment VALUES (?, ?, 'C1', '')", (sa + "c", sa + "n"))
+        con.execute("INSERT INTO grade (id, notebook_id, cell_id, auto_score, needs_manual_grade) "
+                    "VALUES (?, ?, 'C1', ?, 0)", (sa + "g", sa + "n", score))
+        con.execute("INSERT INTO grade (id, notebook_id, cell_id, needs_manual_grade) "
+                    "VALUES (?, ?, 'W1', 1)", (sa + "w", sa + "n"))
+        con.execute("INSERT INTO comment (id, notebook_id, cell_id, auto_comment) "
+                    "VALUES (?, ?, 'W2', '')", (sa + "c", sa + "n"))
     con.commit()
     con.close()
 
@@ -133,7 +147,7 @@ def _scores(path):
     con = sqlite3.connect(path)
     rows = con.execute("SELECT sa.student_id, g.auto_score FROM grade g JOIN submitted_notebook "
                        "n ON g.notebook_id = n.id JOIN submitted_assignment sa "
-                       "ON n.assignment_id = sa.id ORDER BY 1").fetchall()
+                       "ON n.assignment_id = sa.id WHERE g.cell_id = 'C1' ORDER BY 1").fetchall()
     n_comments = con.execute("SELECT count(*) FROM comment").fetchone()[0]
     con.close()
     return rows, n_comments
@@ -147,6 +161,100 @@ def test_merge_replaces_one_students_submission(tmp_path):
     assert _scores(main) == ([("alice", 5.0), ("bob", 2.0)], 2)
     batch.merge_gradebook(main, None, "03", "bob")                   # a failed regrade
     assert _scores(main) == ([("alice", 5.0)], 1)
+
+
+def _nb(answer, code):
+    """A student notebook of assignment 03: solution cell impl, test cell C1, answer why."""
+    def cell(kind, src, **nbg):
+        return {"cell_type": kind, "source": src, "metadata": {"nbgrader": nbg}}
+    return json.dumps({"cells": [cell("code", code, solution=True, grade=False, grade_id="impl"),
+                                 cell("code", "assert f()", grade=True, grade_id="C1"),
+                                 cell("markdown", answer, solution=True, grade=True,
+                                      grade_id="why")],
+                       "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def _instructor_enters(db, override=0.5):
+    """What a person types into formgrader for alice: an override of test C1, a score and a
+    comment on the answer why."""
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("UPDATE grade SET manual_score = ? WHERE cell_id = 'C1'", (override,))
+        con.execute("UPDATE grade SET manual_score = 1.5, extra_credit = 0.25, "
+                    "needs_manual_grade = 0 WHERE cell_id = 'W1'")
+        con.execute("UPDATE comment SET manual_comment = 'clear' WHERE cell_id = 'W2'")
+    con.close()
+
+
+def _manual(db):
+    con = sqlite3.connect(db)
+    rows = con.execute("SELECT g.cell_id, g.manual_score, g.extra_credit, g.needs_manual_grade "
+                       "FROM grade g ORDER BY 1").fetchall()
+    comments = con.execute("SELECT manual_comment FROM comment").fetchall()
+    con.close()
+    return rows, comments
+
+
+def test_regrading_keeps_manual_grades_of_unchanged_cells(tmp_path):
+    import threading
+    from graders import manual_grades
+    from graders.course import GRADEBOOK
+    root, sub = tmp_path / "course", tmp_path / "sub"
+    main = root / GRADEBOOK
+    main.parent.mkdir(parents=True)
+    _gradebook(main, [("alice", "s1", 1.0)])
+    b = batch.Batch.__new__(batch.Batch)
+    b.root, b._merge_lock = root, threading.Lock()
+
+    runs = []
+
+    def regrade(answer, code, key, status="ok"):
+        runs.append(key)
+        _write(sub / "03.ipynb", _nb(answer, code))
+        _write(sub / "needle" / "quant" / "reference.py", "x = 1\n")
+        slot = tmp_path / f"slot-{len(runs)}"
+        (slot / GRADEBOOK).parent.mkdir(parents=True)
+        _gradebook(slot / GRADEBOOK, [("alice", f"s-{key}", 1.0)])
+        job = batch.Job("alice", "03", key=key, status=status,
+                        cells=[("03", "C1", 1.0, 1.0, True), ("03", "why", None, 2.0, False)],
+                        inputs=manual_grades.cell_inputs(sub, "03", ["needle/quant/reference.py"]))
+        b.merge(job, slot if status == "ok" else None)
+        return job
+
+    regrade("because", "def f(): return 1", "k1")       # first grading, then the instructor
+    _instructor_enters(main)
+    entered = ([("C1", 0.5, None, 0), ("W1", 1.5, 0.25, 0)], [("clear",)])
+    job = regrade("because", "def f(): return 1", "k1")  # --force, nothing changed
+    assert _manual(main) == entered
+    assert job.cells == [("03", "C1", 0.5, 1.0, True), ("03", "why", 1.75, 2.0, False)]
+    assert job.reason == ""
+    job = regrade("because of int32", "def f(): return 1", "k2")   # the answer changed
+    assert _manual(main) == ([("C1", 0.5, None, 0), ("W1", None, None, 1)], [(None,)])
+    assert "03/why/grade" in job.reason and "03/why/comment" in job.reason
+    assert "C1" not in job.reason
+    job = regrade("because of int32", "def f(): return 2", "k3")   # the code changed
+    assert _manual(main) == ([("C1", None, None, 0), ("W1", None, None, 1)], [(None,)])
+    assert "03/C1/grade" in job.reason
+    _instructor_enters(main, override=0.75)
+    regrade("because of int32", "def f(): return 2", "k3", status="error")  # a failed regrade
+    assert _manual(main) == ([], [])
+    job = regrade("because of int32", "def f(): return 2", "k3")   # then it grades again
+    assert _manual(main) == ([("C1", 0.75, None, 0), ("W1", 1.5, 0.25, 0)], [("clear",)])
+    assert job.reason == ""
+
+
+def test_cell_inputs_tell_answer_cells_from_test_cells(tmp_path):
+    from graders import manual_grades
+    _write(tmp_path / "03.ipynb", _nb("because", "def f(): return 1"))
+    lib = _write(tmp_path / "needle" / "quant" / "reference.py", "x = 1\n")
+    first = manual_grades.cell_inputs(tmp_path, "03", ["needle/quant/reference.py"])
+    assert sorted(first) == ["03/C1/grade", "03/impl/comment", "03/why/comment", "03/why/grade"]
+    lib.write_text("x = 2\n")                      # a library file counts for the code's cells
+    second = manual_grades.cell_inputs(tmp_path, "03", ["needle/quant/reference.py"])
+    changed = sorted(k for k in first if first[k] != second[k])
+    assert changed == ["03/C1/grade", "03/impl/comment"]
+    (tmp_path / "03.ipynb").write_text("{not json")
+    assert manual_grades.cell_inputs(tmp_path, "03", []) == {}
 
 
 # ---------------------------------------------------------------------- reports
