@@ -82,14 +82,23 @@ class _InputMeans:
         return self.total / self.weight
 
 
+class _StopForward(Exception):
+    """Raised once the layer being corrected has recorded its input: the rest of the
+    forward pass is not needed."""
+
+
 class _FloatRunner:
-    """What ``calibrate`` runs here: the fused float model alone (no input observer)."""
+    """What ``calibrate`` runs here: the fused float model alone (no input observer), up to
+    the layer being corrected."""
 
     def __init__(self, model):
         self.model = model
 
     def __call__(self, x):
-        return self.model(x)
+        try:
+            self.model(x)
+        except _StopForward:
+            pass
 
 
 def correct_bias(prepared, loader, num_batches=None, progress=False):
@@ -147,9 +156,7 @@ def correct_bias(prepared, loader, num_batches=None, progress=False):
 
 
 def _recording(layer, means):
-    cls_forward = type(layer).forward
-
     def forward(x):
         means(x)
-        return cls_forward(layer, x)
+        raise _StopForward
     return forward
