@@ -89,7 +89,8 @@ class MinMaxObserver(Observer):
         negative) says which axis holds the channels. ``self.lo`` / ``self.hi`` are float32
         arrays of shape (C,): C = x.shape[axis], or 1 per tensor; the first counted batch
         (``self.num_batches == 0``) sets them, later ones only widen them. Returns x as a
-        float32 [rows, C] array whose column c holds every value of channel c, or None (and
+        float32 [rows, C] array whose column c holds every value of channel c (rows in any
+        order), or None (and
         changes nothing) when x holds no values.
         """
         ### BEGIN SOLUTION
