@@ -70,7 +70,10 @@ NOTEBOOKS = [
     {"id": "02_fusion", "title": "Folding BatchNorm and fusing ReLU", "uses": [],
      "exercises": [
          _ex("2.1", "fold_bn", f"{_FUSE}:fold_bn", "fold BatchNorm into the layer before it",
-             ["test_fold_bn", "test_fused_model"], ["tests/test_fuse.py::"]),
+             ["test_fold_bn", "test_fused_model"], ["tests/test_fuse.py::test_fold_bn"]),
+         _ex("2.2", "fuse_sequence", f"{_FUSE}:fuse_sequence",
+             "find Conv/Linear -> BN -> ReLU runs and replace each by one fused layer",
+             ["test_fuse_sequence", "test_fused_model"], ["tests/test_fuse.py::"]),
      ]},
     {"id": "03_quant_basics", "title": "Quantization basics", "uses": [],
      "exercises": [

@@ -35,6 +35,20 @@ RULES = {
         ("scale gamma / sqrt(var + eps)", ["bn_variance_without_eps", "bn_variance_as_std",
                                            "bn_eps_outside_sqrt", "bn_gamma_ignored"]),
         ("bias (b - mean) * scale + beta", ["bn_bias_skipped", "bn_mean_not_subtracted"]),
+        ("no bias means b = 0", ["bn_no_bias_returns_beta"]),
+        ("output channels on the last axis; b' of shape (C,)", ["bn_channels_first",
+                                                                 "bn_bias_shape_kept"]),
+        ("a BatchNorm of another size is a ValueError naming both sizes", ["bn_no_size_check"]),
+        ("computed in float64", ["bn_float32_math"]),
+    ],
+    "fuse_sequence": [
+        ("a BatchNorm of exactly the layer's type is folded", ["fs_bn_isinstance",
+                                                               "fs_skips_after_lone_conv"]),
+        ("a following ReLU is consumed and passed as relu=True", ["fs_relu_kept",
+                                                                  "fs_relu_flag_dropped"]),
+        ("a Residual's branch is fused, and a ReLU after it", ["fs_residual_not_recursed",
+                                                               "fs_residual_relu_ignored"]),
+        ("the input list is not modified", ["fs_modifies_input"]),
     ],
     "choose_qparams": [
         ("the range is extended to contain 0", ["range_without_zero"]),
@@ -82,7 +96,11 @@ RULES = {
     "MinMaxObserver._observe": [
         ("running min/max over all batches", ["minmax_last_batch", "minmax_first_batch"]),
         ("per channel along the observer's axis", ["minmax_global_not_per_channel"]),
+        ("column c of the view holds channel c's values (channel axis moved last)",
+         ["minmax_reshape_mixes_channels", "minmax_returns_input"]),
+        ("the axis may be negative", ["minmax_negative_axis_breaks"]),
         ("the actual range, not a symmetric one", ["minmax_abs_range"]),
+        ("a batch without values changes nothing and returns None", ["minmax_empty_batch_crashes"]),
     ],
     "MSEObserver._range": [
         ("search shrink factors, minimizing the squared error", ["mse_no_search",
@@ -90,6 +108,8 @@ RULES = {
                                                                  "mse_last_candidate"]),
         ("the best factor per channel", ["mse_one_factor"]),
         ("both ends shrink together", ["mse_shrinks_only_hi"]),
+        ("ties keep the earlier candidate", ["mse_ties_keep_last"]),
+        ("the qparams of the observer's own target (bits)", ["mse_ignores_bits"]),
     ],
     "qgemm_reference": [
         ("accumulate in at least 32 bits, saturate to int32",

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from needle import nn
-from needle.quant.fuse import (FusedConv2d, FusedLinear, FusedResidual, fold_bn, fuse_model)
+from needle.quant.fuse import (FusedConv2d, FusedLinear, FusedResidual, FuseRules, fold_bn,
+                              fuse_model, fuse_sequence)
 
 from quant_helpers import DEV, images, mnist_cnn, randomize_bn, resnet9, tensor
 
@@ -28,6 +29,67 @@ def test_fold_bn_formula():
     np.testing.assert_allclose(bf0, -mu * scale + beta, rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="BatchNorm2d\\(4\\).*5 output channels"):
         fold_bn(np.zeros((3, 3, 2, 5)), None, bn)
+
+
+def _bn_with(gamma, beta, mean, var, eps=1e-5):
+    bn = nn.BatchNorm1d(len(gamma), eps=eps, device=DEV)
+    bn.weight.data, bn.bias.data = tensor(gamma), tensor(beta)
+    bn.running_mean, bn.running_var = tensor(mean), tensor(var)
+    return bn.eval()
+
+
+def test_fold_bn_linear_bias_shape_and_size_check():
+    rng = np.random.default_rng(4)
+    bn = randomize_bn(nn.BatchNorm1d(5, device=DEV), seed=2)
+    w, b = rng.normal(size=(3, 5)).astype(np.float32), rng.normal(size=(1, 5)).astype(np.float32)
+    wf, bf = fold_bn(w, b, bn)
+    scale = bn.weight.numpy().astype(np.float64) / np.sqrt(
+        bn.running_var.numpy().astype(np.float64) + bn.eps)
+    assert wf.shape == (3, 5) and bf.shape == (5,)
+    np.testing.assert_allclose(bf, (b[0] - bn.running_mean.numpy()) * scale + bn.bias.numpy(),
+                               rtol=1e-6, atol=1e-7)
+    # a size-1 BatchNorm would broadcast: it must be refused by name, like any other size
+    with pytest.raises(ValueError, match="BatchNorm1d\\(1\\).*5 output channels"):
+        fold_bn(w, b, _bn_with([1.0], [0.0], [0.0], [1.0]))
+
+
+def test_fold_bn_in_float64_keeps_a_cancelling_bias():
+    # beta = mean * scale rounded to float32: the folded bias is the tiny rounding residue,
+    # which float32 arithmetic on the statistics gets wrong by percents
+    rng = np.random.default_rng(6)
+    g, var, mean = np.full(8, 3.0), rng.uniform(1e-7, 1e-5, 8), rng.uniform(1, 2, 8)
+    f32 = lambda a: np.asarray(a, np.float32).astype(np.float64)
+    scale = f32(g) / np.sqrt(f32(var) + 1e-5)
+    beta = (f32(mean) * scale).astype(np.float32)
+    _, bf = fold_bn(np.ones((2, 8), np.float32), None, _bn_with(g, beta, mean, var))
+    np.testing.assert_allclose(bf, -f32(mean) * scale + beta, rtol=1e-4, atol=1e-9)
+
+
+class _Record(FuseRules):
+    conv = staticmethod(lambda conv, bn, relu: ("conv", conv, bn, relu))
+    linear = staticmethod(lambda linear, bn, relu: ("linear", linear, bn, relu))
+    residual = staticmethod(lambda fn, relu: ("residual", fn, relu))
+
+
+def test_fuse_sequence_runs_exact_bn_types_and_relus():
+    c1, c2 = nn.Conv(1, 4, 3, device=DEV), nn.Conv(4, 4, 3, device=DEV)
+    lin, bn2, bn1 = nn.Linear(4, 4, device=DEV), nn.BatchNorm2d(4, device=DEV), nn.BatchNorm1d(4, device=DEV)
+    r1, r2, flat = nn.ReLU(), nn.ReLU(), nn.Flatten()
+    mods = [c1, bn2, r1, r2, c2, flat, lin, bn2, lin, bn1, nn.ReLU(), c1]
+    given = list(mods)
+    out = fuse_sequence(mods, _Record)
+    assert mods == given
+    assert out == [("conv", c1, bn2, True), r2, ("conv", c2, None, False), flat,
+                   ("linear", lin, None, False), bn2, ("linear", lin, bn1, True),
+                   ("conv", c1, None, False)]
+
+
+def test_fuse_sequence_residual_branch_and_relu():
+    branch = nn.Sequential(nn.Conv(4, 4, 3, device=DEV), nn.BatchNorm2d(4, device=DEV), nn.ReLU(),
+                           nn.Conv(4, 4, 3, device=DEV))
+    out = fuse_sequence([nn.Residual(branch), nn.ReLU(), nn.Residual(branch)], _Record)
+    assert [(o[0], o[2]) for o in out] == [("residual", True), ("residual", False)]
+    assert [(m[0], m[3]) for m in out[0][1].modules] == [("conv", True), ("conv", False)]
 
 
 @pytest.mark.parametrize("make, shape", [(mnist_cnn, (4, 1, 28, 28)), (resnet9, (2, 3, 32, 32))])

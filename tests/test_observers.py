@@ -35,6 +35,63 @@ def test_minmax_per_tensor_and_per_channel():
     assert obs.num_batches == 3
 
 
+def test_minmax_negative_axis_and_channel_last_view():
+    # the channel axis given from the end, channels in the middle of the shape: column c of
+    # the view holds exactly channel c's values (rows in any order)
+    x = np.random.default_rng(3).normal(size=(2, 4, 3, 5)).astype(np.float32)
+    x[:, 2] += 10.0  # channel 2 far from the others: a view that mixes channels shows it
+    for axis in (1, -3):
+        obs = MinMaxObserver(axis=axis)
+        x2d = obs._observe(x)
+        assert x2d.dtype == np.float32 and x2d.shape == (30, 4)
+        for c in range(4):
+            vals = np.sort(x[:, c].ravel())
+            np.testing.assert_array_equal(np.sort(x2d[:, c]), vals)
+            assert obs.lo[c] == vals[0] and obs.hi[c] == vals[-1]
+    obs = MinMaxObserver(axis=-1)
+    obs.observe(x)
+    np.testing.assert_array_equal(obs.range()[1], x.max(axis=(0, 1, 2)))
+    per_tensor = MinMaxObserver()
+    x2d = per_tensor._observe(x)
+    assert x2d.shape == (x.size, 1)
+    np.testing.assert_array_equal(np.sort(x2d[:, 0]), np.sort(x.ravel()))
+    assert per_tensor.lo.shape == (1,) and per_tensor.lo.dtype == np.float32
+
+
+def test_minmax_empty_batches_change_nothing():
+    obs = MinMaxObserver(axis=1)
+    assert obs._observe(np.zeros((0, 3, 2), np.float32)) is None
+    obs.observe(np.zeros((0, 3, 2), np.float32))  # before any data: not counted, no range
+    assert obs.num_batches == 0
+    with pytest.raises(RuntimeError, match="no data"):
+        obs.range()
+    x = np.arange(12, dtype=np.float32).reshape(2, 3, 2) - 4.0
+    obs.observe(x)
+    obs.observe(np.zeros((0, 3, 2), np.float32))  # after data: the range stays
+    obs.observe(np.zeros((4, 3, 0), np.float32))
+    assert obs.num_batches == 1
+    np.testing.assert_array_equal(obs.range()[0], x.min(axis=(0, 2)))
+    np.testing.assert_array_equal(obs.range()[1], x.max(axis=(0, 2)))
+    # the observers built on min/max skip them too
+    for o in (MovingAverageMinMaxObserver(axis=1), PercentileObserver(axis=1), MSEObserver(axis=1)):
+        o.observe(np.zeros((0, 3, 2), np.float32))
+        o.observe(x)
+        o.observe(np.zeros((0, 3, 2), np.float32))
+        assert o.num_batches == 1 and o.range()[0].shape == (3,)
+
+
+def test_minmax_running_range_per_channel_over_batches():
+    # every batch moves a different channel's extremes: only a running min/max keeps them all
+    xs = [np.zeros((2, 3), np.float32) for _ in range(3)]
+    xs[0][0, 0], xs[1][1, 1], xs[2][0, 2] = -5.0, 7.0, -2.0
+    xs[1][0, 0] = 1.0
+    obs = MinMaxObserver(axis=1)
+    for x in xs:
+        obs.observe(x)
+    np.testing.assert_array_equal(obs.range()[0], [-5.0, 0.0, -2.0])
+    np.testing.assert_array_equal(obs.range()[1], [1.0, 7.0, 0.0])
+
+
 def test_moving_average():
     xs = _batches(n=3)
     obs = MovingAverageMinMaxObserver(averaging_constant=0.25, axis=1)
@@ -99,6 +156,45 @@ def test_mse_observer_per_channel_symmetric():
     assert clip[1] > 0.8 * amax[1]  # the uniform channel has no tails worth clipping
     s, zp = obs.qparams()
     assert np.all(zp == 0) and s.shape == (3,)
+
+
+class _FixedSample(MSEObserver):
+    """An MSE observer whose sample is given (the range still comes from observe)."""
+
+    def __init__(self, sample, **kw):
+        super().__init__(**kw)
+        self.fixed = np.asarray(sample, np.float32)
+
+    def samples(self):
+        return self.fixed
+
+
+def test_mse_observer_ties_keep_the_smallest_candidate():
+    # a sample of zeros is represented exactly by every candidate (zero is always on the
+    # grid): all errors tie at 0 and the first, smallest candidate wins
+    obs = _FixedSample(np.zeros((50, 2)), dtype="int8", scheme="symmetric", axis=1,
+                       num_candidates=5, min_fraction=0.2)
+    obs.observe(np.array([[-1.0, -4.0], [2.0, 3.0]], np.float32))
+    lo, hi = obs.range()
+    np.testing.assert_allclose(lo, [-0.2, -0.8], rtol=1e-12)
+    np.testing.assert_allclose(hi, [0.4, 0.6], rtol=1e-12)
+
+
+def test_mse_observer_picks_the_best_candidate_per_channel():
+    # a heavy-tailed channel and a uniform one, 5-bit uint8, 25 candidates from 0.1: the best
+    # factors (found once by scoring all 25 candidates in float64) are 0.7375 and 1.0
+    rng = np.random.default_rng(7)
+    x = np.stack([rng.standard_t(2, 3000), rng.uniform(-1, 3, 3000)], axis=1).astype(np.float32)
+    kw = dict(dtype="uint8", scheme="affine", bits=5)
+    obs = MSEObserver(axis=-1, num_candidates=25, min_fraction=0.1, max_samples=10 ** 6, **kw)
+    obs.observe(x[:1500])
+    obs.observe(x[1500:])
+    lo, hi = obs.range()
+    a = np.linspace(0.1, 1.0, 25)[[17, 24]]
+    np.testing.assert_allclose(lo, a * x.min(axis=0).astype(np.float64), rtol=1e-12)
+    np.testing.assert_allclose(hi, a * x.max(axis=0).astype(np.float64), rtol=1e-12)
+    for c in range(2):  # and it beats the full range of its channel
+        assert _mse(x[:, c], lo[c], hi[c], **kw) <= _mse(x[:, c], x[:, c].min(), x[:, c].max(), **kw)
 
 
 def test_observer_errors():

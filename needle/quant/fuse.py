@@ -22,8 +22,8 @@ from ..nn import nn_basic as nnb
 from ..nn.nn_basic import Module, Parameter
 from ..nn.nn_conv import Conv
 
-__all__ = ["FusedConv2d", "FusedLinear", "FusedResidual", "fold_bn", "fuse_model",
-           "clone_module"]
+__all__ = ["FusedConv2d", "FusedLinear", "FusedResidual", "fold_bn", "fuse_sequence",
+           "fuse_model", "clone_module"]
 
 
 class _Observed:
@@ -111,9 +111,13 @@ class FusedResidual(_Observed, nnb.Residual):
 def fold_bn(weight, bias, bn):
     """Fold eval-mode BatchNorm ``bn`` into a layer with output channels on the last axis.
 
-    weight: float array (..., C) (Conv (K, K, C_in, C) or Linear (in, C)); bias: (C,) or None.
-    Returns float32 numpy ``(w', b')`` with ``b'`` of shape (C,), computed in float64.
+    weight: float array (..., C) (Conv (K, K, C_in, C) or Linear (in, C)); bias: (C,), (1, C)
+    or None (no bias: b = 0). ``bn`` has ``weight`` (gamma), ``bias`` (beta), ``running_mean``,
+    ``running_var`` (needle Tensors of shape (C,), read with ``.numpy()``) and ``eps``.
+    Returns float32 numpy ``(w', b')`` with ``w'`` of weight's shape and ``b'`` of shape (C,),
+    computed in float64. A BatchNorm of another size is a ValueError naming both sizes.
     """
+    ### BEGIN SOLUTION
     w = np.asarray(weight, dtype=np.float64)
     c = w.shape[-1]
     b = np.zeros(c) if bias is None else np.asarray(bias, dtype=np.float64).reshape(c)
@@ -124,12 +128,11 @@ def fold_bn(weight, bias, bn):
     if gamma.shape != (c,):
         raise ValueError(f"cannot fold {type(bn).__name__}({gamma.shape[0]}) into a layer with "
                          f"{c} output channels")
-    ### BEGIN SOLUTION
     scale = gamma / np.sqrt(var + bn.eps)
     w_f = w * scale
     b_f = (b - mean) * scale + beta
-    ### END SOLUTION
     return w_f.astype(np.float32), b_f.astype(np.float32)
+    ### END SOLUTION
 
 
 def _tensor(a, like):
@@ -179,8 +182,17 @@ class FuseRules:
         return FusedResidual(fn, relu)
 
 
-def _fuse_sequence(mods, rules=FuseRules):
-    """Fuse Conv/Linear [-> BN] [-> ReLU] and Residual [-> ReLU] runs in a list of modules."""
+def fuse_sequence(mods, rules=FuseRules):
+    """Fuse the runs of a list of modules (a Sequential's ``modules``): a new list.
+
+    Each ``Conv [-> BatchNorm2d] [-> ReLU]`` run becomes ``rules.conv(conv, bn, relu)`` and each
+    ``Linear [-> BatchNorm1d] [-> ReLU]`` run ``rules.linear(linear, bn, relu)`` (bn None when
+    absent, relu True when a ReLU follows); the BatchNorm must be of exactly that type
+    (BatchNorm2d subclasses BatchNorm1d). A ``Residual [-> ReLU]`` becomes
+    ``rules.residual(_fuse(residual.fn, rules), relu)``; any other module m becomes
+    ``_fuse(m, rules)``. The input list is not modified.
+    """
+    ### BEGIN SOLUTION
     out, i = [], 0
     while i < len(mods):
         m = mods[i]
@@ -204,6 +216,7 @@ def _fuse_sequence(mods, rules=FuseRules):
         out.append(_fuse(m, rules))
         i += 1
     return out
+    ### END SOLUTION
 
 
 def clone_module(module):
@@ -250,7 +263,7 @@ def _fuse(model, rules=FuseRules):
         return model
     if isinstance(model, (Conv, nnb.Linear, nnb.Residual, nnb.Sequential)):
         mods = list(model.modules) if isinstance(model, nnb.Sequential) else [model]
-        mods = _fuse_sequence(mods, rules)
+        mods = fuse_sequence(mods, rules)
         return mods[0] if len(mods) == 1 else nnb.Sequential(*mods)
     for k, v in list(model.__dict__.items()):
         model.__dict__[k] = _fuse_attr(v, rules)
@@ -261,7 +274,7 @@ def _fuse_attr(v, rules=FuseRules):
     if isinstance(v, Module):
         return _fuse(v, rules)
     if isinstance(v, (list, tuple)) and any(isinstance(x, Module) for x in v):
-        return type(v)(_fuse_sequence(list(v), rules))
+        return type(v)(fuse_sequence(list(v), rules))
     if isinstance(v, dict):
         return {k: _fuse_attr(x, rules) for k, x in v.items()}
     return v

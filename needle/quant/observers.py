@@ -27,13 +27,6 @@ def _to_numpy(x):
     return np.asarray(x, dtype=np.float32)
 
 
-def _channels_last(x, axis):
-    """View x as [rows, C] with the channel axis last (per tensor: [size, 1])."""
-    if axis is None:
-        return x.reshape(-1, 1)
-    return np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
-
-
 class Observer:
     """Base class: holds the quantization target and turns a range into qparams.
 
@@ -56,12 +49,11 @@ class Observer:
         if self.axis is not None and not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"{type(self).__name__}: axis {self.axis} out of range for shape "
                              f"{x.shape}")
-        if x.size == 0:
-            return
-        self._observe(_channels_last(x, self.axis))
-        self.num_batches += 1
+        self._observe(x)
+        if x.size:  # a batch without values is not counted
+            self.num_batches += 1
 
-    def _observe(self, x2d):
+    def _observe(self, x):
         raise NotImplementedError
 
     def range(self):
@@ -90,13 +82,30 @@ class Observer:
 class MinMaxObserver(Observer):
     """lo = the smallest value seen, hi = the largest (per channel with ``axis``)."""
 
-    def _observe(self, x2d):
+    def _observe(self, x):
+        """Widen the running range with batch ``x`` and return the batch as rows x channels.
+
+        x: float32 numpy array of any shape; ``self.axis`` (None, or an in-range axis, possibly
+        negative) says which axis holds the channels. ``self.lo`` / ``self.hi`` are float32
+        arrays of shape (C,): C = x.shape[axis], or 1 per tensor; the first counted batch
+        (``self.num_batches == 0``) sets them, later ones only widen them. Returns x as a
+        float32 [rows, C] array whose column c holds every value of channel c (rows in any
+        order), or None (and
+        changes nothing) when x holds no values.
+        """
         ### BEGIN SOLUTION
+        if x.size == 0:
+            return None
+        if self.axis is None:
+            x2d = x.reshape(-1, 1)
+        else:
+            x2d = np.moveaxis(x, self.axis, -1).reshape(-1, x.shape[self.axis])
         lo, hi = x2d.min(axis=0), x2d.max(axis=0)
         if self.num_batches == 0:
             self.lo, self.hi = lo, hi
         else:
             self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
+        return x2d
         ### END SOLUTION
 
     def _range(self):
@@ -112,14 +121,19 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
             raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
         self.averaging_constant = averaging_constant
 
-    def _observe(self, x2d):
-        lo, hi = x2d.min(axis=0), x2d.max(axis=0)
+    def _observe(self, x):
+        # this batch's own range, from a fresh min/max observer with the same channel axis
+        batch = MinMaxObserver(axis=self.axis)
+        x2d = batch._observe(x)
+        if x2d is None:
+            return None
         if self.num_batches == 0:
-            self.lo, self.hi = lo, hi
+            self.lo, self.hi = batch.lo, batch.hi
         else:
             c = self.averaging_constant
-            self.lo = self.lo + c * (lo - self.lo)
-            self.hi = self.hi + c * (hi - self.hi)
+            self.lo = self.lo + c * (batch.lo - self.lo)
+            self.hi = self.hi + c * (batch.hi - self.hi)
+        return x2d
 
 
 class _SampleObserver(MinMaxObserver):
@@ -131,14 +145,18 @@ class _SampleObserver(MinMaxObserver):
         self._rng = np.random.default_rng(seed)
         self._samples = []
 
-    def _observe(self, x2d):
-        super()._observe(x2d)
+    def _observe(self, x):
+        x2d = super()._observe(x)
+        if x2d is None:
+            return None
         if x2d.shape[0] > self.max_samples:
             idx = self._rng.choice(x2d.shape[0], self.max_samples, replace=False)
             x2d = x2d[idx]
         self._samples.append(np.array(x2d, dtype=np.float32))
+        return x2d
 
     def samples(self):
+        """Every sampled row so far: float32 [rows, C]."""
         return np.concatenate(self._samples, axis=0)
 
 
@@ -172,9 +190,10 @@ class MSEObserver(_SampleObserver):
         self.min_fraction = min_fraction
 
     def _range(self):
+        """(lo, hi): float64 arrays of shape (C,), the best candidate range of each channel."""
+        ### BEGIN SOLUTION
         s = self.samples()
         lo_all, hi_all = self.lo.astype(np.float64), self.hi.astype(np.float64)
-        ### BEGIN SOLUTION
         best_err = np.full(s.shape[1], np.inf)
         best_lo, best_hi = lo_all.copy(), hi_all.copy()
         for a in np.linspace(self.min_fraction, 1.0, self.num_candidates):
@@ -188,8 +207,8 @@ class MSEObserver(_SampleObserver):
             best_err = np.where(better, err, best_err)
             best_lo = np.where(better, lo, best_lo)
             best_hi = np.where(better, hi, best_hi)
-        ### END SOLUTION
         return best_lo, best_hi
+        ### END SOLUTION
 
 
 _REGISTRY = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver,
