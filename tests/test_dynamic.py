@@ -35,12 +35,35 @@ def test_dynamic_weight_is_per_channel_symmetric():
     np.testing.assert_allclose(s, [2.0 / 127, 0.1 / 127], rtol=1e-6)
 
 
-def test_dynamic_activation_uses_the_observed_range():
-    xq, s, zp = R.dynamic_activation(np.array([-1.0, 0.0, 3.0], np.float32))
-    assert xq.dtype == np.uint8 and xq[0] == 0 and xq[2] == 255
-    assert np.isclose(s, 4.0 / 255) and xq[1] == zp
+def test_dynamic_linear_uses_the_observed_range():
+    x = np.array([[-1.0, 0.0, 3.0]], np.float32)
+    seen = []
+
+    def gemm(xq, zp):
+        seen.append((xq.copy(), zp))
+        return (xq.astype(np.int64) - zp) @ np.eye(3, dtype=np.int64)
+
+    y = R.dynamic_linear_reference(x, np.eye(3, dtype=np.int8), np.ones(3, np.float32), gemm)
+    (xq, zp), = seen
+    assert xq.dtype == np.uint8 and xq[0, 0] == 0 and xq[0, 2] == 255 and xq[0, 1] == zp
+    s = np.float32(4.0 / 255)
+    assert y.dtype == np.float32 and np.array_equal(y, (xq.astype(np.int64) - zp).astype(np.float32) * s)
     with pytest.raises(ValueError, match="non-finite"):
-        R.dynamic_activation(np.array([np.nan], np.float32))
+        R.dynamic_linear_reference(np.array([[np.nan, 0, 0]], np.float32),
+                                   np.eye(3, dtype=np.int8), np.ones(3, np.float32))
+
+
+def test_dynamic_linear_epilogue_order_and_empty_input():
+    rng = np.random.default_rng(3)
+    w_q, w_s = R.dynamic_weight(rng.standard_normal((7, 9)).astype(np.float32))
+    x = rng.standard_normal((4, 9)).astype(np.float32) * 5
+    y = R.dynamic_linear_reference(x, w_q, w_s)
+    s_x, z_x = R.choose_qparams(x.min(), x.max(), "affine", "uint8")
+    acc = R.qgemm_reference(R.quantize(x, s_x, z_x, "uint8"), w_q, z_x, out_dtype="int32")
+    assert np.array_equal(y, acc.astype(np.float32) * (np.float32(s_x) * w_s)[None, :])
+    empty = R.dynamic_linear_reference(np.zeros((0, 9), np.float32), w_q, w_s,
+                                       gemm=lambda *a: pytest.fail("gemm on an empty input"))
+    assert empty.shape == (0, 7) and empty.dtype == np.float32
 
 
 def tiny_lm(seed=0, layers=1):

@@ -4,8 +4,8 @@ every call from the range they hold (no calibration), integer GEMM through ``ker
     m = DynamicInt8Matrix.from_float(w)      # w float32 [N, K]
     y = m.matmul(x)                          # x float32 [M, K] -> float32 [M, N]
 
-Bit for bit ``reference.dynamic_linear_reference``: the kernel's int32 accumulator is exact
-and the float epilogue is ``reference.dynamic_output`` itself.
+Bit for bit ``reference.dynamic_linear_reference``: ``matmul`` is that function itself, with
+the kernel's integer GEMM (whose int32 accumulator is exact) passed in as its ``gemm``.
 """
 import numpy as np
 
@@ -63,10 +63,12 @@ class DynamicInt8Matrix:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.k:
             raise ValueError(f"dynamic int8 matmul: x must be [M, {self.k}], got {x.shape}")
-        xq, s, zp = R.dynamic_activation(x)
-        acc = kernels.qgemm(NDArray(xq, device=self.device, dtype="uint8"), self.packed, zp,
-                            None, None, None, out_dtype="int32").numpy()
-        return R.dynamic_output(acc, s, self.scale)
+        return R.dynamic_linear_reference(x, self.w_q, self.scale, gemm=self._kernel_gemm)
+
+    def _kernel_gemm(self, xq, zero_point):
+        """int32 [M, N] accumulator of uint8 codes xq [M, K] through ``kernels.qgemm``."""
+        return kernels.qgemm(NDArray(xq, device=self.device, dtype="uint8"), self.packed,
+                             int(zero_point), None, None, None, out_dtype="int32").numpy()
 
 
 class DynamicQuantizedLinear(Module):
