@@ -7,7 +7,7 @@ import pytest
 import needle as ndl
 from needle.apps.models import LanguageModel
 from needle.quant import reference as R
-from needle.quant.dynamic import DynamicInt8Matrix
+from needle.quant.dynamic import DynamicInt8Matrix, DynamicQuantizedLinear, quantize_dynamic
 from needle.quant.lm import load_quantized_lm, quantize_lm, save_quantized_lm
 from needle.serialization import SerializationError, load_numpy
 
@@ -200,3 +200,51 @@ def test_cli_lm_demo_rejects_bad_sizes(argv, match):
     from needle.quant.__main__ import main
     with pytest.raises(SystemExit, match=match):
         main(["demo", "--model", "lm", *argv])
+
+
+def _dynamic_reference(linear, a):
+    """what a DynamicQuantizedLinear without bias computes, from the reference alone"""
+    return R.dynamic_linear_reference(a, *R.dynamic_weight(linear.weight.numpy().T))
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=lambda d: d.name)
+def test_attention_projections_are_the_dynamic_reference(device):
+    from needle import nn
+    np.random.seed(0)
+    layer = nn.AttentionLayer(16, 2, 8, causal=True, device=device).eval()
+    x = np.random.default_rng(5).standard_normal((2, 5, 16)).astype(np.float32) * 3
+    q = quantize_dynamic(layer, device=device)
+    got = q(ndl.Tensor(x, device=device)).numpy()
+    rows = ndl.Tensor(x.reshape(10, 16), device=device)
+    heads = []
+    for norm, lin in ((layer.prenorm_q, layer.q_projection), (layer.prenorm_k, layer.k_projection),
+                      (layer.prenorm_v, layer.v_projection)):
+        y = _dynamic_reference(lin, norm(rows).numpy())              # (B * T, H * D)
+        heads.append(ndl.Tensor(np.ascontiguousarray(y.reshape(2, 5, 2, 8).transpose(0, 2, 1, 3)),
+                                device=device))
+    res = layer.attn(*heads)[0].numpy().transpose(0, 2, 1, 3).reshape(10, 16)
+    want = _dynamic_reference(layer.out_projection, res).reshape(2, 5, 16)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    for name in ("q_projection", "k_projection", "v_projection", "out_projection"):
+        assert isinstance(getattr(q, name), DynamicQuantizedLinear), name
+        assert isinstance(getattr(layer, name), nn.Linear), "the float model is unchanged"
+
+
+def test_quantized_transformer_layer_tracks_float():
+    from needle import nn
+    np.random.seed(1)
+    dev = ndl.cpu_numpy()
+    block = nn.TransformerLayer(24, 3, 8, 48, dropout=0.0, causal=True, device=dev).eval()
+    x = ndl.Tensor(np.random.default_rng(2).standard_normal((3, 7, 24)).astype(np.float32),
+                   device=dev)
+    want = block(x).numpy()
+    q = quantize_dynamic(block)
+    got = q(x).numpy()
+    linears = [m for _, m in q.named_modules() if isinstance(m, DynamicQuantizedLinear)]
+    assert len(linears) == 6                      # q, k, v, out and the MLP's two
+    assert not any(isinstance(m, nn.Linear) for _, m in q.named_modules())
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert 0 < err < 0.03, err
+    np.testing.assert_array_equal(block(x).numpy(), want)   # the float block still works
+    with pytest.raises(TypeError, match="needle Module"):
+        quantize_dynamic(np.zeros(3))
