@@ -626,3 +626,98 @@ CATALOG += [
     M("conv_bn_qat", "qat_eval_forgets_mean", "the folded bias forgets the running mean",
       NB8, F("b_fold = bn.bias - bn.running_mean * sf", "b_fold = bn.bias + 0 * bn.running_mean", file=QAT)),
 ]
+
+# Notebook 09: language models (weight-only int4, dynamic int8, SmoothQuant).
+NB9 = "09_language_models"
+CATALOG += [
+    M("quantize_int4", "int4_per_row_range", "one range per row instead of one per group", NB9,
+      F("    lo = np.nanmin(g, axis=2).reshape(-1)\n    hi = np.nanmax(g, axis=2).reshape(-1)\n",
+        "    lo = np.repeat(np.nanmin(g, axis=(1, 2)), ng)\n"
+        "    hi = np.repeat(np.nanmax(g, axis=(1, 2)), ng)\n")),
+    M("quantize_int4", "int4_symmetric_divides_by_7", "symmetric scale max|w| / 7 (the int8 habit)",
+      NB9, F('        scale, _ = choose_qparams(lo, hi, "symmetric", "int8", bits=4)\n',
+             "        scale = np.maximum(np.maximum(-lo, hi), np.float32(1e-8)) / np.float32(7)\n"
+             "        scale = scale.astype(np.float32)\n")),
+    M("quantize_int4", "int4_asymmetric_zero_point_8", "asymmetric groups keep the zero point 8",
+      NB9, F('        scale, zp = choose_qparams(lo, hi, "affine", "uint8", bits=4)\n',
+             '        scale, zp = choose_qparams(lo, hi, "affine", "uint8", bits=4)\n'
+             "        zp = np.full(scale.shape, 8, np.int64)\n")),
+    M("quantize_int4", "int4_tail_padded_with_first_value",
+      "the short last group is padded with a real weight, which enters its range", NB9,
+      F("    g = np.full((n, ng * group), np.nan, np.float32)\n",
+        "    g = np.repeat(w[:, :1], ng * group, axis=1).astype(np.float32)\n")),
+    M("quantize_int4", "int4_round_half_up", "codes rounded with floor(x / s + 0.5)", NB9,
+      F('    codes = quantize(g.reshape(n * ng, group), scale.reshape(-1), zp.reshape(-1), "uint8",\n'
+        "                     axis=0, qmin=0, qmax=15)\n",
+        "    with np.errstate(invalid=\"ignore\"):\n"
+        "        r = np.floor(g.reshape(n * ng, group) / scale.reshape(-1, 1) + np.float32(0.5))\n"
+        "    codes = np.clip(np.nan_to_num(r) + zp.reshape(-1, 1), 0, 15).astype(np.uint8)\n")),
+    M("quantize_int4", "int4_zero_points_int64", "returns the zero points as int64", NB9,
+      F("    return codes, scale.astype(np.float32), zp.astype(np.uint8)\n",
+        "    return codes, scale.astype(np.float32), zp\n")),
+    M("int4_gemm_reference", "int4_gemm_einsum", "one float32 dot product per group (numpy order)",
+      NB9, F("        s = ((q[..., 0] + q[..., 4]) + (q[..., 2] + q[..., 6])) + \\\n"
+             "            ((q[..., 1] + q[..., 5]) + (q[..., 3] + q[..., 7]))\n",
+             '        s = np.einsum("nk,mk->mn", w[:, k0:k1], x[:, k0:k1]).astype(np.float32)\n')),
+    M("int4_gemm_reference", "int4_gemm_sequential_lane_tree", "lanes reduced 0+1, 2+3, ... instead of the documented tree",
+      NB9, F("        s = ((q[..., 0] + q[..., 4]) + (q[..., 2] + q[..., 6])) + \\\n"
+             "            ((q[..., 1] + q[..., 5]) + (q[..., 3] + q[..., 7]))\n",
+             "        s = ((q[..., 0] + q[..., 1]) + (q[..., 2] + q[..., 3])) + \\\n"
+             "            ((q[..., 4] + q[..., 5]) + (q[..., 6] + q[..., 7]))\n")),
+    M("int4_gemm_reference", "int4_gemm_one_set_of_lanes", "odd codes added into the even partial sums",
+      NB9, F("            po[..., :odd.shape[-1]] = po[..., :odd.shape[-1]] + odd\n",
+             "            pe[..., :odd.shape[-1]] = pe[..., :odd.shape[-1]] + odd\n")),
+    M("int4_gemm_reference", "int4_gemm_zero_point_8", "subtracts 8 instead of the group's zero point",
+      NB9, F("    w = u.astype(np.int64) - _expand_groups(zero_points, k, group).astype(np.int64)\n",
+             "    w = u.astype(np.int64) - 8\n")),
+    M("int4_gemm_reference", "int4_gemm_high_nibble_first", "reads the even code from the high nibble",
+      NB9, F("    w = u.astype(np.int64) - _expand_groups(zero_points, k, group).astype(np.int64)\n",
+             "    e = (k // 2) * 2\n"
+             "    u = u.copy()\n"
+             "    u[:, 0:e:2], u[:, 1:e:2] = u[:, 1:e:2].copy(), u[:, 0:e:2].copy()\n"
+             "    w = u.astype(np.int64) - _expand_groups(zero_points, k, group).astype(np.int64)\n")),
+    M("int4_gemm_reference", "int4_gemm_float64_output_sum", "adds the groups' contributions in float64",
+      NB9, F("        y = y + scales[None, :, g] * s\n    return y\n",
+             "        y = y + scales[None, :, g].astype(np.float64) * s\n    return y.astype(np.float32)\n"),
+      F("    L = INT4_LANES\n    y = np.zeros((m, n), np.float32)\n",
+        "    L = INT4_LANES\n    y = np.zeros((m, n), np.float64)\n")),
+    M("dynamic_linear_reference", "dyn_symmetric_activation", "a symmetric activation range (zero point 128)",
+      NB9, F('    s_x, z_x = choose_qparams(x.min(), x.max(), "affine", "uint8")\n',
+             '    s_x, z_x = choose_qparams(x.min(), x.max(), "symmetric", "uint8")\n')),
+    M("dynamic_linear_reference", "dyn_epilogue_order", "multiplies by s_x, then by s_w (another float32 order)",
+      NB9, F("    per_channel = np.float32(s_x) * w_scale\n"
+             "    return np.asarray(acc).astype(np.float32) * per_channel[None, :]\n",
+             "    return (np.asarray(acc).astype(np.float32) * np.float32(s_x)) * w_scale[None, :]\n")),
+    M("dynamic_linear_reference", "dyn_ignores_gemm", "always runs the reference GEMM, not the one passed in",
+      NB9, F('    acc = gemm(quantize(x, s_x, z_x, "uint8"), int(z_x))\n',
+             '    acc = qgemm_reference(quantize(x, s_x, z_x, "uint8"), w_q, z_x, out_dtype="int32")\n')),
+    M("dynamic_linear_reference", "dyn_gemm_without_zero_point", "passes zero point 0 to the GEMM",
+      NB9, F('    acc = gemm(quantize(x, s_x, z_x, "uint8"), int(z_x))\n',
+             '    acc = gemm(quantize(x, s_x, z_x, "uint8"), 0)\n')),
+    M("dynamic_linear_reference", "dyn_empty_input_crashes", "no special case for an empty input",
+      NB9, F("    if x.shape[0] == 0:\n        return np.zeros((0, w_q.shape[0]), np.float32)\n", "")),
+    M("dynamic_linear_reference", "dyn_accepts_nan", "NaN and inf are quantized instead of rejected",
+      NB9, F("    if not np.all(np.isfinite(x)):\n"
+             '        raise ValueError("dynamic quantization: the activation holds non-finite values")\n'
+             '    s_x, z_x',
+             "    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)\n    s_x, z_x")),
+    M("dynamic_linear_reference", "dyn_float64_epilogue", "the epilogue in float64", NB9,
+      F("    per_channel = np.float32(s_x) * w_scale\n",
+        "    per_channel = np.float64(s_x) * w_scale.astype(np.float64)\n")),
+    M("smoothquant_scales", "sq_exponents_swapped", "a^(1 - alpha) / b^alpha (the same only at alpha 0.5)",
+      NB9, F("        s = np.where(ok, a ** alpha / wmax ** (1.0 - alpha), 1.0)\n",
+             "        s = np.where(ok, a ** (1.0 - alpha) / wmax ** alpha, 1.0)\n")),
+    M("smoothquant_scales", "sq_signed_weight_max", "max of w instead of max |w| per column", NB9,
+      F("    wmax = np.abs(w).max(axis=0).astype(np.float64)\n",
+        "    wmax = w.max(axis=0).astype(np.float64)\n")),
+    M("smoothquant_scales", "sq_float32_power", "the powers computed in float32", NB9,
+      F("        s = np.where(ok, a ** alpha / wmax ** (1.0 - alpha), 1.0)\n",
+        "        s = np.where(ok, a.astype(np.float32) ** np.float32(alpha) /\n"
+        "                     wmax.astype(np.float32) ** np.float32(1.0 - alpha), 1.0)\n")),
+    M("smoothquant_scales", "sq_zero_channel_gets_zero", "channels with nothing to migrate get 0", NB9,
+      F("        s = np.where(ok, a ** alpha / wmax ** (1.0 - alpha), 1.0)\n",
+        "        s = np.where(ok, a ** alpha / wmax ** (1.0 - alpha), 0.0)\n")),
+    M("smoothquant_scales", "sq_ratio_to_the_alpha", "(a / b)^alpha instead of a^alpha / b^(1 - alpha)",
+      NB9, F("        s = np.where(ok, a ** alpha / wmax ** (1.0 - alpha), 1.0)\n",
+             "        s = np.where(ok, (a / wmax) ** alpha, 1.0)\n")),
+]

@@ -217,3 +217,42 @@ def check_rules(catalog, exercises=None):
         if m.exercise and m.exercise not in RULES:
             problems.append(f"mutation {m.name}: exercise {m.exercise} not in RULES")
     return problems
+
+# Notebook 09: language models.
+RULES.update({
+    "quantize_int4": [
+        ("one range per group of `group` values along K, the last group shorter",
+         ["int4_per_row_range", "int4_tail_padded_with_first_value"]),
+        ("symmetric: choose_qparams on the signed 4-bit range (s = max|w| / 7.5), zero point 8",
+         ["int4_symmetric_divides_by_7"]),
+        ("asymmetric: affine uint8 bits=4, a zero point per group", ["int4_asymmetric_zero_point_8"]),
+        ("codes: float32 division, round half to even, clamp to [0, 15]", ["int4_round_half_up"]),
+        ("codes uint8 [N, K], scales float32 [N, G], zero points uint8 [N, G]",
+         ["int4_zero_points_int64"]),
+    ],
+    "int4_gemm_reference": [
+        ("even and odd codes in two sets of 8 float32 partial sums, lane (t % 16) // 2",
+         ["int4_gemm_one_set_of_lanes", "int4_gemm_einsum"]),
+        ("the lanes reduced ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7))",
+         ["int4_gemm_sequential_lane_tree"]),
+        ("u - z with the group's zero point; the even code in the low nibble",
+         ["int4_gemm_zero_point_8", "int4_gemm_high_nibble_first"]),
+        ("y accumulates s * sum per group in float32", ["int4_gemm_float64_output_sum"]),
+    ],
+    "dynamic_linear_reference": [
+        ("one affine uint8 range per call over all of x", ["dyn_symmetric_activation"]),
+        ("the gemm passed in, called once with the codes and this call's zero point",
+         ["dyn_ignores_gemm", "dyn_gemm_without_zero_point"]),
+        ("epilogue float32(acc) * (float32(s_x) * s_w[c]) in float32",
+         ["dyn_epilogue_order", "dyn_float64_epilogue"]),
+        ("an empty x gives float32 [0, N]; NaN or inf is a ValueError",
+         ["dyn_empty_input_crashes", "dyn_accepts_nan"]),
+    ],
+    "smoothquant_scales": [
+        ("s_j = a_j^alpha / b_j^(1 - alpha) for every alpha in [0, 1]",
+         ["sq_exponents_swapped", "sq_ratio_to_the_alpha"]),
+        ("b_j = max_n |w_nj|", ["sq_signed_weight_max"]),
+        ("float64 arithmetic, rounded to float32 once", ["sq_float32_power"]),
+        ("a channel with a_j = 0 or b_j = 0 gets 1", ["sq_zero_channel_gets_zero"]),
+    ],
+})

@@ -7,7 +7,7 @@ import pytest
 import needle as ndl
 from needle.apps.models import LanguageModel
 from needle.quant import reference as R
-from needle.quant.dynamic import DynamicInt8Matrix
+from needle.quant.dynamic import DynamicInt8Matrix, DynamicQuantizedLinear, quantize_dynamic
 from needle.quant.lm import load_quantized_lm, quantize_lm, save_quantized_lm
 from needle.serialization import SerializationError, load_numpy
 
@@ -35,12 +35,35 @@ def test_dynamic_weight_is_per_channel_symmetric():
     np.testing.assert_allclose(s, [2.0 / 127, 0.1 / 127], rtol=1e-6)
 
 
-def test_dynamic_activation_uses_the_observed_range():
-    xq, s, zp = R.dynamic_activation(np.array([-1.0, 0.0, 3.0], np.float32))
-    assert xq.dtype == np.uint8 and xq[0] == 0 and xq[2] == 255
-    assert np.isclose(s, 4.0 / 255) and xq[1] == zp
+def test_dynamic_linear_uses_the_observed_range():
+    x = np.array([[-1.0, 0.0, 3.0]], np.float32)
+    seen = []
+
+    def gemm(xq, zp):
+        seen.append((xq.copy(), zp))
+        return (xq.astype(np.int64) - zp) @ np.eye(3, dtype=np.int64)
+
+    y = R.dynamic_linear_reference(x, np.eye(3, dtype=np.int8), np.ones(3, np.float32), gemm)
+    (xq, zp), = seen
+    assert xq.dtype == np.uint8 and xq[0, 0] == 0 and xq[0, 2] == 255 and xq[0, 1] == zp
+    s = np.float32(4.0 / 255)
+    assert y.dtype == np.float32 and np.array_equal(y, (xq.astype(np.int64) - zp).astype(np.float32) * s)
     with pytest.raises(ValueError, match="non-finite"):
-        R.dynamic_activation(np.array([np.nan], np.float32))
+        R.dynamic_linear_reference(np.array([[np.nan, 0, 0]], np.float32),
+                                   np.eye(3, dtype=np.int8), np.ones(3, np.float32))
+
+
+def test_dynamic_linear_epilogue_order_and_empty_input():
+    rng = np.random.default_rng(3)
+    w_q, w_s = R.dynamic_weight(rng.standard_normal((7, 9)).astype(np.float32))
+    x = rng.standard_normal((4, 9)).astype(np.float32) * 5
+    y = R.dynamic_linear_reference(x, w_q, w_s)
+    s_x, z_x = R.choose_qparams(x.min(), x.max(), "affine", "uint8")
+    acc = R.qgemm_reference(R.quantize(x, s_x, z_x, "uint8"), w_q, z_x, out_dtype="int32")
+    assert np.array_equal(y, acc.astype(np.float32) * (np.float32(s_x) * w_s)[None, :])
+    empty = R.dynamic_linear_reference(np.zeros((0, 9), np.float32), w_q, w_s,
+                                       gemm=lambda *a: pytest.fail("gemm on an empty input"))
+    assert empty.shape == (0, 7) and empty.dtype == np.float32
 
 
 def tiny_lm(seed=0, layers=1):
@@ -177,3 +200,51 @@ def test_cli_lm_demo_rejects_bad_sizes(argv, match):
     from needle.quant.__main__ import main
     with pytest.raises(SystemExit, match=match):
         main(["demo", "--model", "lm", *argv])
+
+
+def _dynamic_reference(linear, a):
+    """what a DynamicQuantizedLinear without bias computes, from the reference alone"""
+    return R.dynamic_linear_reference(a, *R.dynamic_weight(linear.weight.numpy().T))
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=lambda d: d.name)
+def test_attention_projections_are_the_dynamic_reference(device):
+    from needle import nn
+    np.random.seed(0)
+    layer = nn.AttentionLayer(16, 2, 8, causal=True, device=device).eval()
+    x = np.random.default_rng(5).standard_normal((2, 5, 16)).astype(np.float32) * 3
+    q = quantize_dynamic(layer, device=device)
+    got = q(ndl.Tensor(x, device=device)).numpy()
+    rows = ndl.Tensor(x.reshape(10, 16), device=device)
+    heads = []
+    for norm, lin in ((layer.prenorm_q, layer.q_projection), (layer.prenorm_k, layer.k_projection),
+                      (layer.prenorm_v, layer.v_projection)):
+        y = _dynamic_reference(lin, norm(rows).numpy())              # (B * T, H * D)
+        heads.append(ndl.Tensor(np.ascontiguousarray(y.reshape(2, 5, 2, 8).transpose(0, 2, 1, 3)),
+                                device=device))
+    res = layer.attn(*heads)[0].numpy().transpose(0, 2, 1, 3).reshape(10, 16)
+    want = _dynamic_reference(layer.out_projection, res).reshape(2, 5, 16)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+    for name in ("q_projection", "k_projection", "v_projection", "out_projection"):
+        assert isinstance(getattr(q, name), DynamicQuantizedLinear), name
+        assert isinstance(getattr(layer, name), nn.Linear), "the float model is unchanged"
+
+
+def test_quantized_transformer_layer_tracks_float():
+    from needle import nn
+    np.random.seed(1)
+    dev = ndl.cpu_numpy()
+    block = nn.TransformerLayer(24, 3, 8, 48, dropout=0.0, causal=True, device=dev).eval()
+    x = ndl.Tensor(np.random.default_rng(2).standard_normal((3, 7, 24)).astype(np.float32),
+                   device=dev)
+    want = block(x).numpy()
+    q = quantize_dynamic(block)
+    got = q(x).numpy()
+    linears = [m for _, m in q.named_modules() if isinstance(m, DynamicQuantizedLinear)]
+    assert len(linears) == 6                      # q, k, v, out and the MLP's two
+    assert not any(isinstance(m, nn.Linear) for _, m in q.named_modules())
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert 0 < err < 0.03, err
+    np.testing.assert_array_equal(block(x).numpy(), want)   # the float block still works
+    with pytest.raises(TypeError, match="needle Module"):
+        quantize_dynamic(np.zeros(3))

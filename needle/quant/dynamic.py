@@ -4,9 +4,11 @@ every call from the range they hold (no calibration), integer GEMM through ``ker
     m = DynamicInt8Matrix.from_float(w)      # w float32 [N, K]
     y = m.matmul(x)                          # x float32 [M, K] -> float32 [M, N]
 
-Bit for bit ``reference.dynamic_linear_reference``: the kernel's int32 accumulator is exact
-and the float epilogue is ``reference.dynamic_output`` itself.
+Bit for bit ``reference.dynamic_linear_reference``: ``matmul`` is that function itself, with
+the kernel's integer GEMM (whose int32 accumulator is exact) passed in as its ``gemm``.
 """
+import copy
+
 import numpy as np
 
 from ..backend_ndarray import NDArray, default_device
@@ -14,7 +16,7 @@ from ..nn.nn_basic import Module
 from . import kernels
 from . import reference as R
 
-__all__ = ["FloatMatrix", "DynamicInt8Matrix", "DynamicQuantizedLinear"]
+__all__ = ["FloatMatrix", "DynamicInt8Matrix", "DynamicQuantizedLinear", "quantize_dynamic"]
 
 
 class FloatMatrix:
@@ -63,10 +65,12 @@ class DynamicInt8Matrix:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.k:
             raise ValueError(f"dynamic int8 matmul: x must be [M, {self.k}], got {x.shape}")
-        xq, s, zp = R.dynamic_activation(x)
-        acc = kernels.qgemm(NDArray(xq, device=self.device, dtype="uint8"), self.packed, zp,
-                            None, None, None, out_dtype="int32").numpy()
-        return R.dynamic_output(acc, s, self.scale)
+        return R.dynamic_linear_reference(x, self.w_q, self.scale, gemm=self._kernel_gemm)
+
+    def _kernel_gemm(self, xq, zero_point):
+        """int32 [M, N] accumulator of uint8 codes xq [M, K] through ``kernels.qgemm``."""
+        return kernels.qgemm(NDArray(xq, device=self.device, dtype="uint8"), self.packed,
+                             int(zero_point), None, None, None, out_dtype="int32").numpy()
 
 
 class DynamicQuantizedLinear(Module):
@@ -97,3 +101,31 @@ class DynamicQuantizedLinear(Module):
 
     def __repr__(self):
         return f"DynamicQuantizedLinear({self.in_features}, {self.out_features})"
+
+
+def quantize_dynamic(model, device=None):
+    """A copy of ``model`` whose every ``nn.Linear`` is a :class:`DynamicQuantizedLinear`
+    (inference only): the Linears of an MLP, and the q/k/v/out projections of
+    ``nn.AttentionLayer`` and ``nn.TransformerLayer``, as PyTorch's ``quantize_dynamic`` does.
+
+    Everything else (LayerNorm, the attention softmax, embeddings) stays float32 and is shared
+    with ``model``, which is left unchanged. The copy is in eval mode.
+    """
+    from ..nn.nn_basic import Linear
+    if not isinstance(model, Module):
+        raise TypeError(f"quantize_dynamic needs a needle Module, got {type(model).__name__}")
+
+    def convert(value):
+        if isinstance(value, Linear):
+            return DynamicQuantizedLinear(value, device=device)
+        if isinstance(value, Module):
+            twin = copy.copy(value)
+            twin.__dict__ = {k: convert(v) for k, v in value.__dict__.items()}
+            return twin
+        if isinstance(value, (list, tuple)):
+            return type(value)(convert(v) for v in value)
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return convert(model).eval()

@@ -436,15 +436,6 @@ def int4_groups(k, group):
     return -(-int(k) // int(group))
 
 
-def _group_view(w, group):
-    """w [N, K] float32 -> [N, G, group] padded with NaN (ignored by the range) and a mask."""
-    n, k = w.shape
-    ng = int4_groups(k, group)
-    padded = np.full((n, ng * group), np.nan, np.float32)
-    padded[:, :k] = w
-    return padded.reshape(n, ng, group)
-
-
 def quantize_int4(w, group=64, scheme="symmetric"):
     """Group-wise int4 codes of a float weight.
 
@@ -462,7 +453,11 @@ def quantize_int4(w, group=64, scheme="symmetric"):
         raise ValueError("quantize_int4: the weight holds non-finite values")
     n, k = w.shape
     ng = int4_groups(k, group)
-    g = _group_view(w, group)
+    ### BEGIN SOLUTION
+    # pad each row to whole groups with NaN: ignored by the range, quantized to the zero point
+    g = np.full((n, ng * group), np.nan, np.float32)
+    g[:, :k] = w
+    g = g.reshape(n, ng, group)
     lo = np.nanmin(g, axis=2).reshape(-1)
     hi = np.nanmax(g, axis=2).reshape(-1)
     if scheme == "symmetric":
@@ -477,6 +472,7 @@ def quantize_int4(w, group=64, scheme="symmetric"):
                      axis=0, qmin=0, qmax=15)
     codes = codes.reshape(n, ng * group)[:, :k]
     return codes, scale.astype(np.float32), zp.astype(np.uint8)
+    ### END SOLUTION
 
 
 def pack_int4(codes):
@@ -549,6 +545,7 @@ def int4_gemm_reference(x, packed, scales, zero_points, group, k):
     if scales.shape != (n, ng) or zero_points.shape != (n, ng):
         raise ValueError(f"int4_gemm: scales and zero points must be [{n}, {ng}], got "
                          f"{scales.shape} and {zero_points.shape}")
+    ### BEGIN SOLUTION
     m = x.shape[0]
     L = INT4_LANES
     y = np.zeros((m, n), np.float32)
@@ -569,6 +566,7 @@ def int4_gemm_reference(x, packed, scales, zero_points, group, k):
             ((q[..., 1] + q[..., 5]) + (q[..., 3] + q[..., 7]))
         y = y + scales[None, :, g] * s
     return y
+    ### END SOLUTION
 
 
 # ------------------------------------------------------------------------------------------
@@ -579,7 +577,7 @@ def int4_gemm_reference(x, packed, scales, zero_points, group, k):
 # (a float32 product per channel, then one float32 multiply per output).
 # ------------------------------------------------------------------------------------------
 
-__all__ += ["dynamic_weight", "dynamic_activation", "dynamic_output", "dynamic_linear_reference"]
+__all__ += ["dynamic_weight", "dynamic_linear_reference"]
 
 
 def dynamic_weight(w):
@@ -593,29 +591,45 @@ def dynamic_weight(w):
     return quantize(w, scale, zp, "int8", axis=0, reduced_range=True), scale
 
 
-def dynamic_activation(x):
-    """``(x_q uint8, scale, zero_point)``: affine uint8 over the range x holds now."""
+def dynamic_linear_reference(x, w_q, w_scale, gemm=None):
+    """``x [M, K] @ W^T`` with dynamic int8, for W prepared by :func:`dynamic_weight`.
+
+    x: float [M, K] (converted to float32), finite; w_q: int8 [N, K] (zero point 0);
+    w_scale: float32 [N]. ``gemm(x_q, zero_point)`` computes the int32 accumulator
+    ``sum_k (x_q[m, k] - zero_point) * w_q[n, k]`` [M, N] of uint8 codes x_q [M, K]; the
+    default is :func:`qgemm_reference`, the kit's kernels pass their own.
+
+    1. one affine uint8 range per call: the min and max of all of x,
+       ``s_x, z_x = choose_qparams(min, max, "affine", "uint8")``;
+    2. ``x_q = quantize(x, s_x, z_x, "uint8")``; ``acc = gemm(x_q, z_x)``;
+    3. ``y = float32(acc) * (float32(s_x) * w_scale[c])``, exactly in this float32 order.
+
+    An empty x (M = 0) gives float32 [0, N] without calling gemm; NaN or inf in x is a
+    ValueError. Returns float32 [M, N].
+    """
     x = np.asarray(x, dtype=np.float32)
-    if x.size == 0:
-        return x.astype(np.uint8), np.float32(1.0), 0
+    w_q = np.asarray(w_q)
+    w_scale = np.asarray(w_scale, np.float32)
+    if w_q.ndim != 2 or w_q.dtype != np.int8:
+        raise ValueError(f"dynamic linear: w_q must be int8 [N, K], got {w_q.dtype} {w_q.shape}")
+    if x.ndim != 2 or x.shape[1] != w_q.shape[1]:
+        raise ValueError(f"dynamic linear: x must be [M, {w_q.shape[1]}], got {x.shape}")
+    if w_scale.shape != (w_q.shape[0],):
+        raise ValueError(f"dynamic linear: w_scale must be [{w_q.shape[0]}], got "
+                         f"{w_scale.shape}")
+    if gemm is None:
+        def gemm(xq, zp):
+            return qgemm_reference(xq, w_q, zp, out_dtype="int32")
+    ### BEGIN SOLUTION
+    if x.shape[0] == 0:
+        return np.zeros((0, w_q.shape[0]), np.float32)
     if not np.all(np.isfinite(x)):
         raise ValueError("dynamic quantization: the activation holds non-finite values")
-    scale, zp = choose_qparams(x.min(), x.max(), "affine", "uint8")
-    return quantize(x, scale, zp, "uint8"), np.float32(scale), int(zp)
-
-
-def dynamic_output(acc, x_scale, w_scale):
-    """float32 [M, N] of an int32 accumulator: ``float32(acc) * (float32(s_x) * s_w[c])``."""
-    per_channel = np.float32(x_scale) * np.asarray(w_scale, np.float32)
+    s_x, z_x = choose_qparams(x.min(), x.max(), "affine", "uint8")
+    acc = gemm(quantize(x, s_x, z_x, "uint8"), int(z_x))
+    per_channel = np.float32(s_x) * w_scale
     return np.asarray(acc).astype(np.float32) * per_channel[None, :]
-
-
-def dynamic_linear_reference(x, w_q, w_scale):
-    """``x [M, K] @ W^T`` with dynamic int8: quantize x over its range, integer GEMM against
-    w_q [N, K] (int8, zero point 0), :func:`dynamic_output`. Returns float32 [M, N]."""
-    xq, s, zp = dynamic_activation(x)
-    acc = qgemm_reference(xq, w_q, zp, out_dtype="int32")
-    return dynamic_output(acc, s, w_scale)
+    ### END SOLUTION
 
 
 # ------------------------------------------------------------------------------------------
@@ -643,8 +657,12 @@ def smoothquant_scales(act_absmax, w, alpha=0.5):
         raise ValueError(f"smoothquant alpha must lie in [0, 1], got {alpha}")
     if not np.all(np.isfinite(a)) or np.any(a < 0):
         raise ValueError("smoothquant_scales: act_absmax must be finite and >= 0")
+    if w.shape[0] == 0:
+        raise ValueError("smoothquant_scales: the weight has no rows (N = 0)")
+    ### BEGIN SOLUTION
     wmax = np.abs(w).max(axis=0).astype(np.float64)
     ok = (a > 0) & (wmax > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.where(ok, a ** alpha / wmax ** (1.0 - alpha), 1.0)
     return s.astype(np.float32)
+    ### END SOLUTION
