@@ -142,7 +142,7 @@ struct Quad {
   const uint8_t* rows[4];
   const float* scales[4];
   const uint8_t* zeros[4];
-  int64_t next_rows;  // bytes from a row to the same column of the next quad (prefetch)
+  int64_t ahead;  // bytes from a row to the same column of a quad further on (prefetch)
 };
 
 // y[r] of the quad for one row of x (xs: split as split_even_odd) over groups [0, ng_full),
@@ -158,8 +158,8 @@ __attribute__((target("avx2"))) __m128 quad_direct(const Quad& q, const float* x
       ze[r] = _mm256_broadcast_ss(&kZeroOffsets.even[q.zeros[r][g]]);
       zo[r] = _mm256_broadcast_ss(&kZeroOffsets.odd[q.zeros[r][g]]);
       ae[r] = ao[r] = _mm256_setzero_ps();
-      // the next quad's codes at this column: the hardware prefetcher alone lags here
-      _mm_prefetch(reinterpret_cast<const char*>(q.rows[r] + (k0 >> 1) + q.next_rows),
+      // codes two quads on at this column: the hardware prefetcher alone lags here
+      _mm_prefetch(reinterpret_cast<const char*>(q.rows[r] + (k0 >> 1) + q.ahead),
                    _MM_HINT_T0);
     }
     for (int64_t t = k0; t < k0 + group; t += kBlock) {
@@ -264,7 +264,7 @@ __attribute__((target("avx2"))) void rows_avx2(const Int4GemmArgs& a, const floa
       q.scales[r] = a.scales + nr * ng;
       q.zeros[r] = a.zeros + nr * ng;
     }
-    q.next_rows = 4 * kb;
+    q.ahead = 2 * 4 * kb;
     const bool whole = n + 4 <= n1;
     if (whole && a.m >= 2 && a.group <= kMaxTileGroup) {
       quad_tiled(q, a, xs_all, ks, n, ng_full);
@@ -362,20 +362,22 @@ void int4_gemm_rows(const Int4GemmArgs& a, Int4Isa isa, int64_t n0, int64_t n1) 
 
 void int4_gemm(const Int4GemmArgs& a) {
   const Int4Isa isa = int4_default_isa();
-  constexpr int64_t kRows = 64;  // rows per task: a multiple of the 4-row vector block
+  // rows per task: a multiple of the 4-row vector block; tasks are handed out as threads
+  // free up, so a thread the (shared) machine slows down does not hold the others back
+  constexpr int64_t kRows = 64;
   const int64_t blocks = (a.n + kRows - 1) / kRows;
   const bool parallel = double(a.m) * double(a.n) * double(a.k) >= 16.0 * kParallelMinElements &&
                         blocks > 1;
 #if NEEDLE_INT4_X86
   if (isa == Int4Isa::kAvx2 && a.group % kBlock == 0) {
     const std::vector<float> xs = split_even_odd(a);
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(dynamic) if (parallel)
     for (int64_t b = 0; b < blocks; ++b)
       rows_avx2(a, xs.data(), b * kRows, std::min(a.n, (b + 1) * kRows));
     return;
   }
 #endif
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(dynamic) if (parallel)
   for (int64_t b = 0; b < blocks; ++b) rows_scalar(a, b * kRows, std::min(a.n, (b + 1) * kRows));
 }
 
