@@ -93,14 +93,15 @@ def run(threads=(1, 2), size=4096, batches=(1, 32), repeats=21):
 
 def format_table(data):
     lines = ["| case | threads | numpy f32 ms | needle f32 ms | int4 g32 ms | int4 g64 ms | "
-             "int4 g128 ms | speedup g64 vs numpy | vs needle | CPU-time speedup g64 vs numpy | "
-             "bit-exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "int4 g128 ms | speedup g64 vs numpy | vs needle | CPU-time speedup vs numpy "
+             "g32 / g64 / g128 | bit-exact |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t, res in data["threads"].items():
         for case, row in res["cases"].items():
             ms = {c: v["median_s"] * 1e3 for c, v in row["timing"].items()}
             cpu = {c: v.get("cpu_median_s") for c, v in row["timing"].items()}
-            cpu_ratio = (f"{cpu['numpy_f32'] / cpu['int4_g64']:.2f}x" if cpu["int4_g64"]
-                         else "-")
+            cpu_ratio = " / ".join(
+                f"{cpu['numpy_f32'] / cpu[f'int4_g{g}']:.2f}x" if cpu[f"int4_g{g}"] else "-"
+                for g in GROUPS)
             lines.append(
                 f"| {case} | {t} | {ms['numpy_f32']:.3f} | {ms['needle_f32']:.3f} | "
                 f"{ms['int4_g32']:.3f} | {ms['int4_g64']:.3f} | {ms['int4_g128']:.3f} | "

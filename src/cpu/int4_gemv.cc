@@ -12,6 +12,15 @@
 // 16 codes, the low nibbles the even positions and the high nibbles the odd ones, so the
 // vector path widens 8 bytes to 8 int32 lanes once and takes both nibbles from them, against
 // a copy of x split the same way (x_even, x_odd per 16 values).
+//
+// The batch-1 product is bound by vector operations, not by memory (4-bit weights are an
+// eighth of float32's bytes), so the vector path spends as few as it can per 16 codes: one
+// widening load, one OR of a float exponent, one AND per nibble and one float subtraction
+// per nibble give u - z exactly (the 2^23 / 2^19 magic numbers, see ZeroOffsets), then the
+// two multiplies and two adds the reference prescribes. Four output channels share each
+// load of x, their four group sums go through the fixed tree together (tree4_avx2), and the
+// next four channels' codes are prefetched. With several rows of x, each group of four
+// channels is unpacked once into a small float tile and reused for every row.
 #include "int4_gemv.h"
 
 #include <algorithm>
@@ -82,73 +91,213 @@ void rows_scalar(const Int4GemmArgs& a, int64_t n0, int64_t n1) {
 #if NEEDLE_INT4_X86
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-// ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7)) of the 8 lanes of q, as tree_sum.
-__attribute__((target("avx2"))) inline float hsum_avx2(__m256 q) {
-  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1));
-  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1)));
+// The float32 values 2^23 + z and 2^19 + z for each zero point z. The bits 0x4B000000 | u
+// are the float 2^23 + u and the bits 0x49000000 | (16 u) the float 2^19 + u, so one exact
+// float subtraction turns a masked byte into u - z: no integer subtraction, no conversion.
+struct ZeroOffsets {
+  float even[16], odd[16];
+  constexpr ZeroOffsets() : even(), odd() {
+    for (int z = 0; z < 16; ++z) even[z] = 8388608.0f + z, odd[z] = 524288.0f + z;
+  }
+};
+constexpr ZeroOffsets kZeroOffsets;
+
+// Weights of 16 codes (8 bytes at p) as exact floats u - z: even positions in *we, odd in
+// *wo. 8 + 2 operations: widen, or the exponent in, two masks, two subtractions.
+struct Unpack16 {
+  __m256i magic, mask_e, mask_o;
+  __attribute__((target("avx2"))) Unpack16()
+      : magic(_mm256_set1_epi32(0x4B000000)), mask_e(_mm256_set1_epi32(0x4B00000F)),
+        mask_o(_mm256_set1_epi32(0x490000F0)) {}
+  __attribute__((target("avx2"))) inline void operator()(const uint8_t* p, __m256 ze, __m256 zo,
+                                                         __m256* we, __m256* wo) const {
+    __m256i v = _mm256_or_si256(
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))), magic);
+    __asm__("" : "+x"(v));  // keep or-then-and: the compiler would turn it into 2 ands + 2 ors
+    *we = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_and_si256(v, mask_e)), ze);
+    *wo = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_and_si256(v, mask_o)), zo);
+  }
+};
+
+// tree_sum of four channels' group partials q = pe + po at once: [S(q0), S(q1), S(q2), S(q3)],
+// S(q) = ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7)), every add in the reference's
+// operand order.
+__attribute__((target("avx2"))) inline __m128 tree4_avx2(__m256 q0, __m256 q1, __m256 q2,
+                                                         __m256 q3) {
+  // a = low half + high half = [q0 + q4, q1 + q5, q2 + q6, q3 + q7]: [a(q0) | a(q1)]
+  const __m256 a01 = _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20),
+                                   _mm256_permute2f128_ps(q0, q1, 0x31));
+  const __m256 a23 = _mm256_add_ps(_mm256_permute2f128_ps(q2, q3, 0x20),
+                                   _mm256_permute2f128_ps(q2, q3, 0x31));
+  // b = [a0 + a2, a1 + a3]: [b(q0), b(q2) | b(q1), b(q3)]
+  const __m256 b = _mm256_add_ps(_mm256_shuffle_ps(a01, a23, 0x44),
+                                 _mm256_shuffle_ps(a01, a23, 0xEE));
+  // b0 + b1: [S0, S2, S0, S2 | S1, S3, S1, S3]
+  const __m256 s = _mm256_add_ps(_mm256_shuffle_ps(b, b, 0x88), _mm256_shuffle_ps(b, b, 0xDD));
+  return _mm_unpacklo_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
 }
 
-// R output channels at once: independent accumulators hide the add latency, and one load of
-// x serves all of them. xs: x split per 16 values into 8 even then 8 odd positions (the
-// vector path needs group % 16 == 0, so blocks of 16 start at multiples of 16).
-template <int R>
-__attribute__((target("avx2"))) void block_avx2(const Int4GemmArgs& a, const float* xs_all,
-                                                int64_t n) {
-  const int64_t kb = (a.k + 1) / 2, ng = (a.k + a.group - 1) / a.group;
-  const int64_t ks = (a.k + kBlock - 1) / kBlock * kBlock;
-  const __m256i mask = _mm256_set1_epi32(0x0F);
-  const uint8_t* rows[R];
-  for (int r = 0; r < R; ++r) rows[r] = a.codes + (n + r) * kb;
-  for (int64_t mi = 0; mi < a.m; ++mi) {
-    const float* x = a.x + mi * a.k;
-    const float* xs = xs_all + mi * ks;
-    float y[R];
-    for (int r = 0; r < R; ++r) y[r] = 0.0f;
-    for (int64_t g = 0; g < ng; ++g) {
-      const int64_t k0 = g * a.group, len = std::min(a.group, a.k - k0);
-      const int64_t full = len / kBlock * kBlock;
-      __m256i z[R];
-      __m256 ae[R], ao[R];
-      for (int r = 0; r < R; ++r) {
-        z[r] = _mm256_set1_epi32(a.zeros[(n + r) * ng + g]);
-        ae[r] = _mm256_setzero_ps();
-        ao[r] = _mm256_setzero_ps();
+// Four output channels (rows, scales and zero points of each) over their full groups.
+struct Quad {
+  const uint8_t* rows[4];
+  const float* scales[4];
+  const uint8_t* zeros[4];
+  int64_t ahead;  // bytes from a row to the same column of a quad further on (prefetch)
+};
+
+// y[r] of the quad for one row of x (xs: split as split_even_odd) over groups [0, ng_full),
+// each a multiple of 16 long: weights unpacked in registers, never stored. The group sums go
+// through the tree in batches of kTreeBatch groups: done right after each group, the tree's
+// ~30-cycle dependency chain stalls the loop; batched, the trees overlap one another.
+constexpr int kTreeBatch = 8;
+
+__attribute__((target("avx2"))) __m128 quad_direct(const Quad& q, const float* xs, int64_t group,
+                                                   int64_t ng_full) {
+  const Unpack16 unpack;
+  alignas(32) float partial[kTreeBatch][4][kLanes];  // q = pe + po of each channel and group
+  __m128 y = _mm_setzero_ps();
+  for (int64_t g0 = 0; g0 < ng_full; g0 += kTreeBatch) {
+    const int64_t batch = std::min<int64_t>(kTreeBatch, ng_full - g0);
+    for (int64_t j = 0; j < batch; ++j) {
+      const int64_t g = g0 + j, k0 = g * group;
+      __m256 ze[4], zo[4], ae[4], ao[4];
+      for (int r = 0; r < 4; ++r) {
+        ze[r] = _mm256_broadcast_ss(&kZeroOffsets.even[q.zeros[r][g]]);
+        zo[r] = _mm256_broadcast_ss(&kZeroOffsets.odd[q.zeros[r][g]]);
+        ae[r] = ao[r] = _mm256_setzero_ps();
+        // codes two quads on at this column: the hardware prefetcher alone lags here
+        _mm_prefetch(reinterpret_cast<const char*>(q.rows[r] + (k0 >> 1) + q.ahead),
+                     _MM_HINT_T0);
       }
-      for (int64_t t = 0; t < full; t += kBlock) {
-        const __m256 xe = _mm256_loadu_ps(xs + k0 + t), xo = _mm256_loadu_ps(xs + k0 + t + kLanes);
-        const int64_t byte = (k0 + t) >> 1;
-        for (int r = 0; r < R; ++r) {
-          const __m256i v = _mm256_cvtepu8_epi32(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[r] + byte)));
-          const __m256 we = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(v, mask), z[r]));
-          const __m256 wo = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(v, 4), z[r]));
+      for (int64_t t = k0; t < k0 + group; t += kBlock) {
+        const __m256 xe = _mm256_loadu_ps(xs + t), xo = _mm256_loadu_ps(xs + t + kLanes);
+        for (int r = 0; r < 4; ++r) {
+          __m256 we, wo;
+          unpack(q.rows[r] + (t >> 1), ze[r], zo[r], &we, &wo);
           ae[r] = _mm256_add_ps(ae[r], _mm256_mul_ps(we, xe));
           ao[r] = _mm256_add_ps(ao[r], _mm256_mul_ps(wo, xo));
         }
       }
-      for (int r = 0; r < R; ++r) {
-        float sum;
-        if (full < len) {
-          alignas(32) float pe[kLanes], po[kLanes];
-          _mm256_store_ps(pe, ae[r]);
-          _mm256_store_ps(po, ao[r]);
-          group_tail(pe, po, rows[r], x, k0, full, len, a.zeros[(n + r) * ng + g]);
-          sum = tree_sum(pe, po);
-        } else {
-          sum = hsum_avx2(_mm256_add_ps(ae[r], ao[r]));
-        }
-        y[r] = y[r] + a.scales[(n + r) * ng + g] * sum;
+      for (int r = 0; r < 4; ++r) _mm256_store_ps(partial[j][r], _mm256_add_ps(ae[r], ao[r]));
+    }
+    for (int64_t j = 0; j < batch; ++j) {
+      const int64_t g = g0 + j;
+      const __m128 sum = tree4_avx2(_mm256_load_ps(partial[j][0]), _mm256_load_ps(partial[j][1]),
+                                    _mm256_load_ps(partial[j][2]), _mm256_load_ps(partial[j][3]));
+      const __m128 s =
+          _mm_setr_ps(q.scales[0][g], q.scales[1][g], q.scales[2][g], q.scales[3][g]);
+      y = _mm_add_ps(y, _mm_mul_ps(s, sum));
+    }
+  }
+  return y;
+}
+
+// y + s * (group sum) of one channel's last group when it is shorter than `group` (k % group
+// != 0): its full 16-code blocks in vector, the rest by the scalar rule.
+__attribute__((target("avx2"))) float last_group_avx2(float y, const uint8_t* row, float s,
+                                                      int z, const float* x, const float* xs,
+                                                      int64_t k0, int64_t len) {
+  const Unpack16 unpack;
+  const __m256 ze = _mm256_broadcast_ss(&kZeroOffsets.even[z]);
+  const __m256 zo = _mm256_broadcast_ss(&kZeroOffsets.odd[z]);
+  __m256 ae = _mm256_setzero_ps(), ao = _mm256_setzero_ps();
+  const int64_t full = len / kBlock * kBlock;
+  for (int64_t t = 0; t < full; t += kBlock) {
+    __m256 we, wo;
+    unpack(row + ((k0 + t) >> 1), ze, zo, &we, &wo);
+    ae = _mm256_add_ps(ae, _mm256_mul_ps(we, _mm256_loadu_ps(xs + k0 + t)));
+    ao = _mm256_add_ps(ao, _mm256_mul_ps(wo, _mm256_loadu_ps(xs + k0 + t + kLanes)));
+  }
+  alignas(32) float pe[kLanes], po[kLanes];
+  _mm256_store_ps(pe, ae);
+  _mm256_store_ps(po, ao);
+  group_tail(pe, po, row, x, k0, full, len, z);
+  return y + s * tree_sum(pe, po);
+}
+
+// Several rows of x (m >= 2): each group of the quad is unpacked once into a small float
+// tile (4 x group, the even/odd order of xs) and reused for every row of x; out[m, quad]
+// accumulates group by group (0 + v first, as the reference's y = 0 start).
+constexpr int64_t kMaxTileGroup = 1024;  // 16 KiB of tile on the stack
+
+__attribute__((target("avx2"))) void quad_tiled(const Quad& q, const Int4GemmArgs& a,
+                                                const float* xs_all, int64_t ks, int64_t n,
+                                                int64_t ng_full) {
+  const Unpack16 unpack;
+  alignas(32) float tile[4 * kMaxTileGroup];
+  const int64_t group = a.group;
+  for (int64_t mi = 0; mi < a.m; ++mi)
+    for (int r = 0; r < 4; ++r) a.out[mi * a.n + n + r] = 0.0f;
+  for (int64_t g = 0; g < ng_full; ++g) {
+    const int64_t k0 = g * group;
+    for (int r = 0; r < 4; ++r) {
+      const __m256 ze = _mm256_broadcast_ss(&kZeroOffsets.even[q.zeros[r][g]]);
+      const __m256 zo = _mm256_broadcast_ss(&kZeroOffsets.odd[q.zeros[r][g]]);
+      float* w = tile + r * group;
+      for (int64_t t = 0; t < group; t += kBlock) {
+        __m256 we, wo;
+        unpack(q.rows[r] + ((k0 + t) >> 1), ze, zo, &we, &wo);
+        _mm256_store_ps(w + t, we);
+        _mm256_store_ps(w + t + kLanes, wo);
       }
     }
-    for (int r = 0; r < R; ++r) a.out[mi * a.n + n + r] = y[r];
+    const __m128 s = _mm_setr_ps(q.scales[0][g], q.scales[1][g], q.scales[2][g], q.scales[3][g]);
+    for (int64_t mi = 0; mi < a.m; ++mi) {
+      const float* xs = xs_all + mi * ks + k0;
+      __m256 ae[4], ao[4];
+      for (int r = 0; r < 4; ++r) ae[r] = ao[r] = _mm256_setzero_ps();
+      for (int64_t t = 0; t < group; t += kBlock) {
+        const __m256 xe = _mm256_loadu_ps(xs + t), xo = _mm256_loadu_ps(xs + t + kLanes);
+        for (int r = 0; r < 4; ++r) {
+          const float* w = tile + r * group + t;
+          ae[r] = _mm256_add_ps(ae[r], _mm256_mul_ps(_mm256_load_ps(w), xe));
+          ao[r] = _mm256_add_ps(ao[r], _mm256_mul_ps(_mm256_load_ps(w + kLanes), xo));
+        }
+      }
+      const __m128 sum = tree4_avx2(_mm256_add_ps(ae[0], ao[0]), _mm256_add_ps(ae[1], ao[1]),
+                                    _mm256_add_ps(ae[2], ao[2]), _mm256_add_ps(ae[3], ao[3]));
+      float* y = a.out + mi * a.n + n;
+      _mm_storeu_ps(y, _mm_add_ps(_mm_loadu_ps(y), _mm_mul_ps(s, sum)));
+    }
   }
 }
 
-void rows_avx2(const Int4GemmArgs& a, const float* xs, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) block_avx2<4>(a, xs, n);
-  for (; n < n1; ++n) block_avx2<1>(a, xs, n);
+// Rows [n0, n1) for every row of x, four output channels at a time; a last partial quad
+// repeats its final channel and keeps only the real ones.
+__attribute__((target("avx2"))) void rows_avx2(const Int4GemmArgs& a, const float* xs_all,
+                                               int64_t n0, int64_t n1) {
+  const int64_t kb = (a.k + 1) / 2, ng = (a.k + a.group - 1) / a.group;
+  const int64_t ks = (a.k + kBlock - 1) / kBlock * kBlock;
+  const int64_t ng_full = a.k / a.group;
+  for (int64_t n = n0; n < n1; n += 4) {
+    Quad q;
+    for (int r = 0; r < 4; ++r) {
+      const int64_t nr = std::min(n + r, n1 - 1);
+      q.rows[r] = a.codes + nr * kb;
+      q.scales[r] = a.scales + nr * ng;
+      q.zeros[r] = a.zeros + nr * ng;
+    }
+    q.ahead = 2 * 4 * kb;
+    const bool whole = n + 4 <= n1;
+    if (whole && a.m >= 2 && a.group <= kMaxTileGroup) {
+      quad_tiled(q, a, xs_all, ks, n, ng_full);
+    } else {
+      for (int64_t mi = 0; mi < a.m; ++mi) {
+        alignas(16) float y[4];
+        _mm_store_ps(y, quad_direct(q, xs_all + mi * ks, a.group, ng_full));
+        for (int r = 0; r < 4 && n + r < n1; ++r) a.out[mi * a.n + n + r] = y[r];
+      }
+    }
+    if (ng_full < ng) {  // the short last group, added last as in the reference
+      const int64_t k0 = ng_full * a.group;
+      for (int64_t mi = 0; mi < a.m; ++mi)
+        for (int r = 0; r < 4 && n + r < n1; ++r) {
+          float* y = a.out + mi * a.n + n + r;
+          *y = last_group_avx2(*y, q.rows[r], q.scales[r][ng_full], q.zeros[r][ng_full],
+                               a.x + mi * a.k, xs_all + mi * ks, k0, a.k - k0);
+        }
+    }
+  }
 }
 #endif
 
@@ -226,20 +375,22 @@ void int4_gemm_rows(const Int4GemmArgs& a, Int4Isa isa, int64_t n0, int64_t n1) 
 
 void int4_gemm(const Int4GemmArgs& a) {
   const Int4Isa isa = int4_default_isa();
-  constexpr int64_t kRows = 64;  // rows per task: a multiple of the 4-row vector block
+  // rows per task: a multiple of the 4-row vector block; tasks are handed out as threads
+  // free up, so a thread the (shared) machine slows down does not hold the others back
+  constexpr int64_t kRows = 64;
   const int64_t blocks = (a.n + kRows - 1) / kRows;
   const bool parallel = double(a.m) * double(a.n) * double(a.k) >= 16.0 * kParallelMinElements &&
                         blocks > 1;
 #if NEEDLE_INT4_X86
   if (isa == Int4Isa::kAvx2 && a.group % kBlock == 0) {
     const std::vector<float> xs = split_even_odd(a);
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(dynamic) if (parallel)
     for (int64_t b = 0; b < blocks; ++b)
       rows_avx2(a, xs.data(), b * kRows, std::min(a.n, (b + 1) * kRows));
     return;
   }
 #endif
-#pragma omp parallel for schedule(static) if (parallel)
+#pragma omp parallel for schedule(dynamic) if (parallel)
   for (int64_t b = 0; b < blocks; ++b) rows_scalar(a, b * kRows, std::min(a.n, (b + 1) * kRows));
 }
 
