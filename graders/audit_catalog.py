@@ -627,6 +627,39 @@ CATALOG += [
       NB8, F("b_fold = bn.bias - bn.running_mean * sf", "b_fold = bn.bias + 0 * bn.running_mean", file=QAT)),
 ]
 
+# Notebook 07 and 08: more wrong solutions, so that every exercise has at least four.
+CATALOG += [
+    M("quantize_weight", "qweight_truncates", "divides by the scale and truncates toward zero",
+      NB7, F("q = R.quantize(w, scale, zp, \"int8\", axis=obs.axis, qmin=qmin, qmax=qmax)",
+             "s = np.asarray(scale, np.float32).reshape(\n"
+             "        [-1 if i == obs.axis % w.ndim else 1 for i in range(w.ndim)])\n"
+             "    q = np.clip(np.trunc(w / s), qmin, qmax).astype(np.int8)", file=CONV)),
+    M("FakeQuantize.compute", "fq_ignores_bits", "fake-quantizes to the dtype's 8 bits, not to bits",
+      NB8, F("out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
+             "                              self.reduced_range)",
+             "out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, None,\n"
+             "                              self.reduced_range)", file=QAT)),
+    M("FakeQuantize.compute", "fq_full_range", "ignores the reduced (symmetric) range",
+      NB8, F("out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
+             "                              self.reduced_range)",
+             "out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
+             "                              False)", file=QAT)),
+    M("FakeQuantize.gradient", "ste_mask_open_interval", "the mask drops the codes at the range ends",
+      NB8, F("mask = (codes >= self.qmin) & (codes <= self.qmax) & ~np.isnan(x)",
+             "mask = (codes > self.qmin) & (codes < self.qmax) & ~np.isnan(x)", file=QAT)),
+    M("FakeQuantize.gradient", "ste_mask_ignores_zero_point", "the mask's codes leave out the zero point",
+      NB8, F("codes = R.quantize(x, self.scale, self.zero_point, \"int32\", axis=self.axis)",
+             "codes = R.quantize(x, self.scale, 0, \"int32\", axis=self.axis)", file=QAT)),
+    M("conv_bn_qat", "qat_eps_outside_sqrt", "adds eps after the square root when folding",
+      NB8, F("    sf = bn.weight / ops.power_scalar(bn.running_var + bn.eps, 0.5)\n    w_fold",
+             "    sf = bn.weight / (ops.power_scalar(bn.running_var, 0.5) + bn.eps)\n    w_fold",
+             file=QAT)),
+    M("conv_bn_qat", "qat_train_keeps_running_stats", "training never updates the running statistics",
+      NB8, F("    bn.running_mean = ((1 - m) * bn.running_mean + m * mean.detach()).detach()\n"
+             "    bn.running_var = ((1 - m) * bn.running_var + m * var.detach()).detach()\n",
+             "", file=QAT)),
+]
+
 # Notebook 09: language models (weight-only int4, dynamic int8, SmoothQuant).
 NB9 = "09_language_models"
 CATALOG += [

@@ -159,6 +159,7 @@ RULES = {
         ("per output channel along the given axis, reduced range",
          ["qweight_per_tensor", "qweight_scale_not_per_channel",
           "qweight_axis_zero"]),
+        ("codes rounded half to even (reference.quantize)", ["qweight_truncates"]),
     ],
     "QuantStub.forward": [
         ("x / scale, round half to even, add the zero point, saturate",
@@ -187,15 +188,21 @@ RULES = {
     "FakeQuantize.compute": [
         ("the forward value is reference.fake_quantize: quantize with the stored qparams, then "
          "dequantize", ["fq_passes_input_through", "fq_returns_codes"]),
+        ("the grid has the stored bits and range (4-bit, reduced range for weights)",
+         ["fq_ignores_bits", "fq_full_range"]),
     ],
     "FakeQuantize.gradient": [
         ("straight-through: the gradient passes where the unclamped code lies in [qmin, qmax], "
          "and is 0 outside (and for NaN)", ["ste_without_clipping_mask", "ste_zero_gradient"]),
+        ("the range ends qmin and qmax are inside; the code includes the zero point",
+         ["ste_mask_open_interval", "ste_mask_ignores_zero_point"]),
     ],
     "conv_bn_qat": [
         ("BatchNorm is folded with gamma / sqrt(running_var + eps) before the weight is "
          "quantized; in eval the folded bias is beta - mean * factor",
-         ["qat_fold_var_not_std", "qat_eval_forgets_mean"]),
+         ["qat_fold_var_not_std", "qat_eval_forgets_mean", "qat_eps_outside_sqrt"]),
+        ("in training: batch statistics, and the running statistics updated with the momentum",
+         ["qat_train_keeps_running_stats"]),
     ],
 }
 
