@@ -217,3 +217,23 @@ def test_fused_conv_matches_torch_conv_bn_relu():
     fused = fuse_model(seq)
     assert isinstance(fused, FusedConv2d) and fused.relu
     np.testing.assert_allclose(fused(tensor(x)).numpy(), want, rtol=1e-4, atol=1e-5)
+
+
+def test_fusing_a_fused_model_changes_nothing():
+    # a FusedResidual is a Residual: fused again it must keep the ReLU it carries
+    def conv_bn(c_in, c_out):
+        return [nn.Conv(c_in, c_out, 3, device=DEV), nn.BatchNorm2d(c_out, device=DEV)]
+    model = randomize_bn(nn.Sequential(
+        *conv_bn(1, 3), nn.ReLU(),
+        nn.Residual(nn.Sequential(*conv_bn(3, 3), nn.ReLU(), *conv_bn(3, 3))), nn.ReLU(),
+        nn.Residual(nn.Sequential(*conv_bn(3, 3))),
+        nn.Flatten(), nn.Linear(3 * 6 * 6, 4, device=DEV)), seed=7).eval()
+    x = tensor(images(2, hw=6)[0])
+    once = fuse_model(model)
+    twice = fuse_model(once)
+    kinds = [(type(m), getattr(m, "relu", None)) for m in once.modules]
+    assert kinds == [(FusedConv2d, True), (FusedResidual, True), (FusedResidual, False),
+                     (nn.Flatten, None), (FusedLinear, False)]
+    assert [(type(m), getattr(m, "relu", None)) for m in twice.modules] == kinds
+    np.testing.assert_allclose(once(x).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(twice(x).numpy(), once(x).numpy())

@@ -263,18 +263,33 @@ def _fuse(model, rules=FuseRules):
         return model
     if isinstance(model, (Conv, nnb.Linear, nnb.Residual, nnb.Sequential)):
         mods = list(model.modules) if isinstance(model, nnb.Sequential) else [model]
-        mods = fuse_sequence(mods, rules)
+        mods = fuse_sequence(_unfuse_residual_relus(mods), rules)
         return mods[0] if len(mods) == 1 else nnb.Sequential(*mods)
     for k, v in list(model.__dict__.items()):
         model.__dict__[k] = _fuse_attr(v, rules)
     return model
 
 
+def _unfuse_residual_relus(mods):
+    """``mods`` with each ``FusedResidual(fn, relu=True)`` written back as ``Residual(fn), ReLU``.
+
+    A FusedResidual is a Residual, so fusing an already fused model would see it as a plain
+    ``Residual`` and drop the ReLU it carries; spelled out again, it fuses back to itself.
+    """
+    out = []
+    for m in mods:
+        if isinstance(m, FusedResidual) and m.relu:
+            out += [nnb.Residual(m.fn), nnb.ReLU()]
+        else:
+            out.append(m)
+    return out
+
+
 def _fuse_attr(v, rules=FuseRules):
     if isinstance(v, Module):
         return _fuse(v, rules)
     if isinstance(v, (list, tuple)) and any(isinstance(x, Module) for x in v):
-        return type(v)(fuse_sequence(list(v), rules))
+        return type(v)(fuse_sequence(_unfuse_residual_relus(list(v)), rules))
     if isinstance(v, dict):
         return {k: _fuse_attr(x, rules) for k, x in v.items()}
     return v
