@@ -15,7 +15,9 @@ calibrated static int8 path of the CNNs): no calibration data is needed, because
   speed comparisons).
 
 The embedding table, the biases and the LSTM's elementwise gate math stay float32. Inference
-only (no autograd): inputs and outputs are needle Tensors, the work is numpy + kernels.
+only (no autograd): inputs and outputs are needle Tensors, the work is numpy + kernels. The
+LSTM layers run ``needle.quant.recurrent.lstm_layer_inference``, the loop that
+``quantize_dynamic``'s ``DynamicQuantizedLSTM`` runs too.
 """
 import json
 
@@ -27,16 +29,13 @@ from ..nn.nn_basic import Module
 from ..serialization import SerializationError
 from .dynamic import DynamicInt8Matrix, FloatMatrix
 from .int4 import Int4Weight, int4_file_parts, read_int4_descriptions
+from .recurrent import lstm_cell_arrays, lstm_layer_inference
 
 __all__ = ["quantize_lm", "QuantizedLanguageModel", "save_quantized_lm", "load_quantized_lm",
            "LM_WEIGHTS"]
 
 LM_WEIGHTS = ("float32", "int8", "int4")
 LM_KEY = "needle.quant.lm"
-
-
-def _sigmoid(x):
-    return np.float32(0.5) * (np.tanh(np.float32(0.5) * x) + np.float32(1.0))
 
 
 def _matrix(w_nk, weights, group, scheme, device):
@@ -94,16 +93,7 @@ class QuantizedLanguageModel(Module):
         X = self.embedding_table[ids]                          # (T, bs, E)
         hs, cs = [], []
         for li, (w_ih, w_hh, bias) in enumerate(self.layers):
-            gx = w_ih.matmul(X.reshape(T * bs, -1)).reshape(T, bs, 4 * H) + bias
-            hh, cc = h0[li], c0[li]
-            out = np.empty((T, bs, H), np.float32)
-            for t in range(T):
-                g = gx[t] + w_hh.matmul(hh)
-                i, f, gg, o = (g[:, j * H:(j + 1) * H] for j in range(4))
-                cc = _sigmoid(f) * cc + _sigmoid(i) * np.tanh(gg)
-                hh = _sigmoid(o) * np.tanh(cc)
-                out[t] = hh
-            X = out
+            X, hh, cc = lstm_layer_inference(X, h0[li], c0[li], w_ih, w_hh, bias)
             hs.append(hh)
             cs.append(cc)
         logits = self.linear_matrix.matmul(X.reshape(T * bs, H)) + self.linear_bias
@@ -139,14 +129,9 @@ def quantize_lm(model, weights="int4", group=64, scheme="symmetric", device=None
         raise ValueError("quantize_lm handles LSTM LanguageModels (seq_model='lstm')")
     layers = []
     for cell in model.seq_model.lstm_cells:
-        w_ih = cell.W_ih.numpy().T                             # (4H, in)
-        w_hh = cell.W_hh.numpy().T                             # (4H, H)
-        bias = np.zeros(w_ih.shape[0], np.float32)
-        for b in (cell.bias_ih, cell.bias_hh):
-            if b is not None:
-                bias = bias + b.numpy().reshape(-1)
+        w_ih, w_hh, bias = lstm_cell_arrays(cell)              # (4H, in), (4H, H), (4H,)
         layers.append((_matrix(w_ih, weights, group, scheme, device),
-                       _matrix(w_hh, weights, group, scheme, device), bias.astype(np.float32)))
+                       _matrix(w_hh, weights, group, scheme, device), bias))
     lin = _matrix(model.linear.weight.numpy().T, weights, group, scheme, device)
     lb = model.linear.bias.numpy().reshape(-1) if model.linear.bias is not None else \
         np.zeros(lin.n, np.float32)
