@@ -102,7 +102,8 @@ SANITIZE_DIR ?= build-sanitize
 SANITIZE_TESTS ?= tests/test_fuzz_native.py tests/test_fuzz_files.py tests/test_safety_regressions.py \
   tests/test_ndarray.py tests/test_qgemm.py tests/test_qgemm_amx.py tests/test_gemm_f32.py \
   tests/test_cuda_backend.py tests/test_ops.py tests/test_nn.py tests/test_quant_modules.py \
-  tests/test_serialization.py tests/test_int4.py tests/test_int4_kernel.py tests/test_dynamic.py tests/test_fork_safety.py \
+  tests/test_serialization.py tests/test_int4.py tests/test_int4_kernel.py tests/test_int4_cuda.py \
+  tests/test_dynamic.py tests/test_dynamic_lstm.py tests/test_fork_safety.py \
   tests/test_sanitizer_probe.py
 SANITIZE_EMULATION := $(shell command -v nvcc >/dev/null 2>&1 && echo ON || echo OFF)
 .PHONY: fuzz sanitize

@@ -12,9 +12,12 @@ from needle.quant.lm import load_quantized_lm, quantize_lm, save_quantized_lm
 from needle.serialization import SerializationError, load_numpy
 
 DEVICES = [ndl.cpu_numpy()] + ([ndl.cpu()] if ndl.cpu().enabled() else [])
+# the integer GEMM of the CUDA backend too (skipped without a GPU)
+GEMM_DEVICES = DEVICES + [pytest.param(ndl.cuda(), id="cuda", marks=pytest.mark.skipif(
+    not ndl.cuda().enabled(), reason="no CUDA GPU"))]
 
 
-@pytest.mark.parametrize("device", DEVICES, ids=lambda d: d.name)
+@pytest.mark.parametrize("device", GEMM_DEVICES, ids=lambda d: d.name)
 @pytest.mark.parametrize("m,n,k", [(1, 5, 7), (8, 33, 128), (3, 512, 32)])
 def test_dynamic_matrix_is_bit_exact(device, m, n, k):
     rng = np.random.default_rng(n)

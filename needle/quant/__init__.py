@@ -19,6 +19,7 @@ from .convert import (PreparedModel, QuantizedModel, prepare, calibrate, convert
 from .qat import (FakeQuantize, fake_quantize, QATModel, prepare_qat, fine_tune, save_qat,
                   load_qat)
 from .int4 import Int4Weight, save_int4, load_int4
-from .dynamic import DynamicInt8Matrix, DynamicQuantizedLinear, quantize_dynamic
+from .dynamic import (DynamicInt8Matrix, DynamicQuantizedLinear, DynamicQuantizedLSTM,
+                      DynamicQuantizedLSTMCell, quantize_dynamic)
 from .lm import QuantizedLanguageModel, quantize_lm, save_quantized_lm, load_quantized_lm
 from .smooth import StaticInt8Matrix, channel_ranges, quantize_lm_w8a8, with_outlier_channel

@@ -19,6 +19,7 @@
 #include "cuda_array.cuh"
 #include "emulate.cuh"
 #include "gemm_f32.cuh"
+#include "int4_gemv.cuh"
 #include "qgemm.cuh"
 
 namespace py = pybind11;
@@ -259,6 +260,59 @@ py::array emulate_qgemm(const py::array& a_in, const py::array& w_in, int32_t a_
   return result;
 }
 
+// int4_gemm through the kernel's warp phases: per output, each step's 32 lane partials, then
+// lane 0's fold, exactly as one warp of int4_gemm_kernel runs them.
+py::array_t<float> emulate_int4_gemm(const py::array& x_in, const py::array& codes_in,
+                                     const py::array& scales_in, const py::array& zeros_in,
+                                     int64_t group) {
+  auto x = as_2d<float>(x_in, "x", "float32");
+  auto codes = as_2d<uint8_t>(codes_in, "codes", "uint8");
+  auto scales = as_2d<float>(scales_in, "scales", "float32");
+  auto zeros = as_2d<uint8_t>(zeros_in, "zeros", "uint8");
+  const int64_t M = x.shape(0), K = x.shape(1), N = codes.shape(0);
+  if (K < 1) throw std::invalid_argument("emulate.int4_gemm: x needs k >= 1 columns");
+  if (group < 8 || group % 8 != 0 || group > (int64_t(1) << 30)) {
+    throw std::invalid_argument("emulate.int4_gemm: group must be a positive multiple of 8, "
+                                "got " + std::to_string(group));
+  }
+  const int64_t ng = (K + group - 1) / group;
+  if (codes.shape(1) != (K + 1) / 2) {
+    throw std::invalid_argument("emulate.int4_gemm: codes must be [n, " +
+                                std::to_string((K + 1) / 2) + "] for k = " + std::to_string(K) +
+                                ", got [" + std::to_string(codes.shape(0)) + ", " +
+                                std::to_string(codes.shape(1)) + "]");
+  }
+  for (const auto* a : {&scales_in, &zeros_in}) {
+    if (a->shape(0) != N || a->shape(1) != ng) {
+      throw std::invalid_argument("emulate.int4_gemm: scales and zeros must be [" +
+                                  std::to_string(N) + ", " + std::to_string(ng) + "]");
+    }
+  }
+  for (int64_t i = 0; i < N * ng; ++i) {
+    if (zeros.data()[i] > 15) {
+      throw std::invalid_argument("emulate.int4_gemm: zero point " +
+                                  std::to_string(int(zeros.data()[i])) + " at " +
+                                  std::to_string(i) + " is outside [0, 15]");
+    }
+  }
+  check_emulated("int4_gemm", {M, N});
+  py::array_t<float> out({M, N});
+  int4k::Int4Args a{x.data(), codes.data(), scales.data(), zeros.data(), out.mutable_data(),
+                    M, N, K, group};
+  float partials[int4k::kWarp];
+  for (int64_t o = 0; o < M * N; ++o) {
+    const int64_t mi = o / N, n = o % N;
+    float y = 0.0f;
+    for (int64_t step = 0; step < int4k::warp_steps(a); ++step) {
+      for (int lane = 0; lane < int4k::kWarp; ++lane)
+        partials[lane] = int4k::lane_partial(a, mi, n, step, lane);
+      y = int4k::fold_step(a, n, step, partials, y);
+    }
+    a.out[o] = y;
+  }
+  return out;
+}
+
 // compact() of a strided view of the flat buffer `buf`, with the kernel's view_index.
 py::array emulate_compact(const py::array& buf_in, const std::vector<int64_t>& shape,
                           const std::vector<int64_t>& strides, int64_t offset) {
@@ -314,6 +368,11 @@ void register_emulation(py::module_& m) {
         py::arg("path") = "dp4a",
         "qgemm of a [M, K] (uint8/int8) and unpacked int8 w [N, K] through the tiles of the "
         "dp4a kernel or (path='mma') the tensor-core kernel, with mma.sync emulated per warp.");
+  e.def("int4_gemm", &emulate_int4_gemm, py::arg("x"), py::arg("codes"), py::arg("scales"),
+        py::arg("zeros"), py::arg("group"),
+        "x [M, K] float32 @ W^T for group-wise int4 W (codes uint8 [N, ceil(K/2)], scales "
+        "float32 and zeros uint8 [N, ceil(K/group)]) through the int4_gemm kernel's warp "
+        "phases.");
   e.def("compact", &emulate_compact, py::arg("buffer"), py::arg("shape"), py::arg("strides"),
         py::arg("offset"), "Gather a strided view of a 1-D buffer as the compact kernel does.");
   e.def("astype", &emulate_astype, py::arg("x"), py::arg("dtype"),

@@ -458,5 +458,6 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
         py::arg("n"), py::arg("p"));
 
   register_quant_ops(m);
+  register_int4_ops(m);
   register_emulation(m);
 }
