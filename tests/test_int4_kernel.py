@@ -16,7 +16,7 @@ from needle.quant import reference as R
 CPU = nd.cpu()
 pytestmark = pytest.mark.skipif(not CPU.enabled() or not hasattr(CPU.mod, "int4_gemm"),
                                 reason="C++ CPU backend (with int4_gemm) not built")
-ISAS = ["avx2", "scalar"]
+ISAS = ["avx512", "avx2", "scalar"]  # NEEDLE_ISA caps: a level the CPU lacks runs the next one
 
 
 def operands(m, n, k, group, seed, x_scale=1.0):
@@ -61,6 +61,15 @@ def check(monkeypatch, isa, x, packed, scales, zeros, group):
 @pytest.mark.parametrize("k", [1, 15, 16, 17, 100, 257])
 def test_every_group_size_and_tail(monkeypatch, isa, group, k):
     check(monkeypatch, isa, *operands(2, 6, k, group, seed=group * 1000 + k), group)
+    # one row of x and 17 channels: the AVX-512 path's two 8-channel blocks and a last one
+    x, packed, scales, zeros = operands(1, 17, k, group, seed=group * 1000 + k + 1)
+    check(monkeypatch, isa, x, packed, scales, zeros, group)
+    # one zero point everywhere (the symmetric scheme's 8, and another): the lookup path
+    for z in (8, k % 16):
+        check(monkeypatch, isa, x, packed, scales, np.full_like(zeros, z), group)
+    # uniform in the first channels only
+    zeros[:8] = 3
+    check(monkeypatch, isa, x, packed, scales, zeros, group)
 
 
 @pytest.mark.parametrize("isa", ISAS)

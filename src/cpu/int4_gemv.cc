@@ -299,6 +299,220 @@ __attribute__((target("avx2"))) void rows_avx2(const Int4GemmArgs& a, const floa
     }
   }
 }
+
+// ---- AVX-512: two output channels per 512-bit vector ----------------------------------------
+//
+// The lane rule has 8 + 8 partial sums per group, one AVX2 vector each; a 512-bit vector holds
+// the same 8 lanes of two channels (low half channel r, high half channel r + 1), so each
+// vector operation does the work of two AVX2 ones, in the same order. Eight channels (four
+// pairs) share each load of x; the group sums go through the AVX2 tree, four channels at a
+// time. Used for one row of x (batch-1 generation); m >= 2 keeps the AVX2 tile path.
+
+// 16 bytes of codes: 8 of channel r0 at p0 (low lanes), 8 of channel r1 at p1 (high lanes),
+// one byte per 32-bit lane.
+__attribute__((target("avx512f"))) inline __m512i load_pair(const uint8_t* p0, const uint8_t* p1) {
+  return _mm512_cvtepu8_epi32(
+      _mm_unpacklo_epi64(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p0)),
+                         _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p1))));
+}
+
+// Both channels' 16 codes as exact floats u - z, any zero points: (v & mask) | exponent in one
+// ternary-logic op per nibble (the magic numbers of ZeroOffsets), then the subtraction.
+struct UnpackPair {
+  __m512i mask_e, mask_o, exp_e, exp_o;
+  __attribute__((target("avx512f"))) UnpackPair()
+      : mask_e(_mm512_set1_epi32(0x0F)), mask_o(_mm512_set1_epi32(0xF0)),
+        exp_e(_mm512_set1_epi32(0x4B000000)), exp_o(_mm512_set1_epi32(0x49000000)) {}
+  __attribute__((target("avx512f"))) inline void operator()(__m512i v, __m512 ze, __m512 zo,
+                                                            __m512* we, __m512* wo) const {
+    // 0xEA: (a & b) | c
+    *we = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_ternarylogic_epi32(v, mask_e, exp_e, 0xEA)),
+                        ze);
+    *wo = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_ternarylogic_epi32(v, mask_o, exp_o, 0xEA)),
+                        zo);
+  }
+};
+
+// The same when both channels have one zero point z for all their groups (the symmetric
+// scheme): u - z looked up in a 16-entry table by the nibble itself (vpermps reads only the
+// low 4 bits of each index), no mask and no subtraction.
+struct UnpackUniform {
+  __m512 table;
+  __attribute__((target("avx512f"))) explicit UnpackUniform(int z) {
+    alignas(64) float t[16];
+    for (int u = 0; u < 16; ++u) t[u] = static_cast<float>(u - z);
+    table = _mm512_load_ps(t);
+  }
+  __attribute__((target("avx512f"))) inline void operator()(__m512i v, __m512* we,
+                                                            __m512* wo) const {
+    *we = _mm512_permutexvar_ps(v, table);
+    *wo = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
+  }
+};
+
+// A 512-bit vector of a (low 8 lanes) and b (high 8 lanes).
+__attribute__((target("avx512f"))) inline __m512 pair_of(float a, float b) {
+  return _mm512_mask_blend_ps(__mmask16(0xFF00), _mm512_set1_ps(a), _mm512_set1_ps(b));
+}
+
+// The 8 lanes of x at xs duplicated into both halves.
+__attribute__((target("avx512f"))) inline __m512 both_halves(const float* xs) {
+  return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(xs))));
+}
+
+__attribute__((target("avx512f"))) inline __m256 low_half(__m512 v) {
+  return _mm512_castps512_ps256(v);
+}
+
+__attribute__((target("avx512f"))) inline __m256 high_half(__m512 v) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+// tree_sum of eight channels' group partials at once. P[p] holds q = pe + po of channels 2p
+// (low half) and 2p + 1 (high half); the result holds S(channel i) in lane 0 and
+// S(channel i + 4) in lane 1 of 128-bit chunk i (lanes 2, 3 repeat them). Every add has the
+// reference's operands: S(q) = ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7)).
+__attribute__((target("avx512f"))) inline __m512 tree8_avx512(__m512 p0, __m512 p1, __m512 p2,
+                                                              __m512 p3) {
+  // chunk i of a01: lanes q0 + q4, q1 + q5, q2 + q6, q3 + q7 of channel i (a23: channel 4 + i)
+  const __m512 a01 = _mm512_add_ps(_mm512_shuffle_f32x4(p0, p1, 0x88),
+                                   _mm512_shuffle_f32x4(p0, p1, 0xDD));
+  const __m512 a23 = _mm512_add_ps(_mm512_shuffle_f32x4(p2, p3, 0x88),
+                                   _mm512_shuffle_f32x4(p2, p3, 0xDD));
+  // chunk i: [a0 + a2, a1 + a3] of channel i, then of channel 4 + i
+  const __m512 b = _mm512_add_ps(_mm512_shuffle_ps(a01, a23, 0x44),
+                                 _mm512_shuffle_ps(a01, a23, 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(b, b, 0x88), _mm512_shuffle_ps(b, b, 0xDD));
+}
+
+// out[j][r] = in[r * stride + j] for r, j < 8 (eight rows of scales, eight groups each).
+__attribute__((target("avx2"))) inline void transpose8x8(const float* in, int64_t stride,
+                                                         float (*out)[8]) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(in + i * stride);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_store_ps(out[i], _mm256_permute2f128_ps(u[i], u[i + 4], 0x20));
+    _mm256_store_ps(out[i + 4], _mm256_permute2f128_ps(u[i], u[i + 4], 0x31));
+  }
+}
+
+// Lane order of tree8_avx512's result: lane 4 i + j holds channel i + 4 (j & 1).
+__attribute__((target("avx512f"))) inline __m512i tree8_lanes() {
+  return _mm512_setr_epi32(0, 4, 0, 4, 1, 5, 1, 5, 2, 6, 2, 6, 3, 7, 3, 7);
+}
+
+// y of channels n .. n + 7 for one row of x over the full groups [0, ng_full). When every
+// group of the eight channels has the same zero point (always so for the symmetric scheme)
+// the zero offsets are set once, else per group.
+template <bool kUniform>
+__attribute__((target("avx512f"))) void octet_direct(const Int4GemmArgs& a, const float* xs,
+                                                     int64_t n, int64_t ng_full, float* y8) {
+  const UnpackPair unpack;
+  const int64_t kb = (a.k + 1) / 2, ng = (a.k + a.group - 1) / a.group, group = a.group;
+  const uint8_t* rows[8];
+  for (int r = 0; r < 8; ++r) rows[r] = a.codes + (n + r) * kb;
+  const float* scales = a.scales + n * ng;
+  const uint8_t* zeros = a.zeros + n * ng;
+  const int64_t ahead = 2 * 8 * kb;  // two octets on (prefetch)
+  const UnpackUniform lookup(zeros[0]);
+  const __m512i lanes = tree8_lanes();
+  __m512 ze[4], zo[4];
+  for (int p = 0; p < 4; ++p) {
+    ze[p] = _mm512_set1_ps(kZeroOffsets.even[zeros[0]]);
+    zo[p] = _mm512_set1_ps(kZeroOffsets.odd[zeros[0]]);
+  }
+  // The trees run in batches of kTreeBatch groups, after the groups' products: right after
+  // each group, the tree's dependency chain would stall the next group's loads.
+  alignas(64) float partial[kTreeBatch][4][16];
+  __m512 y = _mm512_setzero_ps();
+  for (int64_t g0 = 0; g0 < ng_full; g0 += kTreeBatch) {
+    const int64_t batch = std::min<int64_t>(kTreeBatch, ng_full - g0);
+    for (int64_t j = 0; j < batch; ++j) {
+      const int64_t g = g0 + j, k0 = g * group;
+      if (!kUniform) {
+        for (int p = 0; p < 4; ++p) {
+          const int z0 = zeros[(2 * p) * ng + g], z1 = zeros[(2 * p + 1) * ng + g];
+          ze[p] = pair_of(kZeroOffsets.even[z0], kZeroOffsets.even[z1]);
+          zo[p] = pair_of(kZeroOffsets.odd[z0], kZeroOffsets.odd[z1]);
+        }
+      }
+      __m512 ae[4], ao[4];
+      for (int p = 0; p < 4; ++p) ae[p] = ao[p] = _mm512_setzero_ps();
+      for (int64_t t = k0; t < k0 + group; t += kBlock) {
+        if ((t & 127) == 0)  // a 64-byte line of codes per channel begins here
+          for (int r = 0; r < 8; ++r)
+            _mm_prefetch(reinterpret_cast<const char*>(rows[r] + (t >> 1) + ahead), _MM_HINT_T0);
+        const __m512 xe = both_halves(xs + t), xo = both_halves(xs + t + kLanes);
+        for (int p = 0; p < 4; ++p) {
+          __m512 we, wo;
+          const __m512i v = load_pair(rows[2 * p] + (t >> 1), rows[2 * p + 1] + (t >> 1));
+          if (kUniform) lookup(v, &we, &wo);
+          else unpack(v, ze[p], zo[p], &we, &wo);
+          ae[p] = _mm512_add_ps(ae[p], _mm512_mul_ps(we, xe));
+          ao[p] = _mm512_add_ps(ao[p], _mm512_mul_ps(wo, xo));
+        }
+      }
+      for (int p = 0; p < 4; ++p) _mm512_store_ps(partial[j][p], _mm512_add_ps(ae[p], ao[p]));
+    }
+    // the batch's scales group by group: sc[j][r] = scale of channel n + r in group g0 + j
+    alignas(32) float sc[kTreeBatch][8];
+    if (batch == kTreeBatch) {
+      transpose8x8(scales + g0, ng, sc);
+    } else {
+      for (int64_t j = 0; j < batch; ++j)
+        for (int r = 0; r < 8; ++r) sc[j][r] = scales[r * ng + g0 + j];
+    }
+    for (int64_t j = 0; j < batch; ++j) {
+      const __m512 sum = tree8_avx512(_mm512_load_ps(partial[j][0]), _mm512_load_ps(partial[j][1]),
+                                      _mm512_load_ps(partial[j][2]), _mm512_load_ps(partial[j][3]));
+      // the eight scales of the group in the tree's lane order
+      const __m512 s = _mm512_permutexvar_ps(lanes, _mm512_castps256_ps512(_mm256_load_ps(sc[j])));
+      y = _mm512_add_ps(y, _mm512_mul_ps(s, sum));
+    }
+  }
+  alignas(64) float out[16];
+  _mm512_store_ps(out, y);
+  for (int i = 0; i < 4; ++i) {
+    y8[i] = out[4 * i];
+    y8[i + 4] = out[4 * i + 1];
+  }
+}
+
+// Rows [n0, n1): whole octets here, the rest (and m >= 2) on the AVX2 path.
+__attribute__((target("avx512f"))) void rows_avx512(const Int4GemmArgs& a, const float* xs_all,
+                                                    int64_t n0, int64_t n1) {
+  const int64_t ng = (a.k + a.group - 1) / a.group, ng_full = a.k / a.group;
+  if (a.m != 1) return rows_avx2(a, xs_all, n0, n1);
+  const int64_t kb = (a.k + 1) / 2;
+  int64_t n = n0;
+  for (; n + 8 <= n1; n += 8) {
+    float* y = a.out + n;
+    // one zero point in all groups of the eight channels (their zeros are contiguous)
+    const uint8_t* zeros = a.zeros + n * ng;
+    unsigned differ = 0;
+    for (int64_t i = 0; i < 8 * ng; ++i) differ |= unsigned(zeros[i] ^ zeros[0]);
+    const bool uniform = differ == 0;
+    if (uniform) octet_direct<true>(a, xs_all, n, ng_full, y);
+    else octet_direct<false>(a, xs_all, n, ng_full, y);
+    if (ng_full < ng) {  // the short last group, added last as in the reference
+      const int64_t k0 = ng_full * a.group;
+      for (int r = 0; r < 8; ++r)
+        y[r] = last_group_avx2(y[r], a.codes + (n + r) * kb, a.scales[(n + r) * ng + ng_full],
+                               a.zeros[(n + r) * ng + ng_full], a.x, xs_all, k0, a.k - k0);
+    }
+  }
+  if (n < n1) rows_avx2(a, xs_all, n, n1);
+}
 #endif
 
 // x [m, k] split per 16 values into the 8 even then the 8 odd positions ([m, ks], ks = k
@@ -356,17 +570,25 @@ void int4_gemm_py(const AlignedArray& x, const AlignedArray& codes, const Aligne
 
 Int4Isa int4_default_isa() {
 #if NEEDLE_INT4_X86
+  if (has_avx512f() && has_avx2_fma()) return Int4Isa::kAvx512;
   if (has_avx2_fma()) return Int4Isa::kAvx2;
 #endif
   return Int4Isa::kScalar;
 }
 
-const char* int4_isa_name(Int4Isa isa) { return isa == Int4Isa::kAvx2 ? "avx2" : "scalar"; }
+const char* int4_isa_name(Int4Isa isa) {
+  switch (isa) {
+    case Int4Isa::kAvx512: return "avx512";
+    case Int4Isa::kAvx2: return "avx2";
+    default: return "scalar";
+  }
+}
 
 void int4_gemm_rows(const Int4GemmArgs& a, Int4Isa isa, int64_t n0, int64_t n1) {
 #if NEEDLE_INT4_X86
-  if (isa == Int4Isa::kAvx2 && a.group % kBlock == 0) {
+  if (isa != Int4Isa::kScalar && a.group % kBlock == 0) {
     const std::vector<float> xs = split_even_odd(a);
+    if (isa == Int4Isa::kAvx512) return rows_avx512(a, xs.data(), n0, n1);
     return rows_avx2(a, xs.data(), n0, n1);
   }
 #endif
@@ -382,11 +604,15 @@ void int4_gemm(const Int4GemmArgs& a) {
   const bool parallel = double(a.m) * double(a.n) * double(a.k) >= 16.0 * kParallelMinElements &&
                         blocks > 1;
 #if NEEDLE_INT4_X86
-  if (isa == Int4Isa::kAvx2 && a.group % kBlock == 0) {
+  if (isa != Int4Isa::kScalar && a.group % kBlock == 0) {
     const std::vector<float> xs = split_even_odd(a);
+    const bool wide = isa == Int4Isa::kAvx512;
 #pragma omp parallel for schedule(dynamic) if (parallel)
-    for (int64_t b = 0; b < blocks; ++b)
-      rows_avx2(a, xs.data(), b * kRows, std::min(a.n, (b + 1) * kRows));
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t n0 = b * kRows, n1 = std::min(a.n, (b + 1) * kRows);
+      if (wide) rows_avx512(a, xs.data(), n0, n1);
+      else rows_avx2(a, xs.data(), n0, n1);
+    }
     return;
   }
 #endif
@@ -402,7 +628,7 @@ void register_int4_ops(py::module_& m) {
         "[n, ceil(k/2)] (two per byte, even k in the low nibble), scales float32 and zeros\n"
         "uint8 [n, ceil(k/group)]. Bit-exact with reference.int4_gemm_reference.");
   m.def("_int4_gemm_isa", [] { return std::string(int4_isa_name(int4_default_isa())); },
-        "The int4 kernel path in use now ('avx2' or 'scalar'; NEEDLE_ISA=scalar forces it).");
+        "The int4 kernel path in use now ('avx512', 'avx2' or 'scalar'; NEEDLE_ISA caps it).");
 }
 
 }  // namespace cpu
