@@ -5,8 +5,9 @@ memory-bound, so reading 4-bit codes (plus one scale and zero point per group) i
 float32 should win by close to the ratio of bytes. Cases are N x K weights times a [M, K]
 activation, M = 1 (and M = 32 for the batched case); contenders, on prepared operands:
 
-* ``int4_g{32,64,128}``  ``int4_gemm`` on symmetric group-wise codes (AVX2 or scalar path,
-                         as the backend picks at run time; NEEDLE_ISA=scalar forces scalar);
+* ``int4_g{32,64,128}``  ``int4_gemm`` on symmetric group-wise codes (AVX-512, AVX2 or scalar
+                         path, as the backend picks at run time; NEEDLE_ISA=avx2 or scalar
+                         caps it);
 * ``numpy_f32``          ``W @ x`` with W float32 [N, K] (OpenBLAS sgemv/sgemm);
 * ``needle_f32``         the backend's float32 ``matmul`` (x [M, K] @ W^T [K, N]).
 
