@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -116,13 +117,21 @@ def run_library_tests(root: Path, prefixes, timeout: float | None = None) -> dic
         xml = Path(tmp) / "junit.xml"
         # Only the listed tests run (a plugin deselects the others of their files), and
         # without the notebook plugins pytest would load (nbval costs seconds to import).
+        # No plugin is autoloaded from its entry point: pytest would then mark every module of
+        # an autoloaded plugin's distribution (all of hypothesis) for assertion rewriting, and
+        # without bytecode caching (grading, a read-only tree) it re-parses and recompiles them
+        # on every run (~1 CPU-s a run). hypothesis's plugin is loaded by name instead
+        # (PYTEST_PLUGINS, e.g. the grader's guard, still loads first as before).
         Path(tmp, "_course_select.py").write_text(_SELECT_PLUGIN)
         env = dict(os.environ, COURSE_TEST_PREFIXES="\n".join(prefixes),
+                   PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
                    PYTHONPATH=os.pathsep.join([tmp] + [p for p in [os.environ.get(
                        "PYTHONPATH")] if p]))
+        hyp = ["-p", "_hypothesis_pytestplugin"] \
+            if importlib.util.find_spec("_hypothesis_pytestplugin") else []
         try:
             subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            "-p", "no:nbval", "-p", "no:anyio", "-p", "_course_select",
+                            *hyp, "-p", "_course_select",
                             f"--junitxml={xml}", "-o", "junit_family=xunit2", *files],
                            cwd=root, env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL, timeout=timeout)

@@ -1,4 +1,6 @@
 """BatchNorm folding and ReLU fusion (needle/quant/fuse.py)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -197,23 +199,45 @@ def test_fuse_generic_container_module():
     np.testing.assert_allclose(fused(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
+def _conv_bn_relu_f64(x, conv, bn):
+    """Eval Conv ("same" padding K // 2, stride) -> BatchNorm2d -> ReLU in float64 numpy,
+    written from the definitions (needle weight (K, K, C_in, C_out), NCHW input)."""
+    f64 = lambda t: t.numpy().astype(np.float64)
+    w, k, s = f64(conv.weight), conv.kernel_size, conv.stride
+    p = k // 2
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+    y = np.einsum("nchwij,ijco->nohw", win, w) + f64(conv.bias).reshape(1, -1, 1, 1)
+    ch = lambda t: f64(t).reshape(1, -1, 1, 1)
+    y = (y - ch(bn.running_mean)) / np.sqrt(ch(bn.running_var) + bn.eps) * ch(bn.weight) \
+        + ch(bn.bias)
+    return np.maximum(y, 0)
+
+
 def test_fused_conv_matches_torch_conv_bn_relu():
-    torch = pytest.importorskip("torch")
     np.random.seed(3)
     seq = randomize_bn(nn.Sequential(nn.Conv(3, 5, 3, stride=2, device=DEV),
                                      nn.BatchNorm2d(5, eps=1e-3, device=DEV), nn.ReLU()), seed=4)
     conv, bn = seq.modules[0], seq.modules[1]
-    tconv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
-    tbn = torch.nn.BatchNorm2d(5, eps=1e-3)
-    with torch.no_grad():
-        # needle (K, K, C_in, C_out) -> torch (C_out, C_in, K, K)
-        tconv.weight.copy_(torch.from_numpy(conv.weight.numpy().transpose(3, 2, 0, 1).copy()))
-        tconv.bias.copy_(torch.from_numpy(conv.bias.numpy()))
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(tbn, name).copy_(torch.from_numpy(getattr(bn, name).numpy()))
-    tbn.eval()
     x = np.random.default_rng(5).normal(size=(2, 3, 9, 9)).astype(np.float32)
-    want = torch.relu(tbn(tconv(torch.from_numpy(x)))).detach().numpy()
+    want = _conv_bn_relu_f64(x, conv, bn)
+    # Grading (NEEDLE_TEST_PROFILE=grading) checks the fused model against the float64
+    # reference only: importing torch costs seconds per grading, and `make test` pins that
+    # reference to torch here.
+    if os.environ.get("NEEDLE_TEST_PROFILE") != "grading":
+        torch = pytest.importorskip("torch")
+        tconv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+        tbn = torch.nn.BatchNorm2d(5, eps=1e-3)
+        with torch.no_grad():
+            # needle (K, K, C_in, C_out) -> torch (C_out, C_in, K, K)
+            tconv.weight.copy_(torch.from_numpy(
+                conv.weight.numpy().transpose(3, 2, 0, 1).copy()))
+            tconv.bias.copy_(torch.from_numpy(conv.bias.numpy()))
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(tbn, name).copy_(torch.from_numpy(getattr(bn, name).numpy()))
+        tbn.eval()
+        got = torch.relu(tbn(tconv(torch.from_numpy(x)))).detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     fused = fuse_model(seq)
     assert isinstance(fused, FusedConv2d) and fused.relu
     np.testing.assert_allclose(fused(tensor(x)).numpy(), want, rtol=1e-4, atol=1e-5)
