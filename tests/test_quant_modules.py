@@ -318,6 +318,25 @@ def test_backend_without_qgemm_falls_back_with_one_warning(monkeypatch):
 
 # ------------------------------------------------------------------------------- reports
 
+def test_report_logits_in_batches_equal_one_pass(mnist_q):
+    from needle.quant import report
+    model, qmodel = mnist_q
+    x = images(23, seed=12)[0]
+    for m, exact in ((model, False), (qmodel, True)):
+        whole = m(tensor(x)).numpy()
+        for bs in (1, 5, 23, 100):     # uneven last batch, one batch, a batch larger than x
+            got = report.logits(m, x, batch_size=bs, device=DEV)
+            assert got.dtype == whole.dtype and got.shape == whole.shape, bs
+            if exact:                  # integers: the same bits for any batch size
+                assert np.array_equal(got, whole), bs
+            else:                      # float: another matmul kernel may round differently
+                np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        report.logits(model, x, batch_size=0, device=DEV)
+    with pytest.raises(ValueError, match="no images"):
+        report.logits(model, x[:0], device=DEV)
+
+
 def test_report_sizes_and_sqnr(mnist_q):
     from needle.quant import report
     model, qmodel = mnist_q

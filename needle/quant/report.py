@@ -3,6 +3,7 @@
 * sizes:      bytes on disk (a saved file) and in memory (parameters and buffers), with the
               quantized model's breakdown: int8 weights, int32 biases, scales and zero points
 * evaluate:   accuracy, logits and images/s over a loader
+* logits:     a model's outputs on an array of images, computed a batch at a time
 * layer_sqnr: per-layer signal-to-quantization-noise ratio of the activations,
               ``10 log10(sum(x^2) / sum((x - x_q)^2))`` in dB, float (fused) vs dequantized
 * plot_histograms: weight and activation histograms (matplotlib, Agg backend) as PNG files
@@ -16,7 +17,7 @@ from ..autograd import Tensor
 from .fuse import FusedConv2d, FusedLinear, FusedResidual, fuse_model
 from .modules import QTensor, QuantizedAdd, QuantizedConv2d, QuantizedLinear
 
-__all__ = ["memory_bytes", "quantized_breakdown", "evaluate", "layer_activations",
+__all__ = ["memory_bytes", "quantized_breakdown", "evaluate", "logits", "layer_activations",
            "layer_sqnr", "sqnr", "plot_histograms", "file_size"]
 
 
@@ -79,6 +80,27 @@ def evaluate(model, loader, device=None, progress=False, desc="evaluate"):
         labels = np.concatenate(labels).astype(np.int64)
         result["accuracy"] = float((logits.argmax(1) == labels).mean())
     return result
+
+
+def logits(model, x, batch_size=250, device=None):
+    """``model``'s outputs on images ``x`` (numpy float [N, ...]) as numpy [N, classes],
+    ``batch_size`` images per forward pass.
+
+    In eval mode each image's output depends on that image only, so this is one pass over all
+    N at a fraction of the memory (a convolution's im2col buffer grows with the batch: about
+    0.8 MB per 28 x 28 image for the course's CNN, and touching gigabytes of fresh memory costs
+    seconds of system time). Integer models give the same bits for any batch size; float ones
+    may differ in the last bits when a batch is small enough for the backend to take another
+    matmul kernel (one image: a matrix-vector product), never in the argmax of a real margin.
+    """
+    x = np.asarray(x, np.float32)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    out = [model(Tensor(x[i:i + batch_size], device=device, requires_grad=False)).numpy()
+           for i in range(0, x.shape[0], batch_size)]
+    if not out:
+        raise ValueError("logits: x holds no images")
+    return np.concatenate(out)
 
 
 def sqnr(x, x_q):
