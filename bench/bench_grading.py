@@ -1,4 +1,4 @@
-"""Grading throughput: CPU seconds per notebook grading (all nine notebooks) and per student,
+"""Grading throughput: CPU seconds per notebook grading (every notebook) and per student,
 gradings per minute per core, cold and warm, and the extrapolation to a whole course (300
 students x 8 notebooks).
 
@@ -6,6 +6,7 @@ students x 8 notebooks).
     python bench/bench_grading.py --notebooks 01_save_load 03_quant_basics --students 4 --jobs 2
     python bench/bench_grading.py --skip-cold --reuse   # warm only, keep the last release
     python bench/bench_grading.py --notebooks 06_cuda_int8 --submission untouched  # stubs
+    python bench/bench_grading.py --students 3 --submission unique   # each student compiles
 
 Per notebook, the table says where a grading's CPU time goes (from the grading record of
 graders/autograde.py and graders/notebook_executor.py): the workspace, the native build,
@@ -44,6 +45,7 @@ from graders.batch import grade_class  # noqa: E402
 from graders.check_pipeline import make_submission, reference_notebook  # noqa: E402
 from graders.course import REPO, course_manifest, load_manifest  # noqa: E402
 from graders.release import release  # noqa: E402
+from graders.audit_fast import NATIVE_SUFFIXES  # noqa: E402
 
 ROOT = REPO / "build" / "bench_grading"
 COURSE = {"students": 300, "notebooks": 8}
@@ -62,10 +64,12 @@ def run_class(jobs: int, force: bool, cache: Path) -> dict:
                        progress=True, quiet=True)
     wall, cpu = time.time() - t0, _cpu_seconds() - c0
     graded = [j for j in done if j.status != "skipped"]
-    per, cpu_per = {}, {}
+    per, cpu_per, native = {}, {}, {}
     for j in graded:
         per.setdefault(j.assignment, []).append(j.seconds)
-        cpu_per.setdefault(j.assignment, []).append(breakdown(j.profile))
+        b = breakdown(j.profile)
+        cpu_per.setdefault(j.assignment, []).append(b)
+        native[j.student] = native.get(j.student, 0.0) + b["native_build"]
     n = len(graded)
     # Per core: from CPU seconds (robust on a loaded machine) and from the wall time.
     return {"gradings": n, "failed": sum(j.status == "error" for j in graded),
@@ -77,7 +81,8 @@ def run_class(jobs: int, force: bool, cache: Path) -> dict:
             if graded else None,
             "job_seconds_by_notebook": {a: round(statistics.median(v), 1)
                                         for a, v in sorted(per.items())},
-            "cpu_by_notebook": {a: median_breakdown(v) for a, v in sorted(cpu_per.items())}}
+            "cpu_by_notebook": {a: median_breakdown(v) for a, v in sorted(cpu_per.items())},
+            "native_build_by_student": {k: round(v, 1) for k, v in sorted(native.items())}}
 
 
 def breakdown(profile: dict) -> dict:
@@ -110,24 +115,46 @@ def per_student(warm: dict, notebooks) -> dict:
             "goal_core_s": GOAL_CORE_S_PER_STUDENT, "within_goal": total <= GOAL_CORE_S_PER_STUDENT}
 
 
-def extrapolate(warm: dict, cold: dict, cores: int = 16) -> dict:
+def extrapolate(warm: dict, cold: dict, unique: bool, cores: int = 16) -> dict:
     """Course time from the measured per-job seconds (the notebooks measured stand in for the
-    eight; notebooks with native exercises add one compile per student, taken from cold)."""
+    eight). Native code: with ``unique`` submissions (every student's C++/CUDA files differ)
+    each student's compiles were measured in the cold run, and the median over students (the
+    first student of a slot also builds the slot's tree from scratch) is used; otherwise a
+    student's compiles are taken as two full compiles of the release's modules (05's C++ and
+    06's CUDA emulation), an upper bound."""
     n = COURSE["students"] * COURSE["notebooks"]
     job_s = warm["cpu_s_per_grading"]
-    # one compile of the release's modules, spread over the cold run's gradings
+    # what the cold run spent beyond the warm one: every compile (the release's modules, and
+    # with unique submissions every student's too)
     build_s = max(0.0, cold["cpu_s"] - warm["cpu_s"] * cold["gradings"] / warm["gradings"]) \
         if cold else 0.0
-    native_nbs = 2                     # 05 (C++) and 06 (CUDA emulation) compile student code
-    core_s = n * job_s + COURSE["students"] * native_nbs * build_s
+    measured = unique and cold and cold.get("native_build_by_student")
+    if measured:
+        student_s = statistics.median(cold["native_build_by_student"].values())
+        how = ("each student's own compiles, measured (median over students; the cache "
+               "holds nothing of theirs, the slot's build tree is reused incrementally)")
+    else:
+        student_s = 2 * build_s        # 05 (C++) and 06 (CUDA emulation) compile student code
+        how = ("a student's compiles taken as two full compiles of the release's modules "
+               "(an upper bound: the cache and incremental builds recompile less)")
+    core_s = n * job_s + COURSE["students"] * student_s
     return {"gradings": n, "core_hours": round(core_s / 3600, 2),
-            "release_compile_cpu_s": round(build_s, 0),
+            "cold_compile_cpu_s": round(build_s, 0),
             f"wall_hours_{cores}_cores": round(core_s / cores / 3600, 2),
             "one_student_8_notebooks_core_s": round(8 * job_s, 0),
-            "gradescope_per_submission_s": round(job_s + build_s, 0),
-            "assumed_student_compile_s": round(build_s, 0),
-            "note": "a student compile is taken as one full compile of the release's modules "
-                    "(an upper bound: the cache and incremental builds recompile less)"}
+            "gradescope_per_submission_s": round(8 * job_s + student_s, 0),
+            "student_compile_cpu_s": round(student_s, 0), "note": how}
+
+
+def make_native_unique(student_dir: Path, student: str) -> int:
+    """Append a comment naming ``student`` to every C++/CUDA file of a submission, so that
+    no two students share a native build (as in a real class). Returns the files changed."""
+    changed = 0
+    for path in sorted(Path(student_dir).rglob("*")):
+        if path.is_file() and path.suffix in NATIVE_SUFFIXES:
+            path.write_text(path.read_text() + f"\n// submitted by {student}\n")
+            changed += 1
+    return changed
 
 
 def main(argv=None) -> int:
@@ -137,9 +164,12 @@ def main(argv=None) -> int:
     ap.add_argument("--students", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--skip-cold", action="store_true", help="keep the native cache")
-    ap.add_argument("--submission", choices=("reference", "untouched"), default="reference",
-                    help="what every student submits: the reference solution or the release "
-                         "untouched (stubs: no native file of the student's own)")
+    ap.add_argument("--submission", choices=("reference", "unique", "untouched"),
+                    default="reference",
+                    help="what every student submits: the reference solution, the reference "
+                         "with every C++/CUDA file made the student's own (a comment: each "
+                         "student compiles, as in a real class), or the release untouched "
+                         "(stubs: no native file of the student's own)")
     ap.add_argument("--reuse", action="store_true",
                     help="keep the release and submissions of the last run (same notebooks)")
     args = ap.parse_args(argv)
@@ -152,14 +182,16 @@ def main(argv=None) -> int:
     for name in ([] if reuse else args.notebooks):
         files = [f for f in manifest["assignments"][name].get("library_files", [])
                  if f in manifest["student_files"]]
-        if args.submission == "reference":
+        if args.submission in ("reference", "unique"):
             nb = reference_notebook(name, ROOT / "release")
         else:
             nb = nbformat.read(str(ROOT / "release" / "notebooks" / f"{name}.ipynb"), 4)
         for k in range(args.students):
-            make_submission(f"s{k:03d}", name, nb, files, root=ROOT,
-                            release_dir=ROOT / "release",
-                            stub_files=files if args.submission == "untouched" else ())
+            sub = make_submission(f"s{k:03d}", name, nb, files, root=ROOT,
+                                  release_dir=ROOT / "release",
+                                  stub_files=files if args.submission == "untouched" else ())
+            if args.submission == "unique":
+                make_native_unique(sub, f"s{k:03d}")
     cache = ROOT / "native_cache" if not args.skip_cold else REPO / "build" / "native_cache"
     info = machine_info() if callable(machine_info) else {}
     cold = None if args.skip_cold else run_class(args.jobs, True, cache)
@@ -167,7 +199,7 @@ def main(argv=None) -> int:
     out = {"machine": info, "load_average": os.getloadavg(), "notebooks": args.notebooks,
            "submission": args.submission,
            "students": args.students, "cold": cold, "warm": warm,
-           "course": extrapolate(warm, cold),
+           "course": extrapolate(warm, cold, args.submission == "unique"),
            "per_student": per_student(warm, args.notebooks)}
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS_DIR / "grading.json", out)
@@ -191,11 +223,16 @@ def main(argv=None) -> int:
     lines += ["", f"one student, {ps['notebooks']} notebooks: {ps['core_s']} core-s "
               f"(goal <= {ps['goal_core_s']} core-s: {'met' if ps['within_goal'] else 'NOT met'})"]
     c = out["course"]
+    if cold and cold.get("native_build_by_student"):
+        lines += ["", "native build CPU s per student (cold run): " + ", ".join(
+            f"{k} {v:g}" for k, v in cold["native_build_by_student"].items())]
     lines += ["", f"300 students x 8 notebooks: {c['core_hours']} core-hours, "
               f"{c['wall_hours_16_cores']} h on 16 cores; one student's 8 notebooks "
-              f"{c['one_student_8_notebooks_core_s']:g} core-s; Gradescope (one container per "
-              f"submission, in parallel): ~{c['gradescope_per_submission_s']:g} s per "
-              "submission plus the container start."]
+              f"{c['one_student_8_notebooks_core_s']:g} core-s plus "
+              f"{c['student_compile_cpu_s']:g} core-s of their native builds ({c['note']}); "
+              f"Gradescope (one container per submission, in parallel): "
+              f"~{c['gradescope_per_submission_s']:g} s per submission plus the container "
+              "start."]
     (RESULTS_DIR / "grading.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(json.dumps(out["course"], indent=1))
