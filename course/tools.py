@@ -106,6 +106,20 @@ def pytest_collection_modifyitems(config, items):
 '''
 
 
+def _no_report(returncode: int, files) -> str:
+    """Why pytest wrote no report: a crash (killed by a signal, e.g. a segfault in native code
+    under test) or pytest itself not running."""
+    if returncode < 0:
+        try:
+            import signal
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return (f"the library tests crashed ({name}), most likely in native code they call: "
+                f"run `python -m pytest -x {' '.join(files)}` to see which test")
+    return f"pytest did not run (exit status {returncode}; is it installed? make build)"
+
+
 def run_library_tests(root: Path, prefixes, timeout: float | None = None) -> dict:
     """{pytest node id: None (passed) or 'message'} for the tests matching ``prefixes``;
     after ``timeout`` seconds pytest is stopped and every test counts as failed."""
@@ -130,15 +144,15 @@ def run_library_tests(root: Path, prefixes, timeout: float | None = None) -> dic
         hyp = ["-p", "_hypothesis_pytestplugin"] \
             if importlib.util.find_spec("_hypothesis_pytestplugin") else []
         try:
-            subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                            *hyp, "-p", "_course_select",
-                            f"--junitxml={xml}", "-o", "junit_family=xunit2", *files],
-                           cwd=root, env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=timeout)
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                   *hyp, "-p", "_course_select",
+                                   f"--junitxml={xml}", "-o", "junit_family=xunit2", *files],
+                                  cwd=root, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {p: f"the library tests took longer than {timeout:g} s" for p in prefixes}
         if not xml.exists():
-            return {p: "pytest did not run (is it installed? make build)" for p in prefixes}
+            return {p: _no_report(proc.returncode, files) for p in prefixes}
         tree = ET.parse(xml)
     out = {}
     for case in tree.iter("testcase"):

@@ -54,3 +54,15 @@ def test_library_tests_run_exactly_the_prefixed_tests():
     assert len(results) == 4, results
     assert all(name.startswith(prefix + "[") for name in results)
     assert all(why is None for why in results.values()), results
+
+
+def test_a_crash_in_the_library_tests_is_reported_as_a_crash(tmp_path):
+    # a segfault kills pytest before it writes its report: say so, not "is pytest installed?"
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_boom.py").write_text(
+        "import os, signal\n\ndef test_boom():\n    os.kill(os.getpid(), signal.SIGSEGV)\n")
+    got = run_library_tests(tmp_path, ["tests/test_boom.py::test_boom"], timeout=120)
+    assert list(got) == ["tests/test_boom.py::test_boom"]
+    why = got["tests/test_boom.py::test_boom"]
+    assert "crashed (SIGSEGV)" in why and "pytest -x tests/test_boom.py" in why, why
