@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "../common/checked_size.h"
+#include "../common/int4_args.h"
 #include "array.h"
 #include "cpu_features.h"
 #include "parallel.h"
@@ -544,22 +545,15 @@ void check_array(const char* name, const AlignedArray& arr, DType dtype, int64_t
 void int4_gemm_py(const AlignedArray& x, const AlignedArray& codes, const AlignedArray& scales,
                   const AlignedArray& zeros, AlignedArray& out, int64_t m, int64_t n, int64_t k,
                   int64_t group) {
-  if (m < 0 || n < 0 || k < 1)
-    value_error("int4_gemm: need m >= 0, n >= 0, k >= 1, got m=" + s(m) + " n=" + s(n) +
-                " k=" + s(k));
-  if (group < 8 || group % 8 != 0 || group > (int64_t(1) << 30))
-    value_error("int4_gemm: group must be a positive multiple of 8, got " + s(group));
-  const int64_t kb = checked_add(k, 1, "int4_gemm") / 2;
-  const int64_t ng = checked_add(k, group - 1, "int4_gemm") / group;
+  const Int4Dims d = int4_dims("int4_gemm", m, n, k, group);
+  const int64_t kb = d.kb, ng = d.ng;
   check_array("x", x, DType::kFloat32, checked_mul(m, k, "int4_gemm x"));
   check_array("codes", codes, DType::kUint8, checked_mul(n, kb, "int4_gemm codes"));
   check_array("scales", scales, DType::kFloat32, checked_mul(n, ng, "int4_gemm scales"));
   check_array("zeros", zeros, DType::kUint8, checked_mul(n, ng, "int4_gemm zeros"));
   check_array("out", out, DType::kFloat32, checked_mul(m, n, "int4_gemm out"));
   const uint8_t* zp = zeros.data<uint8_t>();
-  for (int64_t i = 0; i < n * ng; ++i)
-    if (zp[i] > 15) value_error("int4_gemm: zero point " + s(zp[i]) + " at " + s(i) +
-                                " is outside [0, 15]");
+  int4_check_zero_points("int4_gemm", zp, n * ng);
   Int4GemmArgs a{x.data<float>(), codes.data<uint8_t>(), scales.data<float>(), zp,
                  out.data<float>(), m, n, k, group};
   py::gil_scoped_release release;

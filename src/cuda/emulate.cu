@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/int4_args.h"
 #include "cuda_array.cuh"
 #include "emulate.cuh"
 #include "gemm_f32.cuh"
@@ -270,13 +271,9 @@ py::array_t<float> emulate_int4_gemm(const py::array& x_in, const py::array& cod
   auto scales = as_2d<float>(scales_in, "scales", "float32");
   auto zeros = as_2d<uint8_t>(zeros_in, "zeros", "uint8");
   const int64_t M = x.shape(0), K = x.shape(1), N = codes.shape(0);
-  if (K < 1) throw std::invalid_argument("emulate.int4_gemm: x needs k >= 1 columns");
-  if (group < 8 || group % 8 != 0 || group > (int64_t(1) << 30)) {
-    throw std::invalid_argument("emulate.int4_gemm: group must be a positive multiple of 8, "
-                                "got " + std::to_string(group));
-  }
-  const int64_t ng = (K + group - 1) / group;
-  if (codes.shape(1) != (K + 1) / 2) {
+  const Int4Dims d = int4_dims("emulate.int4_gemm", M, N, K, group);
+  const int64_t ng = d.ng;
+  if (codes.shape(1) != d.kb) {
     throw std::invalid_argument("emulate.int4_gemm: codes must be [n, " +
                                 std::to_string((K + 1) / 2) + "] for k = " + std::to_string(K) +
                                 ", got [" + std::to_string(codes.shape(0)) + ", " +
@@ -288,13 +285,7 @@ py::array_t<float> emulate_int4_gemm(const py::array& x_in, const py::array& cod
                                   std::to_string(N) + ", " + std::to_string(ng) + "]");
     }
   }
-  for (int64_t i = 0; i < N * ng; ++i) {
-    if (zeros.data()[i] > 15) {
-      throw std::invalid_argument("emulate.int4_gemm: zero point " +
-                                  std::to_string(int(zeros.data()[i])) + " at " +
-                                  std::to_string(i) + " is outside [0, 15]");
-    }
-  }
+  int4_check_zero_points("emulate.int4_gemm", zeros.data(), N * ng);
   check_emulated("int4_gemm", {M, N});
   py::array_t<float> out({M, N});
   int4k::Int4Args a{x.data(), codes.data(), scales.data(), zeros.data(), out.mutable_data(),

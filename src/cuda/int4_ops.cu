@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/int4_args.h"
 #include "cuda_array.cuh"
 #include "int4_gemv.cuh"
 #include "quant_ops.cuh"
@@ -44,17 +45,8 @@ void int4_gemm(const CudaArray& x, const CudaArray& codes, const CudaArray& scal
                const CudaArray& zeros, CudaArray& out, int64_t m, int64_t n, int64_t k,
                int64_t group) {
   const char* op = "int4_gemm";
-  if (m < 0 || n < 0 || k < 1) {
-    throw std::invalid_argument("int4_gemm: need m >= 0, n >= 0, k >= 1, got m=" +
-                                std::to_string(m) + " n=" + std::to_string(n) +
-                                " k=" + std::to_string(k));
-  }
-  if (group < 8 || group % 8 != 0 || group > (int64_t(1) << 30)) {
-    throw std::invalid_argument("int4_gemm: group must be a positive multiple of 8, got " +
-                                std::to_string(group));
-  }
-  const int64_t kb = checked_add(k, 1, op) / 2;
-  const int64_t ng = checked_add(k, group - 1, op) / group;
+  const Int4Dims d = int4_dims(op, m, n, k, group);
+  const int64_t kb = d.kb, ng = d.ng;
   require_dtype(x, DType::kFloat32, op, "x");
   require_dtype(codes, DType::kUInt8, op, "codes");
   require_dtype(scales, DType::kFloat32, op, "scales");
@@ -71,12 +63,7 @@ void int4_gemm(const CudaArray& x, const CudaArray& codes, const CudaArray& scal
     check_cuda(cudaMemcpy(zp.data(), zeros.ptr, zp.size(), cudaMemcpyDeviceToHost),
                "int4_gemm: reading the zero points");
   }
-  for (size_t i = 0; i < zp.size(); ++i) {
-    if (zp[i] > 15) {
-      throw std::invalid_argument("int4_gemm: zero point " + std::to_string(zp[i]) + " at " +
-                                  std::to_string(i) + " is outside [0, 15]");
-    }
-  }
+  int4_check_zero_points(op, zp.data(), int64_t(zp.size()));
   const int64_t outputs = m * n;
   if (outputs == 0) return;
   const int64_t blocks = (outputs + kWarpsPerBlock - 1) / kWarpsPerBlock;
