@@ -154,7 +154,8 @@ NOTEBOOKS = [
      "uses": [_REF, _OBS, _FUSE, _MOD, _CONV],
      "exercises": [
          _ex("8.1", "FakeQuantize.compute", f"{_QAT}:FakeQuantize.compute",
-             "fake quantization: quantize then dequantize", ["test_fake_quantize"],
+             "fake quantization in float32 (the values of quantize then dequantize)",
+             ["test_fake_quantize"],
              [_T_QAT + "test_fake_quantize_forward_is_the_reference",
               _T_QAT + "test_fake_quantize_per_channel_forward_and_mask"]),
          _ex("8.2", "FakeQuantize.gradient", f"{_QAT}:FakeQuantize.gradient",

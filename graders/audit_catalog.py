@@ -605,14 +605,16 @@ def ci_subset(catalog=None):
 # Notebook 08: quantization-aware training.
 QAT, NB8 = "needle/quant/qat.py", "08_qat"
 CATALOG += [
+    M("FakeQuantize.compute", "fq_calls_reference", "calls reference.fake_quantize instead of "
+      "computing the values", NB8,
+      F("out = ((codes - zp) * s).astype(np.float32)",
+        "out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
+        "                              self.reduced_range)", file=QAT)),
     M("FakeQuantize.compute", "fq_passes_input_through", "returns the input, not its fake-quantized value",
-      NB8, F("out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
-             "                              self.reduced_range)",
+      NB8, F("out = ((codes - zp) * s).astype(np.float32)",
              "out = x.astype(np.float32, copy=True)", file=QAT)),
     M("FakeQuantize.compute", "fq_returns_codes", "returns the integer codes, not their dequantized values",
-      NB8, F("out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
-             "                              self.reduced_range)",
-             "out = R.quantize(x, self.scale, self.zero_point, self.dtype, axis=self.axis).astype(np.float32)",
+      NB8, F("out = ((codes - zp) * s).astype(np.float32)", "out = codes.astype(np.float32)",
              file=QAT)),
     M("FakeQuantize.gradient", "ste_without_clipping_mask", "passes the gradient everywhere, clipped values too",
       NB8, F("mask = (codes >= self.qmin) & (codes <= self.qmax) & ~np.isnan(x)",
@@ -635,15 +637,13 @@ CATALOG += [
              "        [-1 if i == obs.axis % w.ndim else 1 for i in range(w.ndim)])\n"
              "    q = np.clip(np.trunc(w / s), qmin, qmax).astype(np.int8)", file=CONV)),
     M("FakeQuantize.compute", "fq_ignores_bits", "fake-quantizes to the dtype's 8 bits, not to bits",
-      NB8, F("out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
-             "                              self.reduced_range)",
-             "out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, None,\n"
-             "                              self.reduced_range)", file=QAT)),
+      NB8, F("codes = np.clip(r + zp, self.qmin, self.qmax)",
+             "codes = np.clip(r + zp, *R.qrange(self.dtype, None, self.reduced_range))", file=QAT)),
     M("FakeQuantize.compute", "fq_full_range", "ignores the reduced (symmetric) range",
-      NB8, F("out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
-             "                              self.reduced_range)",
-             "out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
-             "                              False)", file=QAT)),
+      NB8, F("codes = np.clip(r + zp, self.qmin, self.qmax)",
+             "codes = np.clip(r + zp, *R.qrange(self.dtype, self.bits))", file=QAT)),
+    M("FakeQuantize.compute", "fq_nan_not_zero", "NaN stays NaN instead of the zero point's value 0",
+      NB8, F("r = np.where(np.isnan(r), np.float32(0), r)", "r = r", file=QAT)),
     M("FakeQuantize.gradient", "ste_mask_open_interval", "the mask drops the codes at the range ends",
       NB8, F("mask = (codes >= self.qmin) & (codes <= self.qmax) & ~np.isnan(x)",
              "mask = (codes > self.qmin) & (codes < self.qmax) & ~np.isnan(x)", file=QAT)),

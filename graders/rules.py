@@ -186,8 +186,10 @@ RULES = {
           "qadd_truncating_rescale"]),
     ],
     "FakeQuantize.compute": [
-        ("the forward value is reference.fake_quantize: quantize with the stored qparams, then "
-         "dequantize", ["fq_passes_input_through", "fq_returns_codes"]),
+        ("the forward value is (clamp(rint(x / s) + zp, qmin, qmax) - zp) * s, computed in float32 "
+         "without the reference functions", ["fq_calls_reference", "fq_passes_input_through",
+                                             "fq_returns_codes"]),
+        ("NaN takes the zero point's code (value 0)", ["fq_nan_not_zero"]),
         ("the grid has the stored bits and range (4-bit, reduced range for weights)",
          ["fq_ignores_bits", "fq_full_range"]),
     ],
