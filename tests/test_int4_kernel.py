@@ -73,6 +73,24 @@ def test_every_group_size_and_tail(monkeypatch, isa, group, k):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("group", [32, 48, 64, 128])
+@pytest.mark.parametrize("zero_points", ["mixed", "uniform", "uniform_but_one"])
+def test_many_groups(monkeypatch, isa, group, zero_points):
+    # 17 full groups and a short one: two whole 8-group tree batches (scales transposed in
+    # registers), a partial batch and the tail; 10 channels: two whole 4-channel blocks, a
+    # partial one
+    k = 17 * group + 16
+    x, packed, scales, zeros = operands(1, 10, k, group, seed=group + 7)
+    if zero_points != "mixed":
+        zeros[:] = 8
+    if zero_points == "uniform_but_one":
+        zeros[5, 11] = 2                     # one group of the second block differs
+    check(monkeypatch, isa, x, packed, scales, zeros, group)
+    x2 = operands(2, 10, k, group, seed=group + 8)[0]
+    check(monkeypatch, isa, x2, packed, scales, zeros, group)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m", [1, 2, 3, 5])
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 7, 9])
 def test_rows_of_x_and_channel_counts(monkeypatch, isa, m, n):

@@ -14,13 +14,17 @@
 // a copy of x split the same way (x_even, x_odd per 16 values).
 //
 // The batch-1 product is bound by vector operations, not by memory (4-bit weights are an
-// eighth of float32's bytes), so the vector path spends as few as it can per 16 codes: one
-// widening load, one OR of a float exponent, one AND per nibble and one float subtraction
-// per nibble give u - z exactly (the 2^23 / 2^19 magic numbers, see ZeroOffsets), then the
-// two multiplies and two adds the reference prescribes. Four output channels share each
-// load of x, their four group sums go through the fixed tree together (tree4_avx2), and the
-// next four channels' codes are prefetched. With several rows of x, each group of four
-// channels is unpacked once into a small float tile and reused for every row.
+// eighth of float32's bytes), so the vector path spends as few as it can per 16 codes: a
+// 16-byte load serves two blocks (the float exponent byte blended in once, one byte shuffle
+// per block to widen), one AND per nibble and one float subtraction per nibble give u - z
+// exactly (the 2^23 / 2^19 magic numbers, see ZeroOffsets), then the two multiplies and two
+// adds the reference prescribes. Four output channels share each load of x; the group loop
+// is unrolled for the common group sizes (32, 64, 128) and, when a block of channels has one
+// zero point (always, for the symmetric scheme), its offsets stay in registers; the group
+// sums go through the fixed tree two groups at a time (tree8_avx2) with their scales
+// transposed in registers, and the next channels' codes are prefetched. With several rows
+// of x, each group of four channels is unpacked once into a small float tile and reused for
+// every row.
 #include "int4_gemv.h"
 
 #include <algorithm>
@@ -120,6 +124,32 @@ struct Unpack16 {
   }
 };
 
+// Weights of 32 codes (16 bytes at p) as two blocks of Unpack16's: one 16-byte load for both,
+// the exponent byte blended in (lane 0 keeps bytes 0-11, lane 1 bytes 4-15) and one byte
+// shuffle per block to widen, which saves an OR and a widening load per block.
+struct Unpack32 {
+  __m256i exponent, index_a, index_b, mask_e, mask_o;
+  __attribute__((target("avx2"))) Unpack32()
+      : exponent(_mm256_set1_epi32(0x4B4B4B4B)),
+        index_a(_mm256_setr_epi8(0, -1, -1, 12, 1, -1, -1, 12, 2, -1, -1, 12, 3, -1, -1, 12,  //
+                                 4, -1, -1, 0, 5, -1, -1, 0, 6, -1, -1, 0, 7, -1, -1, 0)),
+        index_b(_mm256_setr_epi8(8, -1, -1, 12, 9, -1, -1, 12, 10, -1, -1, 12, 11, -1, -1, 12,
+                                 12, -1, -1, 0, 13, -1, -1, 0, 14, -1, -1, 0, 15, -1, -1, 0)),
+        mask_e(_mm256_set1_epi32(0x4B00000F)), mask_o(_mm256_set1_epi32(0x490000F0)) {}
+  __attribute__((target("avx2"))) inline void operator()(const uint8_t* p, __m256 ze, __m256 zo,
+                                                         __m256* w) const {
+    // dword 3 of lane 0 and dword 0 of lane 1 become 0x4B4B4B4B: the bytes no block reads
+    const __m256i src = _mm256_blend_epi32(
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+        exponent, 0x18);
+    const __m256i va = _mm256_shuffle_epi8(src, index_a), vb = _mm256_shuffle_epi8(src, index_b);
+    w[0] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_and_si256(va, mask_e)), ze);
+    w[1] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_and_si256(va, mask_o)), zo);
+    w[2] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_and_si256(vb, mask_e)), ze);
+    w[3] = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_and_si256(vb, mask_o)), zo);
+  }
+};
+
 // tree_sum of four channels' group partials q = pe + po at once: [S(q0), S(q1), S(q2), S(q3)],
 // S(q) = ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7)), every add in the reference's
 // operand order.
@@ -146,51 +176,184 @@ struct Quad {
   int64_t ahead;  // bytes from a row to the same column of a quad further on (prefetch)
 };
 
-// y[r] of the quad for one row of x (xs: split as split_even_odd) over groups [0, ng_full),
-// each a multiple of 16 long: weights unpacked in registers, never stored. The group sums go
-// through the tree in batches of kTreeBatch groups: done right after each group, the tree's
-// ~30-cycle dependency chain stalls the loop; batched, the trees overlap one another.
+// tree_sum of eight partial vectors at once, returned as [S(a0), .., S(a3) | S(b0), .., S(b3)]:
+// four channels of one group (a) and of another (b), every add in the reference's operand
+// order, S(q) = ((q0 + q4) + (q2 + q6)) + ((q1 + q5) + (q3 + q7)).
+__attribute__((target("avx2"))) inline __m256 tree8_avx2(const __m256* a, const __m256* b) {
+  // [q0 + q4, q1 + q5, q2 + q6, q3 + q7] of a[i] (low half) and b[i] (high half)
+  __m256 c[4];
+  for (int i = 0; i < 4; ++i)
+    c[i] = _mm256_add_ps(_mm256_permute2f128_ps(a[i], b[i], 0x20),
+                         _mm256_permute2f128_ps(a[i], b[i], 0x31));
+  // [(q0 + q4) + (q2 + q6), (q1 + q5) + (q3 + q7)] of a0, a1 | b0, b1 (d0) and a2, a3 | b2, b3
+  const __m256 d0 = _mm256_add_ps(_mm256_shuffle_ps(c[0], c[1], 0x44),
+                                  _mm256_shuffle_ps(c[0], c[1], 0xEE));
+  const __m256 d1 = _mm256_add_ps(_mm256_shuffle_ps(c[2], c[3], 0x44),
+                                  _mm256_shuffle_ps(c[2], c[3], 0xEE));
+  return _mm256_add_ps(_mm256_shuffle_ps(d0, d1, 0x88), _mm256_shuffle_ps(d0, d1, 0xDD));
+}
+
+// The partial sums q = pe + po of one group of the quad for one row of x (xs: split as
+// split_even_odd), in part[r]: weights unpacked in registers, never stored. kBlocks: the
+// group's 16-code blocks when known at compile time (0: `blocks`). The first block's
+// products start the sums: 0 + p is p except for the sign of a zero, and a zero's sign cannot
+// reach the output, which starts at y = 0 and only adds (0 + -0 is +0).
+template <int kBlocks>
+__attribute__((target("avx2"))) inline void quad_group(const Quad& q, const float* xs, int64_t k0,
+                                                       int64_t blocks, const __m256* ze,
+                                                       const __m256* zo, __m256* part) {
+  const Unpack32 unpack2;
+  const int64_t nb = kBlocks > 0 ? kBlocks : blocks;
+  __m256 ae[4], ao[4];
+  int64_t b = 0;
+  if (nb >= 2) {
+    const __m256 x0 = _mm256_loadu_ps(xs + k0), x1 = _mm256_loadu_ps(xs + k0 + kLanes);
+    const __m256 x2 = _mm256_loadu_ps(xs + k0 + 2 * kLanes);
+    const __m256 x3 = _mm256_loadu_ps(xs + k0 + 3 * kLanes);
+    for (int r = 0; r < 4; ++r) {
+      __m256 w[4];
+      unpack2(q.rows[r] + (k0 >> 1), ze[r], zo[r], w);
+      ae[r] = _mm256_add_ps(_mm256_mul_ps(w[0], x0), _mm256_mul_ps(w[2], x2));
+      ao[r] = _mm256_add_ps(_mm256_mul_ps(w[1], x1), _mm256_mul_ps(w[3], x3));
+    }
+    b = 2;
+  } else {
+    const Unpack16 unpack;
+    const __m256 xe = _mm256_loadu_ps(xs + k0), xo = _mm256_loadu_ps(xs + k0 + kLanes);
+    for (int r = 0; r < 4; ++r) {
+      __m256 we, wo;
+      unpack(q.rows[r] + (k0 >> 1), ze[r], zo[r], &we, &wo);
+      ae[r] = _mm256_mul_ps(we, xe);
+      ao[r] = _mm256_mul_ps(wo, xo);
+    }
+    b = 1;
+  }
+  for (; b + 2 <= nb; b += 2) {
+    const int64_t t = k0 + b * kBlock;
+    const __m256 x0 = _mm256_loadu_ps(xs + t), x1 = _mm256_loadu_ps(xs + t + kLanes);
+    const __m256 x2 = _mm256_loadu_ps(xs + t + 2 * kLanes);
+    const __m256 x3 = _mm256_loadu_ps(xs + t + 3 * kLanes);
+    for (int r = 0; r < 4; ++r) {
+      __m256 w[4];
+      unpack2(q.rows[r] + (t >> 1), ze[r], zo[r], w);
+      ae[r] = _mm256_add_ps(_mm256_add_ps(ae[r], _mm256_mul_ps(w[0], x0)), _mm256_mul_ps(w[2], x2));
+      ao[r] = _mm256_add_ps(_mm256_add_ps(ao[r], _mm256_mul_ps(w[1], x1)), _mm256_mul_ps(w[3], x3));
+    }
+  }
+  if (b < nb) {  // an odd block count (group = 48, 80, ...)
+    const Unpack16 unpack;
+    const int64_t t = k0 + b * kBlock;
+    const __m256 xe = _mm256_loadu_ps(xs + t), xo = _mm256_loadu_ps(xs + t + kLanes);
+    for (int r = 0; r < 4; ++r) {
+      __m256 we, wo;
+      unpack(q.rows[r] + (t >> 1), ze[r], zo[r], &we, &wo);
+      ae[r] = _mm256_add_ps(ae[r], _mm256_mul_ps(we, xe));
+      ao[r] = _mm256_add_ps(ao[r], _mm256_mul_ps(wo, xo));
+    }
+  }
+  for (int r = 0; r < 4; ++r) part[r] = _mm256_add_ps(ae[r], ao[r]);
+}
+
+// y[r] of the quad for one row of x over groups [0, ng_full), each a multiple of 16 long.
+// The group sums go through the tree in batches of kTreeBatch groups: done right after each
+// group, the tree's ~30-cycle dependency chain stalls the loop; batched, the trees overlap
+// one another, two groups per tree8_avx2, their scales transposed in registers. kUniform:
+// every group of the four channels has zero point q.zeros[0][0] (always so for the symmetric
+// scheme), so the zero offsets are set once.
 constexpr int kTreeBatch = 8;
 
+template <int kBlocks, bool kUniform>
 __attribute__((target("avx2"))) __m128 quad_direct(const Quad& q, const float* xs, int64_t group,
-                                                   int64_t ng_full) {
-  const Unpack16 unpack;
+                                                   int64_t ng, int64_t ng_full) {
   alignas(32) float partial[kTreeBatch][4][kLanes];  // q = pe + po of each channel and group
+  __m256 ze[4], zo[4];
+  for (int r = 0; r < 4; ++r) {
+    ze[r] = _mm256_broadcast_ss(&kZeroOffsets.even[q.zeros[0][0]]);
+    zo[r] = _mm256_broadcast_ss(&kZeroOffsets.odd[q.zeros[0][0]]);
+  }
+  const int64_t blocks = group / kBlock;
   __m128 y = _mm_setzero_ps();
   for (int64_t g0 = 0; g0 < ng_full; g0 += kTreeBatch) {
     const int64_t batch = std::min<int64_t>(kTreeBatch, ng_full - g0);
     for (int64_t j = 0; j < batch; ++j) {
       const int64_t g = g0 + j, k0 = g * group;
-      __m256 ze[4], zo[4], ae[4], ao[4];
       for (int r = 0; r < 4; ++r) {
-        ze[r] = _mm256_broadcast_ss(&kZeroOffsets.even[q.zeros[r][g]]);
-        zo[r] = _mm256_broadcast_ss(&kZeroOffsets.odd[q.zeros[r][g]]);
-        ae[r] = ao[r] = _mm256_setzero_ps();
-        // codes two quads on at this column: the hardware prefetcher alone lags here
-        _mm_prefetch(reinterpret_cast<const char*>(q.rows[r] + (k0 >> 1) + q.ahead),
-                     _MM_HINT_T0);
-      }
-      for (int64_t t = k0; t < k0 + group; t += kBlock) {
-        const __m256 xe = _mm256_loadu_ps(xs + t), xo = _mm256_loadu_ps(xs + t + kLanes);
-        for (int r = 0; r < 4; ++r) {
-          __m256 we, wo;
-          unpack(q.rows[r] + (t >> 1), ze[r], zo[r], &we, &wo);
-          ae[r] = _mm256_add_ps(ae[r], _mm256_mul_ps(we, xe));
-          ao[r] = _mm256_add_ps(ao[r], _mm256_mul_ps(wo, xo));
+        if (!kUniform) {
+          ze[r] = _mm256_broadcast_ss(&kZeroOffsets.even[q.zeros[r][g]]);
+          zo[r] = _mm256_broadcast_ss(&kZeroOffsets.odd[q.zeros[r][g]]);
         }
+        // codes two quads on, once per 64-byte line: the hardware prefetcher alone lags here
+        if ((k0 & 127) < group)
+          _mm_prefetch(reinterpret_cast<const char*>(q.rows[r] + (k0 >> 1) + q.ahead),
+                       _MM_HINT_T0);
       }
-      for (int r = 0; r < 4; ++r) _mm256_store_ps(partial[j][r], _mm256_add_ps(ae[r], ao[r]));
+      __m256 part[4];
+      quad_group<kBlocks>(q, xs, k0, blocks, ze, zo, part);
+      for (int r = 0; r < 4; ++r) _mm256_store_ps(partial[j][r], part[r]);
     }
-    for (int64_t j = 0; j < batch; ++j) {
-      const int64_t g = g0 + j;
-      const __m128 sum = tree4_avx2(_mm256_load_ps(partial[j][0]), _mm256_load_ps(partial[j][1]),
-                                    _mm256_load_ps(partial[j][2]), _mm256_load_ps(partial[j][3]));
-      const __m128 s =
-          _mm_setr_ps(q.scales[0][g], q.scales[1][g], q.scales[2][g], q.scales[3][g]);
-      y = _mm_add_ps(y, _mm_mul_ps(s, sum));
+    if (batch == kTreeBatch && g0 + kTreeBatch <= ng) {
+      // scales [g | g + 4] of the four channels: sc[j] for groups g0 + j and g0 + j + 4
+      __m256 rs[4], t[4], sc[4];
+      for (int r = 0; r < 4; ++r) rs[r] = _mm256_loadu_ps(q.scales[r] + g0);
+      t[0] = _mm256_unpacklo_ps(rs[0], rs[1]);
+      t[1] = _mm256_unpackhi_ps(rs[0], rs[1]);
+      t[2] = _mm256_unpacklo_ps(rs[2], rs[3]);
+      t[3] = _mm256_unpackhi_ps(rs[2], rs[3]);
+      sc[0] = _mm256_shuffle_ps(t[0], t[2], 0x44);
+      sc[1] = _mm256_shuffle_ps(t[0], t[2], 0xEE);
+      sc[2] = _mm256_shuffle_ps(t[1], t[3], 0x44);
+      sc[3] = _mm256_shuffle_ps(t[1], t[3], 0xEE);
+      __m256 prod[4];
+      for (int j = 0; j < 4; ++j) {
+        __m256 pa[4], pb[4];
+        for (int r = 0; r < 4; ++r) {
+          pa[r] = _mm256_load_ps(partial[j][r]);
+          pb[r] = _mm256_load_ps(partial[j + 4][r]);
+        }
+        prod[j] = _mm256_mul_ps(sc[j], tree8_avx2(pa, pb));
+      }
+      // y += s * sum group by group, in order
+      for (int j = 0; j < 4; ++j) y = _mm_add_ps(y, _mm256_castps256_ps128(prod[j]));
+      for (int j = 0; j < 4; ++j) y = _mm_add_ps(y, _mm256_extractf128_ps(prod[j], 1));
+    } else {
+      for (int64_t j = 0; j < batch; ++j) {
+        const int64_t g = g0 + j;
+        const __m128 sum =
+            tree4_avx2(_mm256_load_ps(partial[j][0]), _mm256_load_ps(partial[j][1]),
+                       _mm256_load_ps(partial[j][2]), _mm256_load_ps(partial[j][3]));
+        const __m128 s =
+            _mm_setr_ps(q.scales[0][g], q.scales[1][g], q.scales[2][g], q.scales[3][g]);
+        y = _mm_add_ps(y, _mm_mul_ps(s, sum));
+      }
     }
   }
   return y;
+}
+
+// quad_direct for this group size and these zero points.
+__attribute__((target("avx2"))) __m128 quad_direct_any(const Quad& q, const float* xs,
+                                                       int64_t group, int64_t ng, int64_t ng_full,
+                                                       bool uniform) {
+  switch (uniform ? group : -group) {
+    case 32: return quad_direct<2, true>(q, xs, group, ng, ng_full);
+    case 64: return quad_direct<4, true>(q, xs, group, ng, ng_full);
+    case 128: return quad_direct<8, true>(q, xs, group, ng, ng_full);
+    case -32: return quad_direct<2, false>(q, xs, group, ng, ng_full);
+    case -64: return quad_direct<4, false>(q, xs, group, ng, ng_full);
+    case -128: return quad_direct<8, false>(q, xs, group, ng, ng_full);
+    default:
+      return uniform ? quad_direct<0, true>(q, xs, group, ng, ng_full)
+                     : quad_direct<0, false>(q, xs, group, ng, ng_full);
+  }
+}
+
+// Whether every group of the channels [n, n + rows) has the zero point of the first (their
+// zero points are contiguous).
+inline bool uniform_zero_point(const Int4GemmArgs& a, int64_t n, int64_t rows, int64_t ng) {
+  const uint8_t* zeros = a.zeros + n * ng;
+  unsigned differ = 0;
+  for (int64_t i = 0; i < rows * ng; ++i) differ |= unsigned(zeros[i] ^ zeros[0]);
+  return differ == 0;
 }
 
 // y + s * (group sum) of one channel's last group when it is shorter than `group` (k % group
@@ -283,9 +446,10 @@ __attribute__((target("avx2"))) void rows_avx2(const Int4GemmArgs& a, const floa
     if (whole && a.m >= 2 && a.group <= kMaxTileGroup) {
       quad_tiled(q, a, xs_all, ks, n, ng_full);
     } else {
+      const bool uniform = whole && uniform_zero_point(a, n, 4, ng);
       for (int64_t mi = 0; mi < a.m; ++mi) {
         alignas(16) float y[4];
-        _mm_store_ps(y, quad_direct(q, xs_all + mi * ks, a.group, ng_full));
+        _mm_store_ps(y, quad_direct_any(q, xs_all + mi * ks, a.group, ng, ng_full, uniform));
         for (int r = 0; r < 4 && n + r < n1; ++r) a.out[mi * a.n + n + r] = y[r];
       }
     }
