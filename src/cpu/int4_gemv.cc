@@ -282,10 +282,10 @@ __attribute__((target("avx2"))) __m128 quad_direct(const Quad& q, const float* x
           ze[r] = _mm256_broadcast_ss(&kZeroOffsets.even[q.zeros[r][g]]);
           zo[r] = _mm256_broadcast_ss(&kZeroOffsets.odd[q.zeros[r][g]]);
         }
-        // codes two quads on, once per 64-byte line: the hardware prefetcher alone lags here
+        // codes four quads on, once per 64-byte line: the hardware prefetcher alone lags here
         if ((k0 & 127) < group)
           _mm_prefetch(reinterpret_cast<const char*>(q.rows[r] + (k0 >> 1) + q.ahead),
-                       _MM_HINT_T0);
+                       _MM_HINT_T1);
       }
       __m256 part[4];
       quad_group<kBlocks>(q, xs, k0, blocks, ze, zo, part);
@@ -441,7 +441,7 @@ __attribute__((target("avx2"))) void rows_avx2(const Int4GemmArgs& a, const floa
       q.scales[r] = a.scales + nr * ng;
       q.zeros[r] = a.zeros + nr * ng;
     }
-    q.ahead = 2 * 4 * kb;
+    q.ahead = 4 * 4 * kb;  // four quads on, into L2: two quads on, into L1, evicted x
     const bool whole = n + 4 <= n1;
     if (whole && a.m >= 2 && a.group <= kMaxTileGroup) {
       quad_tiled(q, a, xs_all, ks, n, ng_full);
