@@ -169,6 +169,7 @@ RULES = {
     "DeQuantStub.forward": [
         ("(q - zp) * scale, per channel", ["dequantstub_ignores_zp", "dequantstub_first_scale",
                                            "dequantstub_adds_zp", "dequantstub_divides"]),
+        ("images back to NCHW", ["dequantstub_keeps_nhwc", "dequantstub_nwhc"]),
     ],
     "QuantizedConv2d.forward": [
         ("pad every side with the input zero point; stride", ["qconv_pads_zero",
