@@ -110,8 +110,8 @@ CATALOG += [
     Mutation(
         "safetensors_big_endian", "header length written big-endian",
         ("01_save_load",),
-        (Patch('f.write(struct.pack("<Q", len(blob)))', 'f.write(struct.pack(">Q", len(blob)))',
-               cell=("01_save_load", "impl_safetensors")),)),
+        (Patch('f.write(len(raw).to_bytes(8, "little"))', 'f.write(len(raw).to_bytes(8, "big"))',
+               file="needle/serialization.py"),)),
     Mutation(
         "bn_variance_without_eps", "BatchNorm folded with 1/sqrt(var), forgetting eps",
         ("02_fusion",),
@@ -237,7 +237,7 @@ def M(exercise, name, description, notebook, *patches):
 
 
 _SAT = ("00_setup", "impl_saturate")
-_ST = ("01_save_load", "impl_safetensors")
+SER = "needle/serialization.py"
 _PC = ("03_quant_basics", "impl_per_channel")
 _IM = ("05_int8_cpu_kernel", "impl_im2col")
 _DP = ("06_cuda_int8", "impl_dp4a")
@@ -261,28 +261,41 @@ CATALOG += [
       C(*_SAT, "r = np.rint(x.astype(np.float64))", "r = np.rint(x.astype(np.float32)).astype(np.float64)")),
     # 1.1 write_safetensors
     M("write_safetensors", "st_offsets_absolute", "data offsets counted from the file start", NB1,
-      C(*_ST, "header, chunks, offset = {}, [], 0", "header, chunks, offset = {}, [], 8")),
-    M("write_safetensors", "st_accepts_float64", "float64 tensors written instead of rejected",
-      NB1, C(*_ST, 'DTYPES = {"float32": "F32",', 'DTYPES = {"float64": "F64", "float32": "F32",')),
-    M("write_safetensors", "st_metadata_not_str", "metadata values written as JSON numbers", NB1,
-      C(*_ST, 'header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}',
-        'header["__metadata__"] = dict(metadata)')),
+      F('header = {"__metadata__": metadata}\n    offset = 0\n',
+        'header = {"__metadata__": metadata}\n    offset = 8\n', file=SER)),
+    M("write_safetensors", "st_offsets_overlap", "each tensor's offsets start at 0", NB1,
+      F("        offset += arr.nbytes\n", "", file=SER)),
+    M("write_safetensors", "st_metadata_dropped", "metadata not written", NB1,
+      F('header = {"__metadata__": metadata}\n', 'header = {}\n', file=SER)),
     M("write_safetensors", "st_shape_dropped", "shape written flat ([size])", NB1,
-      C(*_ST, '"shape": list(arr.shape),', '"shape": [int(arr.size)],')),
+      F('"shape": list(arr.shape),', '"shape": [int(arr.size)],', file=SER)),
     M("write_safetensors", "st_unsorted_big_endian_data", "int32 data written big-endian", NB1,
-      C(*_ST, 'data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()',
-        'data = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder(">"), copy=False).tobytes()')),
-    # 1.2 read_safetensors
-    M("read_safetensors", "st_reader_assumes_order", "reader assumes data in header order", NB1,
-      C(*_ST, "        begin, end = info[\"data_offsets\"]\n",
-        "        begin = sum(int(np.prod(v['shape'])) * np.dtype(inverse[v['dtype']]).itemsize for v in list(header.values())[:list(header).index(name)])\n        end = begin + int(np.prod(info['shape'])) * np.dtype(inverse[info['dtype']]).itemsize\n")),
-    M("read_safetensors", "st_reader_keeps_metadata_key", "__metadata__ returned as a tensor",
-      NB1, C(*_ST, 'metadata = header.pop("__metadata__", {}) or {}', 'metadata = dict(header.get("__metadata__", {}))\n    header = {k: v for k, v in header.items() if k != "__metadata__"} if False else header')),
-    M("read_safetensors", "st_reader_unknown_dtype_guess", "unknown dtype read as uint8", NB1,
-      C(*_ST, "        if info[\"dtype\"] not in inverse:\n            raise ValueError(f\"tensor {name!r}: unsupported dtype {info['dtype']}\")\n",
-        "        if info[\"dtype\"] not in inverse:\n            info[\"dtype\"] = \"U8\"\n")),
-    M("read_safetensors", "st_reader_flat", "reader ignores the shape", NB1,
-      C(*_ST, ".reshape(info[\"shape\"])", "")),
+      F("f.write(arr.astype(DTYPE_CODES[_CODE_OF[arr.dtype.name]], copy=False).tobytes())",
+        "f.write(arr.astype(arr.dtype.newbyteorder(\">\") if arr.dtype.kind != \"f\" else arr.dtype, copy=False).tobytes())",
+        file=SER)),
+    M("write_safetensors", "st_data_unsorted", "entries and data in the dict's order", NB1,
+      F("    names = sorted(arrays)\n", "    names = list(arrays)\n", file=SER)),
+    M("write_safetensors", "st_header_unpadded", "header not padded to a multiple of 8", NB1,
+      F('    raw += b" " * (-len(raw) % 8)\n', "", file=SER)),
+    M("write_safetensors", "st_header_nul_padded", "header padded with NUL bytes", NB1,
+      F('    raw += b" " * (-len(raw) % 8)\n', '    raw += b"\\0" * (-len(raw) % 8)\n', file=SER)),
+    # 1.2 read_safetensors_header
+    M("read_safetensors_header", "st_reader_big_endian", "header length read big-endian", NB1,
+      F('n = int.from_bytes(f.read(8), "little")', 'n = int.from_bytes(f.read(8), "big")',
+        file=SER)),
+    M("read_safetensors_header", "st_reader_no_length_check",
+      "reads the header without checking its length", NB1,
+      F("    check_header_length(path, n, file_size)\n    raw", "    raw", file=SER)),
+    M("read_safetensors_header", "st_reader_data_start_n", "data section said to start at n",
+      NB1, F("object_pairs_hook=_no_duplicates), 8 + n", "object_pairs_hook=_no_duplicates), n",
+             file=SER)),
+    M("read_safetensors_header", "st_reader_data_start_aligned",
+      "data section assumed to start at a multiple of 8", NB1,
+      F("object_pairs_hook=_no_duplicates), 8 + n",
+        "object_pairs_hook=_no_duplicates), 8 + n + (-n % 8)", file=SER)),
+    M("read_safetensors_header", "st_reader_duplicates", "a key given twice: the last one wins",
+      NB1, F("json.loads(raw.decode(\"utf-8\"), object_pairs_hook=_no_duplicates)",
+             "json.loads(raw.decode(\"utf-8\"))", file=SER)),
     # 2.1 fold_bn
     M("fold_bn", "bn_mean_not_subtracted", "folded bias forgets the running mean", NB2,
       F("b_f = (b - mean) * scale + beta", "b_f = b * scale + beta", file=FUSE)),
