@@ -34,6 +34,8 @@ COURSE = {
 }
 
 # Shorthands for the files that hold library exercises.
+_SER = "needle/serialization.py"
+_T_SER = "tests/test_serialization.py::"
 _REF = "needle/quant/reference.py"
 _OBS = "needle/quant/observers.py"
 _FUSE = "needle/quant/fuse.py"
@@ -62,10 +64,14 @@ NOTEBOOKS = [
     {"id": "01_save_load", "title": "Saving and loading models: the safetensors format",
      "uses": [],
      "exercises": [
-         _ex("1.1", "write_safetensors", "cell:impl_safetensors:write_safetensors",
-             "write a safetensors file", ["test_roundtrip", "test_interop"]),
-         _ex("1.2", "read_safetensors", "cell:impl_safetensors:read_safetensors",
-             "read a safetensors file", ["test_roundtrip", "test_interop"]),
+         _ex("1.1", "write_safetensors", f"{_SER}:write_safetensors",
+             "write a safetensors file", ["test_roundtrip", "test_interop"],
+             [_T_SER + "test_round_trip_bit_exact", _T_SER + "test_nan_payload_preserved",
+              _T_SER + "test_file_layout", _T_SER + "test_safetensors_package"]),
+         _ex("1.2", "read_safetensors_header", f"{_SER}:read_safetensors_header",
+             "read a safetensors file's header", ["test_roundtrip", "test_interop"],
+             [_T_SER + "test_round_trip_bit_exact", _T_SER + "test_safetensors_package",
+              _T_SER + "test_load_rejects"]),
      ]},
     {"id": "02_fusion", "title": "Folding BatchNorm and fusing ReLU", "uses": [],
      "exercises": [

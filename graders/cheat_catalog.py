@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from .audit_catalog import Patch
 
 REF = "needle/quant/reference.py"
+SER = "needle/serialization.py"
+# a broken writer that labels every tensor F32 (right for float32 tensors only)
+_SER_F32_ONLY = Patch('"dtype": _CODE_OF[arr.dtype.name]', '"dtype": "F32"', file=SER)
 MARK = "nq-audit-marker"        # processes and files a cheat leaves carry this name
 
 
@@ -286,27 +289,27 @@ CASES = [
          "sys.excepthook", "03_quant_basics", trick=(_stubbed_with(_HOOKS),),
          stub_files=(REF,)),
     Case("displayhook_score", "cheat",
-         "a solution calls sys.displayhook(3.0) before returning a wrong value, so the test cell's "
-         "first output is an execute_result", "01_save_load",
-         stub_cells=("impl_safetensors",),
-         trick=(NbEdit("append_to", "impl_safetensors", _DISPLAYHOOK + '''
-def write_safetensors(path, tensors, metadata=None):
+         "the library's solutions call sys.displayhook(3.0) before returning a wrong value, so "
+         "the test cell's first output is an execute_result", "01_save_load",
+         stub_files=(SER,),
+         trick=(_append(_DISPLAYHOOK + '''
+def write_safetensors(f, arrays, metadata):
     _score(None)
-def read_safetensors(path):
-    return _score(({}, {}))
-'''),)),
+def read_safetensors_header(f, path, file_size):
+    return _score(({}, 8))
+''', file=SER),)),
     Case("shadow_readonly_helper", "cheat",
          "an extra cell after the read-only example data keeps only the float32 tensor, which "
          "the broken writer handles", "01_save_load",
-         patches=(Patch('"int8": "I8", ', '', cell=("01_save_load", "impl_safetensors")),),
+         patches=(_SER_F32_ONLY,),
          trick=(NbEdit("insert_after", "example_tensors",
                        'tensors = {"w": tensors["w"]}'),)),
     Case("delete_readonly_helper", "cheat",
          "deletes the read-only example-data cell and writes a smaller one in its place",
          "01_save_load",
-         patches=(Patch('"int8": "I8", ', '', cell=("01_save_load", "impl_safetensors")),),
+         patches=(_SER_F32_ONLY,),
          trick=(NbEdit("delete", "example_tensors"),
-                NbEdit("insert_after", "impl_safetensors",
+                NbEdit("insert_after", "setup",
                        'import numpy as np\ntensors = {"w": np.ones((3, 4), np.float32)}'))),
     Case("forged_extra_grade_cell", "cheat",
          "adds a cell with grading metadata (grade: true, 50 points) that always passes",

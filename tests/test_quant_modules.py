@@ -44,9 +44,17 @@ def test_quant_stub_matches_reference_and_goes_nhwc():
 
 def test_dequant_stub_matches_reference_and_goes_nchw():
     rng = np.random.default_rng(1)
-    q = rng.integers(0, 256, (2, 4, 5, 3)).astype(np.uint8)
-    out = DeQuantStub()(QTensor(_nd(q, "uint8"), np.float32(0.1), 100))
-    np.testing.assert_array_equal(out.numpy(), R.dequantize(q, 0.1, 100).transpose(0, 3, 1, 2))
+    # an NHWC image (N=1, H=2, W=2, C=3) holding the codes 100..111 comes back as NCHW floats
+    img = (100 + np.arange(12)).reshape(1, 2, 2, 3).astype(np.uint8)
+    out = DeQuantStub()(QTensor(_nd(img, "uint8"), np.float32(0.5), 100))
+    assert out.shape == (1, 3, 2, 2), out.shape
+    np.testing.assert_array_equal(out.numpy(), np.float32([[[[0.0, 1.5], [3.0, 4.5]],
+                                                            [[0.5, 2.0], [3.5, 5.0]],
+                                                            [[1.0, 2.5], [4.0, 5.5]]]]))
+    out = DeQuantStub()(QTensor(_nd(img, "uint8"), np.float32([0.5, 1.0, 2.0]), 100))
+    np.testing.assert_array_equal(out.numpy(), np.float32([[[[0.0, 1.5], [3.0, 4.5]],
+                                                            [[1.0, 4.0], [7.0, 10.0]],
+                                                            [[4.0, 10.0], [16.0, 22.0]]]]))
     acc = rng.integers(-10 ** 6, 10 ** 6, (3, 4)).astype(np.int32)
     s = np.float32([0.1, 0.2, 0.3, 1e-3])
     out = DeQuantStub()(QTensor(_nd(acc, "int32"), s, 0))
@@ -139,8 +147,11 @@ def test_quantized_add_relu_and_flatten():
     np.testing.assert_array_equal(r.data.numpy(), np.maximum(a, 120))
 
     # flatten of NHWC data gives the float model's NCHW feature order
-    f = QuantizedFlatten()(QTensor(_nd(a, "uint8"), np.float32(0.02), 120))
-    np.testing.assert_array_equal(f.data.numpy(), a.transpose(0, 3, 1, 2).reshape(2, -1))
+    # (N=1, H=2, W=2, C=3) codes 0..11: channel 0's four pixels first, then channel 1's, ...
+    img = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
+    f = QuantizedFlatten()(QTensor(_nd(img, "uint8"), np.float32(0.02), 120))
+    np.testing.assert_array_equal(f.data.numpy(), [[0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]])
+    assert f.scale == np.float32(0.02) and f.zero_point == 120
 
 
 # ------------------------------------------------------------------------- whole pipeline

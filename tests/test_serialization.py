@@ -58,13 +58,13 @@ def test_nan_payload_preserved(tmp_path):
 def test_file_layout(tmp_path):
     path = tmp_path / "l.safetensors"
     ndl.save({"b": np.arange(3, dtype=np.int32), "a": np.ones(2, np.float32)}, path)
-    raw = path.read_bytes()
-    n = int.from_bytes(raw[:8], "little")
-    assert n % 8 == 0
-    header = json.loads(raw[8:8 + n])
-    assert header["a"] == {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
-    assert header["b"] == {"dtype": "I32", "shape": [3], "data_offsets": [8, 20]}
-    assert raw[8 + n:] == np.ones(2, "<f4").tobytes() + np.arange(3, dtype="<i4").tobytes()
+    # the whole file: its 184-byte header (0xb8, padded with 4 spaces), then a's and b's bytes
+    want = (b"\xb8" + b"\0" * 7
+            + b'{"__metadata__":{"needle.format_version":"1","needle.kind":"state_dict"},'
+              b'"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},'
+              b'"b":{"dtype":"I32","shape":[3],"data_offsets":[8,20]}}    '
+            + b"\0\0\x80?" * 2 + b"\0\0\0\0" b"\x01\0\0\0" b"\x02\0\0\0")
+    assert path.read_bytes() == want
 
 
 def test_safetensors_package_reads_our_files_and_we_read_its(tmp_path):

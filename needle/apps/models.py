@@ -6,6 +6,7 @@ import numpy as np
 import needle as ndl
 import needle.nn as nn
 from needle.nn.zoo import ResNet9
+from needle.serialization import load_checkpoint
 
 __all__ = ["ResNet9", "LanguageModel", "load_language_model", "sample_tokens",
            "DEFAULT_LM_CHECKPOINT"]
@@ -67,7 +68,7 @@ def load_language_model(path=None, device=None):
     """The LanguageModel saved by ``python -m needle.apps.train_lm`` (default: the shipped
     checkpoint), built from the configuration in the file's metadata, in eval mode."""
     path = DEFAULT_LM_CHECKPOINT if path is None else Path(path)
-    state, metadata = ndl.load(path, device=device, return_metadata=True)
+    state, metadata = load_checkpoint(path, device=device, return_metadata=True)
     missing = [k for k in _CONFIG_KEYS if k not in metadata]
     if missing:
         raise ValueError(f"{path}: metadata lacks {missing}; not a LanguageModel checkpoint")

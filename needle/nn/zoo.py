@@ -133,12 +133,12 @@ def MLPResNet(dim, hidden_dim=100, num_blocks=3, num_classes=10, norm=BatchNorm1
 
 def pretrained_mnist_cnn(path=None, device=None):
     """Return an ``MnistCNN`` in eval mode with the shipped weights (or those at ``path``)."""
-    from ..serialization import load  # deferred: serialization imports nn lazily too
+    from ..serialization import load_checkpoint  # deferred: serialization imports nn lazily
 
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found (train one: python -m needle.train)")
     model = MnistCNN(device=device)
-    model.load_state_dict(load(path, device=device))
+    model.load_state_dict(load_checkpoint(path, device=device))
     model.eval()
     return model

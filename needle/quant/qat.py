@@ -444,8 +444,8 @@ def save_qat(qat_model, path):
 def load_qat(path, model, device=None):
     """The QAT model saved at ``path``, rebuilt on a float ``model`` of the same architecture
     (e.g. ``nn.MnistCNN()``); in eval mode."""
-    from ..serialization import load
-    tensors, meta = load(path, device=device, return_metadata=True)
+    from ..serialization import load_checkpoint
+    tensors, meta = load_checkpoint(path, device=device, return_metadata=True)
     if RANGES_KEY not in meta or CONFIG_KEY not in meta:
         raise ValueError(f"{path}: not a QAT checkpoint (no {RANGES_KEY!r} / {CONFIG_KEY!r} "
                          f"metadata); write one with save_qat")
