@@ -662,12 +662,7 @@ __attribute__((target("avx512f"))) void rows_avx512(const Int4GemmArgs& a, const
   int64_t n = n0;
   for (; n + 8 <= n1; n += 8) {
     float* y = a.out + n;
-    // one zero point in all groups of the eight channels (their zeros are contiguous)
-    const uint8_t* zeros = a.zeros + n * ng;
-    unsigned differ = 0;
-    for (int64_t i = 0; i < 8 * ng; ++i) differ |= unsigned(zeros[i] ^ zeros[0]);
-    const bool uniform = differ == 0;
-    if (uniform) octet_direct<true>(a, xs_all, n, ng_full, y);
+    if (uniform_zero_point(a, n, 8, ng)) octet_direct<true>(a, xs_all, n, ng_full, y);
     else octet_direct<false>(a, xs_all, n, ng_full, y);
     if (ng_full < ng) {  // the short last group, added last as in the reference
       const int64_t k0 = ng_full * a.group;
