@@ -4,11 +4,15 @@ Everything that names an exercise derives from this file: the stubs' messages, t
 README's table, ``python -m course check/submit`` and the grader (which files a submission
 holds, which code of an earlier notebook is replaced by the course's reference).
 
-An exercise is one function the student writes; ``where`` says where its code goes:
+An exercise is one idea the student implements, in one function or in a few small ones of the
+same file or cell; ``where`` says where its (first) function goes:
 
     "needle/quant/reference.py:choose_qparams"     a library function (Python: qualified name,
     "src/cpu/qgemm_scalar.cc:qgemm_scalar_tile"    C++/CUDA: the enclosing function's name)
     "cell:impl_saturate:saturate_cast"             a function in a solution cell of the notebook
+
+and ``also`` names the exercise's other functions in that same file or cell (``functions`` and
+``wheres`` list them all). Each function's stub names itself and the exercise.
 
 Every solution region of the instructor's tree belongs to exactly one exercise (the release
 tool refuses to build otherwise). ``tests`` are the notebook's visible test cells that check
@@ -44,15 +48,16 @@ _CONV = "needle/quant/convert.py"
 _SCALAR = "src/cpu/qgemm_scalar.cc"
 _CUDA = "src/cuda/qgemm.cuh"
 _T_REF = "tests/test_quant_reference.py::"
+_T_QG = "tests/test_qgemm.py::"
 _T_OBS = "tests/test_observers.py::"
 _T_MOD = "tests/test_quant_modules.py::"
 _QAT = "needle/quant/qat.py"
 _T_QAT = "tests/test_qat.py::"
 
 
-def _ex(num, name, where, title, tests=(), pytest=()):
+def _ex(num, name, where, title, tests=(), pytest=(), also=()):
     return {"id": num, "name": name, "where": where, "title": title,
-            "tests": list(tests), "pytest": list(pytest)}
+            "tests": list(tests), "pytest": list(pytest), "also": list(also)}
 
 
 NOTEBOOKS = [
@@ -87,20 +92,19 @@ NOTEBOOKS = [
              ["test_choose_qparams"],
              [_T_REF + "test_choose_qparams", _T_REF + "test_zero_exactly_representable",
               _T_REF + "test_affine_range_ends"]),
-         _ex("3.2", "quantize", f"{_REF}:quantize", "quantize (round half to even, saturate)",
-             ["test_quantize"],
+         _ex("3.2", "quantize", f"{_REF}:quantize",
+             "quantize (round half to even, saturate) and dequantize", ["test_quantize"],
              [_T_REF + "test_saturation", _T_REF + "test_quantize_monotone",
-              _T_REF + "test_quantize_rounds_half_to_even", _T_REF + "test_per_channel"]),
-         _ex("3.3", "dequantize", f"{_REF}:dequantize", "dequantize",
-             ["test_quantize"], [_T_REF + "test_round_trip_error"]),
-         _ex("3.4", "per_channel_weight_qparams", "cell:impl_per_channel:per_channel_weight_qparams",
+              _T_REF + "test_quantize_rounds_half_to_even", _T_REF + "test_per_channel",
+              _T_REF + "test_round_trip_error"], also=["dequantize"]),
+         _ex("3.3", "per_channel_weight_qparams", "cell:impl_per_channel:per_channel_weight_qparams",
              "per-channel symmetric weight scales", ["test_per_channel"]),
-         _ex("3.5", "quantize_bias", f"{_REF}:quantize_bias", "int32 bias",
-             ["test_quantize_bias"], [_T_REF + "test_quantize_bias"]),
-         _ex("3.6", "quantize_multiplier", f"{_REF}:quantize_multiplier",
-             "a real multiplier as a 31-bit integer and a shift", ["test_quantize_multiplier"],
-             [_T_REF + "test_multiplier"]),
-         _ex("3.7", "requantize", f"{_REF}:requantize", "int32 accumulators back to 8 bits",
+         _ex("3.4", "quantize_bias", f"{_REF}:quantize_bias",
+             "the scales as integers: the int32 bias, the multiplier as a 31-bit integer and a "
+             "shift", ["test_quantize_bias", "test_quantize_multiplier"],
+             [_T_REF + "test_quantize_bias", _T_REF + "test_multiplier"],
+             also=["quantize_multiplier"]),
+         _ex("3.5", "requantize", f"{_REF}:requantize", "int32 accumulators back to 8 bits",
              ["test_requantize"], [_T_REF + "test_requantize"]),
      ]},
     {"id": "04_calibration", "title": "Calibration: estimating activation ranges",
@@ -123,18 +127,22 @@ NOTEBOOKS = [
          _ex("5.2", "im2col", "cell:impl_im2col:im2col", "convolution as a matrix product",
              ["test_im2col", "test_qconv_matches_float"]),
          _ex("5.3", "qgemm_scalar_tile", f"{_SCALAR}:qgemm_scalar_tile",
-             "the C++ int8 GEMM tile (portable path)", ["test_cpp_scalar_accumulators"]),
+             "the C++ int8 GEMM tile (portable path)", ["test_cpp_scalar_accumulators"],
+             # int32 outputs are the tile's accumulators, before any requantization
+             [_T_QG + "test_qgemm_zero_point_folding[cpu-scalar]",
+              _T_QG + "test_qgemm_extreme_values[cpu-scalar-"]),
          _ex("5.4", "requantize_scalar", f"{_SCALAR}:requantize_scalar",
-             "requantize in C++", ["test_cpp_scalar_requantize"]),
+             "requantize in C++", ["test_cpp_scalar_requantize"],
+             [_T_QG + "test_qgemm_matches_reference[cpu-scalar-"]),
      ]},
     {"id": "06_cuda_int8", "title": "The int8 GEMM on a GPU", "uses": [_REF], "build": True,
      "exercises": [
-         _ex("6.1", "pack_k4", "cell:impl_dp4a:pack_k4", "pack four int8 codes into a word",
-             ["test_dp4a"]),
-         _ex("6.2", "dp4a", "cell:impl_dp4a:dp4a", "the dp4a instruction in numpy", ["test_dp4a"]),
-         _ex("6.3", "qgemm_dp4a", "cell:impl_qgemm_dp4a:qgemm_dp4a", "the GEMM from dp4a",
+         _ex("6.1", "pack_k4", "cell:impl_dp4a:pack_k4",
+             "pack four int8 codes into a word, and the dp4a instruction in numpy", ["test_dp4a"],
+             also=["dp4a"]),
+         _ex("6.2", "qgemm_dp4a", "cell:impl_qgemm_dp4a:qgemm_dp4a", "the GEMM from dp4a",
              ["test_qgemm_dp4a"]),
-         _ex("6.4", "compute_tile", f"{_CUDA}:compute_tile", "the CUDA tile (dp4a, registers)",
+         _ex("6.3", "compute_tile", f"{_CUDA}:compute_tile", "the CUDA tile (dp4a, registers)",
              ["test_cuda_tile_emulated", "test_cuda_tile_gpu"]),
      ]},
     {"id": "07_end_to_end", "title": "End to end: an int8 MNIST classifier",
@@ -143,16 +151,15 @@ NOTEBOOKS = [
          _ex("7.1", "quantize_weight", f"{_CONV}:quantize_weight", "per-channel int8 weights",
              ["test_quantize_weight"]),
          _ex("7.2", "QuantStub.forward", f"{_MOD}:QuantStub.forward",
-             "float input to uint8 codes", ["test_int8_accuracy"],
-             [_T_MOD + "test_quant_stub"]),
-         _ex("7.3", "DeQuantStub.forward", f"{_MOD}:DeQuantStub.forward", "codes back to float",
-             ["test_int8_accuracy"], [_T_MOD + "test_dequant_stub"]),
-         _ex("7.4", "QuantizedConv2d.forward", f"{_MOD}:QuantizedConv2d.forward",
+             "float input to uint8 codes and codes back to float", ["test_int8_accuracy"],
+             [_T_MOD + "test_quant_stub", _T_MOD + "test_dequant_stub"],
+             also=["DeQuantStub.forward"]),
+         _ex("7.3", "QuantizedConv2d.forward", f"{_MOD}:QuantizedConv2d.forward",
              "the quantized convolution", ["test_int8_accuracy", "test_layer_sqnr"],
              [_T_MOD + "test_quantized_conv"]),
-         _ex("7.5", "QuantizedFlatten.forward", f"{_MOD}:QuantizedFlatten.forward",
+         _ex("7.4", "QuantizedFlatten.forward", f"{_MOD}:QuantizedFlatten.forward",
              "flatten NHWC codes in the float model's order", ["test_int8_accuracy"]),
-         _ex("7.6", "quantized_add", f"{_REF}:quantized_add",
+         _ex("7.5", "quantized_add", f"{_REF}:quantized_add",
              "the residual addition in integers", ["test_int8_accuracy", "test_save_load"],
              [_T_REF + "test_quantized_add", _T_MOD + "test_quantized_add"]),
      ]},
@@ -218,16 +225,37 @@ def exercises(nb_id: str | None = None):
                 yield nb["id"], ex
 
 
-def stub_message(nb_id: str, ex: dict) -> str:
-    """What an unwritten exercise raises, e.g. 'choose_qparams: exercise 3.1 of notebook
-    03_quant_basics'."""
-    return f"{ex['name']}: exercise {ex['id']} of notebook {nb_id}"
+def stub_message(nb_id: str, ex: dict, func: str | None = None) -> str:
+    """What an unwritten function of an exercise raises, e.g. 'choose_qparams: exercise 3.1 of
+    notebook 03_quant_basics' (``func``: one of ``functions(ex)``, default the first)."""
+    return f"{func or ex['name']}: exercise {ex['id']} of notebook {nb_id}"
+
+
+def stub_messages(nb_id: str, ex: dict) -> list[str]:
+    """The stub message of each function of the exercise."""
+    return [stub_message(nb_id, ex, f) for f in functions(ex)]
 
 
 def location(ex: dict) -> tuple[str, str]:
-    """(file or 'cell:<grade id>', function) of an exercise's ``where``."""
+    """(file or 'cell:<grade id>', first function) of an exercise's ``where``."""
     path, _, func = ex["where"].rpartition(":")
     return path, func
+
+
+def functions(ex: dict) -> list[str]:
+    """Every function the exercise asks for, its ``where`` first, then ``also``."""
+    return [location(ex)[1], *ex.get("also", [])]
+
+
+def wheres(ex: dict) -> list[str]:
+    """``<file or cell:id>:<function>`` of every function of the exercise."""
+    path = location(ex)[0]
+    return [f"{path}:{f}" for f in functions(ex)]
+
+
+def display_name(ex: dict) -> str:
+    """'quantize' or, for an exercise of several functions, 'quantize + dequantize'."""
+    return " + ".join(functions(ex))
 
 
 def library_file(ex: dict) -> str | None:

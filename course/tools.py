@@ -49,7 +49,7 @@ def list_exercises() -> int:
         for ex in nb["exercises"]:
             path, func = M.location(ex)
             where = f"notebook cell {path[5:]}" if path.startswith("cell:") else path
-            print(f"  {ex['id']:>4} {ex['name']:<28} {where}  ({ex['title']})")
+            print(f"  {ex['id']:>4} {M.display_name(ex):<28} {where}  ({ex['title']})")
     return 0
 
 
@@ -246,8 +246,7 @@ def _unwritten(root: Path, nb_id: str) -> list[str]:
         if f not in texts:
             p = root / f
             texts[f] = p.read_text(encoding="utf-8", errors="replace") if p.is_file() else ""
-        msg = M.stub_message(nb_id, ex)
-        if msg in texts[f]:
+        if any(msg in texts[f] for msg in M.stub_messages(nb_id, ex)):
             out.append(f"{ex['id']} {ex['name']}")
     return out
 

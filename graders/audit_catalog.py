@@ -355,7 +355,7 @@ CATALOG += [
     M("choose_qparams", "qparams_symmetric_full_range", "symmetric scale max|x| / (qmax - qmin)",
       NB3, F("scale = np.maximum(-lo, hi) / ((qmax - qmin) / 2.0)",
              "scale = np.maximum(-lo, hi) / (qmax - qmin)")),
-    # 3.2 quantize
+    # 3.2 quantize + dequantize: quantize
     M("quantize", "quantize_reciprocal", "multiplies by the float32 reciprocal of the scale",
       NB3, F("r = np.rint(x / s).astype(np.float64)", "r = np.rint(x * (np.float32(1) / s)).astype(np.float64)")),
     M("quantize", "quantize_float64_division", "divides in float64", NB3,
@@ -366,7 +366,7 @@ CATALOG += [
         "r = np.where(np.isnan(r), qmin - zp, r)\n    q = np.clip(r + zp, qmin, qmax)")),
     M("quantize", "quantize_wraps", "casts without clamping (wraps around)", NB3,
       F("q = np.clip(r + zp, qmin, qmax)", "q = (r + zp).astype(np.int64)")),
-    # 3.3 dequantize
+    # 3.2 quantize + dequantize: dequantize
     M("dequantize", "dequantize_first_scale", "uses the first channel's scale for all channels",
       NB3, F("return (q.astype(np.int64) - zp).astype(np.float32) * s",
              "return (q.astype(np.int64) - zp).astype(np.float32) * np.float32(np.ravel(s)[0])")),
@@ -376,7 +376,7 @@ CATALOG += [
     M("dequantize", "dequantize_adds_zero_point", "adds the zero point instead of subtracting",
       NB3, F("return (q.astype(np.int64) - zp).astype(np.float32) * s",
              "return (q.astype(np.int64) + zp).astype(np.float32) * s")),
-    # 3.4 per_channel_weight_qparams
+    # 3.3 per_channel_weight_qparams
     M("per_channel_weight_qparams", "per_channel_affine", "affine int8 per-channel weights",
       NB3, C(*_PC, '"symmetric", "int8",', '"affine", "int8",')),
     M("per_channel_weight_qparams", "per_channel_wrong_axis", "one scale per input channel", NB3,
@@ -384,14 +384,14 @@ CATALOG += [
         "flat = np.moveaxis(np.asarray(w, np.float32), 1, 0).reshape(w.shape[1], -1)")),
     M("per_channel_weight_qparams", "per_channel_abs_max_only_positive", "range from max only",
       NB3, C(*_PC, "flat.min(axis=1), flat.max(axis=1)", "-flat.max(axis=1), flat.max(axis=1)")),
-    # 3.5 quantize_bias
+    # 3.4 quantize_bias + quantize_multiplier: quantize_bias
     M("quantize_bias", "bias_wraps", "int32 bias wraps instead of saturating", NB3,
       F("return np.clip(r, _INT32_MIN, _INT32_MAX).astype(np.int32)", "return r.astype(np.int64).astype(np.int32)")),
     M("quantize_bias", "bias_truncates", "bias rounded toward zero", NB3,
       F("r = np.rint(b / s)", "r = np.trunc(b / s)")),
     M("quantize_bias", "bias_nan_kept", "NaN bias not mapped to 0", NB3,
       F("r = np.where(np.isnan(r), 0.0, r)\n    return np.clip(r, _INT32_MIN", "r = np.where(np.isnan(r), _INT32_MIN, r)\n    return np.clip(r, _INT32_MIN")),
-    # 3.6 quantize_multiplier
+    # 3.4 quantize_bias + quantize_multiplier: quantize_multiplier
     M("quantize_multiplier", "multiplier_truncates", "m = floor(M0 * 2^31) instead of rint", NB3,
       F("m = np.rint(np.ldexp(M0, 31)).astype(np.int64)", "m = np.floor(np.ldexp(M0, 31)).astype(np.int64)")),
     M("quantize_multiplier", "multiplier_tiny_kept", "tiny multipliers (n > 31) not flushed to 0",
@@ -401,7 +401,7 @@ CATALOG += [
     M("quantize_multiplier", "multiplier_float32_frexp", "decomposes float32(M) (loses bits)",
       NB3, F("M0, e = np.frexp(M)  # M = M0 * 2^e, M0 in [0.5, 1)",
              "M0, e = np.frexp(np.asarray(M, np.float32))\n    M0 = M0.astype(np.float64)")),
-    # 3.7 requantize
+    # 3.5 requantize
     M("requantize", "requantize_half_away", "ties of negative values rounded away from zero",
       NB3, F("y = (acc * m + (np.int64(1) << (s - 1))) >> s",
              "y = np.where(acc >= 0, (acc * m + (np.int64(1) << (s - 1))) >> s, -((-acc * m + (np.int64(1) << (s - 1))) >> s))")),
@@ -485,7 +485,7 @@ CATALOG += [
     M("requantize_scalar", "cpp_requantize_no_clamp", "C++ requantize forgets the clamp", NB5,
       F("return int32_t(std::min<int64_t>(std::max<int64_t>(y + out_zero_point, low), hi));",
         "return int32_t(y + out_zero_point);", file=SCALAR_CC)),
-    # 6.1 pack_k4, 6.2 dp4a, 6.3 qgemm_dp4a
+    # 6.1 pack_k4 + dp4a, 6.2 qgemm_dp4a
     M("pack_k4", "pack_no_padding", "K not padded to a multiple of 4 (tail dropped)", NB6,
       C(*_DP, "kp = -(-K // 4) * 4", "kp = K // 4 * 4")),
     M("pack_k4", "pack_pads_with_ones", "padding bytes set to 1", NB6,
@@ -509,7 +509,7 @@ CATALOG += [
       C(*_QD, "acc = np.clip(acc, -2 ** 31, 2 ** 31 - 1)\n", "")),
     M("qgemm_dp4a", "qgemm_dp4a_no_bias", "bias dropped", NB6,
       C(*_QD, " + np.asarray(bias, np.int64)", "")),
-    # 6.4 compute_tile (CUDA, native)
+    # 6.3 compute_tile (CUDA, native)
     M("compute_tile", "cuda_tile_swapped_operands", "dp4a with swapped operand roles", NB6,
       F("acc[i][j] = dot4<AT>(av[i], bv[j], acc[i][j]);", "acc[i][j] = dot4<AT>(bv[j], av[i], acc[i][j]);",
         file=QGEMM_CUH)),

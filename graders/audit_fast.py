@@ -30,7 +30,10 @@ from graders.audit_catalog import CATALOG, Mutation  # noqa: E402
 from graders.course import REPO, walk_repo  # noqa: E402
 
 NATIVE_SUFFIXES = (".cc", ".cu", ".cuh", ".h", ".cpp")
-NOT_REACHED = "not reached (an earlier failure, a crash or a timeout)"
+NOT_REACHED = "not reached (an earlier failure or a crash)"
+#: a test the run never reached because it ran out of time: a hang or a slow mutant shows
+#: nothing about whether the tests pin the rule, so it is never counted as caught
+TIMED_OUT = "not reached (the run timed out)"
 
 RUNNER = r'''
 import json, sys
@@ -108,12 +111,13 @@ def run_tests(ws: Path, name: str, cell_patches=(), timeout=600, stop_on=()):
         cj.write_text(json.dumps(cells))
         env = {**os.environ, "NEEDLE_ROOT": str(ws), "MPLBACKEND": "Agg", "NEEDLE_SETUP_BUILD": "0",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ws)}
+        unreached = NOT_REACHED
         try:
             subprocess.run([sys.executable, "-c", RUNNER, str(cj), str(rj),
                             json.dumps(sorted(stop_on))], cwd=ws / "notebooks",
                            env=env, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            pass
+            unreached = f"{TIMED_OUT[:-1]} after {timeout} s)"
         got = {}
         if rj.exists():
             for line in rj.read_text().splitlines():
@@ -121,7 +125,7 @@ def run_tests(ws: Path, name: str, cell_patches=(), timeout=600, stop_on=()):
                 got[gid] = (ok, err)
     for role, gid, _ in cells:   # a crash or a timeout fails every test it did not reach
         if role == "test" and gid not in got:
-            got[gid] = (False, NOT_REACHED)
+            got[gid] = (False, unreached)
     return got
 
 
@@ -167,22 +171,34 @@ def _mutant(m, ref_ws, ref, work, slot):
     ws = work / f"mutant-{slot}"
     _link_copy(ref_ws, ws)
     apply_file_patches(ws, m.patches)
-    caught = []
+    return _run_notebooks(m, ws, ref)
+
+
+def _run_notebooks(m, ws, ref):
+    """(caught test ids, note) of mutation ``m`` applied in workspace ``ws``."""
+    caught, notes = [], []
     for name in m.notebooks:
         passing = [g for g, (ok, _) in ref[name].items() if ok]
         got = run_tests(ws, name, [p for p in m.patches if p.cell], stop_on=passing)
-        caught += _caught(name, passing, got)
+        found, note = _caught(name, passing, got)
+        caught += found
+        notes += [note] if note else []
         if caught:
             break
-    return caught, ""
+    return caught, "; ".join(notes)
 
 
 def _caught(name, passing, got):
-    """The tests (of those passing on the reference) that failed; tests after the first
-    failure were not run: they are named only when the run crashed before any failure."""
+    """(failed test ids, note): the tests (of those passing on the reference) that failed.
+    Tests after the first failure were not run: they are named only when the run crashed
+    before any failure. A run that timed out before any test failed catches nothing."""
     failed = [g for g in passing if not got.get(g, (False, NOT_REACHED))[0]]
-    real = [g for g in failed if got.get(g, (False, NOT_REACHED))[1] != NOT_REACHED]
-    return [f"{name}:{g}" for g in (real or failed[:1])]
+    real = [g for g in failed if not got[g][1].startswith("not reached")]
+    if real:
+        return [f"{name}:{g}" for g in real], ""
+    if failed and got[failed[0]][1].startswith(TIMED_OUT[:-1]):
+        return [], f"TIMED OUT in {name} before any test failed ({got[failed[0]][1]}): not caught"
+    return [f"{name}:{g}" for g in failed[:1]], ""
 
 
 def _native_mutant(m, ref_ws, ref, work):
@@ -195,12 +211,7 @@ def _native_mutant(m, ref_ws, ref, work):
         cuda = is_cuda(m)
         if not build(ws, work / f"build-{m.name}.log", cuda):
             return [], "native build failed"
-        caught = []
-        for name in m.notebooks:
-            passing = [g for g, (ok, _) in ref[name].items() if ok]
-            got = run_tests(ws, name, [p for p in m.patches if p.cell], stop_on=passing)
-            caught += _caught(name, passing, got)
-        return caught, ""
+        return _run_notebooks(m, ws, ref)
     finally:
         for rel, text in saved.items():
             (ws / rel).unlink()

@@ -302,10 +302,12 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
         raise RuntimeError(f"nbgrader autograde {assignment} --student {student} failed:\n{tail}")
     raised = stub_errors(root / AUTOGRADED_DIR / student / assignment / f"{assignment}.ipynb")
     unwritten = unwritten_exercises(assignment, submission)
-    report["not_implemented"] = [e for e in (f"{ex['id']} {ex['name']}" for _, ex in
-                                             course_manifest().exercises(assignment))
-                                 if e in raised or e in unwritten] if assignment in \
-        [n["id"] for n in course_manifest().NOTEBOOKS] else raised
+    # a stub names its function: any function of an exercise raising means it is unwritten
+    raised_ids = {label.split(" ", 1)[0] for label in raised}
+    report["not_implemented"] = [f"{ex['id']} {ex['name']}" for _, ex in
+                                 course_manifest().exercises(assignment)
+                                 if ex["id"] in raised_ids or f"{ex['id']} {ex['name']}" in unwritten] \
+        if assignment in [n["id"] for n in course_manifest().NOTEBOOKS] else raised
     write_grade_report(root, student, assignment, report)
     rec_path.write_text(json.dumps(record, indent=1))
     return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,

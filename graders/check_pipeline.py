@@ -161,7 +161,7 @@ def student_copy(release_dir, name, include_own):
         for ex in nb["exercises"]:
             f = MANIFEST.library_file(ex)
             if f:
-                by_file.setdefault(f, []).append(MANIFEST.location(ex)[1])
+                by_file.setdefault(f, []).extend(MANIFEST.functions(ex))
     for f, funcs in by_file.items():
         ref_text = (REPO / f).read_text()
         if f.endswith(".py"):
@@ -574,7 +574,8 @@ def run(args) -> int:
         from graders.audit_fast import audit, print_table
         from graders.rules import check_rules
         from course.manifest import NOTEBOOKS
-        problems = check_rules(CATALOG, [e["name"] for nb in NOTEBOOKS for e in nb["exercises"]])
+        problems = check_rules(CATALOG, [f for nb in NOTEBOOKS for e in nb["exercises"]
+                                        for f in MANIFEST.functions(e)])
         rep.add("every exercise lists its stated rules, each pinned by wrong solutions",
                 not problems, "; ".join(problems[:5]))
         from graders.audit_catalog import ci_subset

@@ -182,9 +182,13 @@ def _test_cells(nb_path: Path) -> set:
 
 
 def _pytest_names(repo: Path, prefix: str) -> list[str]:
-    """Test functions of tests/<file> whose node id starts with ``prefix`` ('file::name')."""
+    """Test functions of tests/<file> whose node id starts with ``prefix`` ('file::name', or
+    'file::name[param-' for some parametrizations of one test)."""
     import ast
     rel, _, name = prefix.partition("::")
+    if "[" in name:         # the function part must be whole; the parameters are matched at run time
+        base = name.split("[", 1)[0]
+        return [n for n in _pytest_names(repo, f"{rel}::{base}") if n == base]
     path = repo / rel
     if not path.is_file():
         return []
@@ -207,11 +211,12 @@ def check_manifest(repo: Path = REPO) -> list[str]:
         errors.append(f"course/manifest.py lists notebooks {listed}, notebooks/ holds {present}")
     by_where, ids = {}, set()
     for nb_id, ex in M.exercises():
-        key = (nb_id, ex["where"]) if ex["where"].startswith("cell:") else (None, ex["where"])
-        if key in by_where:
-            errors.append(f"exercise {ex['id']}: {ex['where']} is also exercise "
-                          f"{by_where[key]['id']}")
-        by_where[key] = ex
+        for where in M.wheres(ex):
+            key = (nb_id, where) if where.startswith("cell:") else (None, where)
+            if key in by_where:
+                errors.append(f"exercise {ex['id']}: {where} is also exercise "
+                              f"{by_where[key][0]['id']}")
+            by_where[key] = (ex, where)
         if ex["id"] in ids or not ex["id"].startswith(f"{int(nb_id[:2])}."):
             errors.append(f"exercise id {ex['id']!r} of {nb_id}: ids are unique and start with "
                           f"the notebook number ({int(nb_id[:2])}.)")
@@ -235,7 +240,8 @@ def check_manifest(repo: Path = REPO) -> list[str]:
                           f"to no exercise of course/manifest.py")
     for key, ex in by_where.items():
         if key not in seen:
-            errors.append(f"exercise {ex['id']} {ex['name']}: no solution region at {ex['where']}")
+            ex, where = ex
+            errors.append(f"exercise {ex['id']} {ex['name']}: no solution region at {where}")
     owners = {}
     for nb_id, ex in M.exercises():
         f = M.library_file(ex)

@@ -45,8 +45,9 @@ def stub_messages():
     M = course_manifest()
     out = {}
     for nb_id, ex in M.exercises():
-        key = (nb_id, ex["where"]) if ex["where"].startswith("cell:") else (None, ex["where"])
-        out[key] = M.stub_message(nb_id, ex)
+        for where, func in zip(M.wheres(ex), M.functions(ex)):
+            key = (nb_id, where) if where.startswith("cell:") else (None, where)
+            out[key] = M.stub_message(nb_id, ex, func)
     return out
 
 
@@ -220,7 +221,8 @@ def _assignments(nb_meta: dict) -> dict:
                      "library_files": M.submission_files(name),
                      "submission_files": M.submission_files(name),
                      "own_files": M.own_files(name),
-                     "exercises": [{**ex, "message": M.stub_message(name, ex)}
+                     "exercises": [{**ex, "message": M.stub_message(name, ex),
+                                    "messages": M.stub_messages(name, ex)}
                                    for _, ex in M.exercises(name)]}
     return out
 

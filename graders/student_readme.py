@@ -43,7 +43,8 @@ def notebook_table(M) -> str:
     for nb in M.NOTEBOOKS:
         link = (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
                 f"({base}/notebooks/{nb['id']}.ipynb)") if base else ""
-        built = ", ".join(f"{ex['id']} `{ex['name']}`" for ex in nb["exercises"])
+        built = ", ".join(f"{ex['id']} " + " + ".join(f"`{f}`" for f in M.functions(ex))
+                          for ex in nb["exercises"])
         files = ", ".join(f"`{f}`" for f in [f"notebooks/{nb['id']}.ipynb",
                                               *M.submission_files(nb["id"])])
         rows.append(f"| `{nb['id']}` {nb['title']} | {link} | {built} | {files} |")
@@ -59,7 +60,8 @@ def exercise_table(M) -> str:
                for p in ex["pytest"]]
         if lib:
             checks += "; library tests " + ", ".join(lib)
-        rows.append(f"| {ex['id']} | `{ex['name']}` | {ex['title']} | {_where(M, ex)} | "
+        names = ", ".join(f"`{f}`" for f in M.functions(ex))
+        rows.append(f"| {ex['id']} | {names} | {ex['title']} | {_where(M, ex)} | "
                     f"{checks} |")
     return "\n".join(rows)
 

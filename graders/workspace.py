@@ -91,7 +91,7 @@ def grading_files(nb_id: str, release_dir: Path, reference_dir: Path, submission
             if src is None and earlier:   # earlier and later exercises share a Python file
                 text, notes = splice_functions(rel_path.read_text(encoding="utf-8"),
                                                ref_path.read_text(encoding="utf-8"),
-                                               [M.location(ex)[1] for ex in earlier], rel)
+                                               [f for ex in earlier for f in M.functions(ex)], rel)
                 files[rel] = text.encode()
                 report["notes"] += notes
             else:
@@ -106,7 +106,7 @@ def grading_files(nb_id: str, release_dir: Path, reference_dir: Path, submission
             base = sub_path.read_text(encoding="utf-8", errors="replace")
         if earlier:
             base, notes = splice_functions(base, ref_path.read_text(encoding="utf-8"),
-                                           [M.location(ex)[1] for ex in earlier], rel)
+                                           [f for ex in earlier for f in M.functions(ex)], rel)
             report["notes"] += notes
         files[rel] = base.encode()
     return files, report
@@ -124,8 +124,8 @@ def unwritten_exercises(nb_id: str, submission: Path) -> list[str]:
             texts[rel] = p.read_text(encoding="utf-8", errors="replace") \
                 if p.is_file() and not p.is_symlink() else None
         text = texts[rel]
-        msg = M.stub_message(nb_id, ex)
-        # in a notebook (JSON) the message sits in a string with its quotes escaped or not
-        if text is None or msg in text:
+        # in a notebook (JSON) the message sits in a string with its quotes escaped or not;
+        # an exercise of several functions is unwritten while any of its stubs is left
+        if text is None or any(msg in text for msg in M.stub_messages(nb_id, ex)):
             out.append(f"{ex['id']} {ex['name']}")
     return out

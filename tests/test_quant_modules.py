@@ -409,3 +409,24 @@ def test_quantize_model_leaves_the_float_model_alone():
     assert model.training
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), before[k])
+
+
+def test_report_logits_runs_on_the_models_device():
+    """Without ``device`` the images go to the model's device, not the default one."""
+    from needle.quant import report
+    default = ndl.Tensor(np.zeros(1, np.float32)).device
+    other = ndl.cpu_numpy() if str(default) != str(ndl.cpu_numpy()) else ndl.cpu()
+    if not other.enabled():
+        pytest.skip(f"only {default} is available")
+    model = mnist_cnn(device=other)
+    qmodel = quantize_model(model, images(8, seed=1, batches=1), progress=False)
+    x = images(5, seed=12)[0]
+    for m in (model, qmodel):
+        assert str(report.model_device(m)) == str(other)
+        want = m(tensor(x, device=other)).numpy()
+        np.testing.assert_array_equal(report.logits(m, x), want)
+    # tensors on two devices: named, not guessed
+    name, t, _ = next(model._named_state())
+    t.cached_data = t.realize_cached_data().to(default)
+    with pytest.raises(ValueError, match=f"several devices.*{name}"):
+        report.logits(model, x)

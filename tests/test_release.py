@@ -546,3 +546,29 @@ def test_setup_cell_is_the_same_first_code_cell_everywhere():
         assert code[0].source == want, path.name
         assert code[0].metadata["nbgrader"]["grade_id"] == "course_setup"
         assert code[0].metadata["nbgrader"]["locked"]
+
+
+def test_an_exercise_of_two_functions_stubs_and_checks_both(tmp_path):
+    """3.2 is quantize + dequantize: each stub names its own function and the exercise, and the
+    exercise counts as unwritten while either stub is left."""
+    from graders.release import stub_messages
+    from graders.workspace import unwritten_exercises
+    M = course_mod.course_manifest()
+    ex = next(e for _, e in M.exercises("03") if e["id"] == "3.2")
+    assert M.functions(ex) == ["quantize", "dequantize"]
+    msgs = stub_messages()
+    ref = "needle/quant/reference.py"
+    assert msgs[(None, f"{ref}:quantize")] == "quantize: exercise 3.2 of notebook 03_quant_basics"
+    assert msgs[(None, f"{ref}:dequantize")] == \
+        "dequantize: exercise 3.2 of notebook 03_quant_basics"
+    assert course_mod.check_manifest() == []
+    sub = tmp_path / "needle" / "quant"
+    sub.mkdir(parents=True)
+    (tmp_path / "03_quant_basics.ipynb").write_text("{}")
+    for left, want in (("dequantize", True), ("quantize", True), (None, False)):
+        body = "def dequantize(q):\n    return q\n"
+        if left:
+            body += f'raise NotImplementedError("{M.stub_message("03_quant_basics", ex, left)}")\n'
+        (sub / "reference.py").write_text(body)
+        got = unwritten_exercises("03_quant_basics", tmp_path)
+        assert ("3.2 quantize" in got) is want, (left, got)

@@ -82,9 +82,24 @@ def evaluate(model, loader, device=None, progress=False, desc="evaluate"):
     return result
 
 
+def model_device(model):
+    """The one device holding ``model``'s parameters and buffers (None when it holds none).
+    Raises ValueError when they are spread over several devices."""
+    state = getattr(model, "_named_state", None)
+    devices = {}
+    for name, t, _ in (state() if state else ()):
+        devices.setdefault(str(t.device), (t.device, name))
+    if len(devices) > 1:
+        where = ", ".join(f"{d} ({name})" for d, (_, name) in devices.items())
+        raise ValueError(f"the model's tensors are on several devices: {where}; move it to one "
+                         f"with model.to(device)")
+    return next(iter(devices.values()))[0] if devices else None
+
+
 def logits(model, x, batch_size=250, device=None):
     """``model``'s outputs on images ``x`` (numpy float [N, ...]) as numpy [N, classes],
-    ``batch_size`` images per forward pass.
+    ``batch_size`` images per forward pass, on ``device`` (default: the model's own device,
+    see ``model_device``).
 
     In eval mode each image's output depends on that image only, so this is one pass over all
     N at a fraction of the memory (a convolution's im2col buffer grows with the batch: about
@@ -96,6 +111,8 @@ def logits(model, x, batch_size=250, device=None):
     x = np.asarray(x, np.float32)
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if device is None:
+        device = model_device(model)
     out = [model(Tensor(x[i:i + batch_size], device=device, requires_grad=False)).numpy()
            for i in range(0, x.shape[0], batch_size)]
     if not out:
