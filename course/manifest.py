@@ -151,15 +151,15 @@ NOTEBOOKS = [
          _ex("7.1", "quantize_weight", f"{_CONV}:quantize_weight", "per-channel int8 weights",
              ["test_quantize_weight"]),
          _ex("7.2", "QuantStub.forward", f"{_MOD}:QuantStub.forward",
-             "float input to uint8 codes and codes back to float", ["test_int8_accuracy"],
-             [_T_MOD + "test_quant_stub", _T_MOD + "test_dequant_stub"],
-             also=["DeQuantStub.forward"]),
+             "the layout boundary: float NCHW to NHWC codes, codes back to float, and NHWC "
+             "codes flattened in the float model's feature order", ["test_int8_accuracy"],
+             [_T_MOD + "test_quant_stub", _T_MOD + "test_dequant_stub",
+              _T_MOD + "test_quantized_flatten"],
+             also=["DeQuantStub.forward", "QuantizedFlatten.forward"]),
          _ex("7.3", "QuantizedConv2d.forward", f"{_MOD}:QuantizedConv2d.forward",
              "the quantized convolution", ["test_int8_accuracy", "test_layer_sqnr"],
              [_T_MOD + "test_quantized_conv"]),
-         _ex("7.4", "QuantizedFlatten.forward", f"{_MOD}:QuantizedFlatten.forward",
-             "flatten NHWC codes in the float model's order", ["test_int8_accuracy"]),
-         _ex("7.5", "quantized_add", f"{_REF}:quantized_add",
+         _ex("7.4", "quantized_add", f"{_REF}:quantized_add",
              "the residual addition in integers", ["test_int8_accuracy", "test_save_load"],
              [_T_REF + "test_quantized_add", _T_MOD + "test_quantized_add"]),
      ]},
@@ -256,6 +256,11 @@ def wheres(ex: dict) -> list[str]:
 def display_name(ex: dict) -> str:
     """'quantize' or, for an exercise of several functions, 'quantize + dequantize'."""
     return " + ".join(functions(ex))
+
+
+def label(ex: dict) -> str:
+    """'3.2 quantize + dequantize': how tools, reports and the grader name an exercise."""
+    return f"{ex['id']} {display_name(ex)}"
 
 
 def library_file(ex: dict) -> str | None:

@@ -187,7 +187,7 @@ def check(root: Path, nb_id: str, run_pytest: bool = True) -> int:
         passed = sum(r is None for r in results.values())
         ok = passed == len(results) and results
         all_ok &= bool(ok)
-        print(f"{ex['id']} {ex['name']}: {passed}/{len(results)} passed")
+        print(f"{M.label(ex)}: {passed}/{len(results)} passed")
         failures = [(k, r) for k, r in results.items() if r is not None]
         for k, r in failures[:3]:
             print(f"    FAILED {k}: {r}")
@@ -247,7 +247,7 @@ def _unwritten(root: Path, nb_id: str) -> list[str]:
             p = root / f
             texts[f] = p.read_text(encoding="utf-8", errors="replace") if p.is_file() else ""
         if any(msg in texts[f] for msg in M.stub_messages(nb_id, ex)):
-            out.append(f"{ex['id']} {ex['name']}")
+            out.append(M.label(ex))
     return out
 
 

@@ -656,6 +656,18 @@ CATALOG += [
              "s = np.asarray(scale, np.float32).reshape(\n"
              "        [-1 if i == obs.axis % w.ndim else 1 for i in range(w.ndim)])\n"
              "    q = np.clip(np.trunc(w / s), qmin, qmax).astype(np.int8)", file=CONV)),
+    M("quantize_weight", "qweight_ignores_observer", "takes max|w| / qmax instead of asking the "
+      "config's weight observer", NB7,
+      F("    scale, zp = obs.qparams()\n",
+        "    scale, zp = obs.qparams()\n"
+        "    red = tuple(i for i in range(w.ndim) if i != obs.axis % w.ndim) "
+        "if obs.axis is not None else None\n"
+        "    scale = (np.abs(w).max(axis=red) / config.weight_qrange()[1]).astype(np.float32)\n",
+        file=CONV)),
+    M("quantize_weight", "qweight_full_range", "clamps to the full signed range, not the "
+      "config's reduced one", NB7,
+      F("    qmin, qmax = config.weight_qrange()\n",
+        "    qmin, qmax = config.weight_qrange()\n    qmin = -qmax - 1\n", file=CONV)),
     M("FakeQuantize.compute", "fq_ignores_bits", "fake-quantizes to the dtype's 8 bits, not to bits",
       NB8, F("codes = np.clip(r + zp, self.qmin, self.qmax)",
              "codes = np.clip(r + zp, *R.qrange(self.dtype, None, self.reduced_range))", file=QAT)),

@@ -304,9 +304,9 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     unwritten = unwritten_exercises(assignment, submission)
     # a stub names its function: any function of an exercise raising means it is unwritten
     raised_ids = {label.split(" ", 1)[0] for label in raised}
-    report["not_implemented"] = [f"{ex['id']} {ex['name']}" for _, ex in
+    report["not_implemented"] = [course_manifest().label(ex) for _, ex in
                                  course_manifest().exercises(assignment)
-                                 if ex["id"] in raised_ids or f"{ex['id']} {ex['name']}" in unwritten] \
+                                 if ex["id"] in raised_ids or course_manifest().label(ex) in unwritten] \
         if assignment in [n["id"] for n in course_manifest().NOTEBOOKS] else raised
     write_grade_report(root, student, assignment, report)
     rec_path.write_text(json.dumps(record, indent=1))

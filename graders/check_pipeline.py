@@ -521,7 +521,7 @@ def run(args) -> int:
             nonzero = {k[1]: v[0] for k, v in scores.items() if v[0]}
             rep.add(f"{name}: its exercises as stubs score 0 on {len(scores)} autograded cells",
                     scores and not nonzero, f"non-zero: {nonzero}" if nonzero else "")
-            want = [f"{ex['id']} {ex['name']}" for _, ex in MANIFEST.exercises(name)]
+            want = [MANIFEST.label(ex) for _, ex in MANIFEST.exercises(name)]
             named = info["report"].get("not_implemented", [])
             rep.add(f"{name}: the grade report names its {len(want)} unwritten exercises",
                     set(want) <= set(named),
@@ -538,7 +538,7 @@ def run(args) -> int:
             t0 = time.time()
             rc, out = student_tool(copy, tool, name)
             lines = [ln for ln in out.splitlines()
-                     if re.match(r"^\d+\.\d+ [\w.]+: \d+/\d+ passed$", ln)]
+                     if re.match(r"^\d+\.\d+ [\w.]+( \+ [\w.]+)*: \d+/\d+ passed$", ln)]
             ok = rc == want_rc
             if tool == "check":
                 full = [ln for ln in lines if re.search(r": (\d+)/\1 passed$", ln)]

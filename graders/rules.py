@@ -162,6 +162,8 @@ RULES = {
          ["qweight_per_tensor", "qweight_scale_not_per_channel",
           "qweight_axis_zero"]),
         ("codes rounded half to even (reference.quantize)", ["qweight_truncates"]),
+        ("the config's weight observer gives the scale, its reduced range clamps the codes",
+         ["qweight_ignores_observer", "qweight_full_range"]),
     ],
     "QuantStub.forward": [
         ("x / scale, round half to even, add the zero point, saturate",

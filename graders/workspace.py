@@ -99,7 +99,7 @@ def grading_files(nb_id: str, release_dir: Path, reference_dir: Path, submission
             continue
         if not sub_path.is_file() or sub_path.is_symlink():
             report["missing"].append(rel)
-            report["missing_exercises"] += [f"{ex['id']} {ex['name']}" for ex in mine]
+            report["missing_exercises"] += [M.label(ex) for ex in mine]
             base = rel_path.read_text(encoding="utf-8")
         else:
             report["from_student"].append(rel)
@@ -127,5 +127,5 @@ def unwritten_exercises(nb_id: str, submission: Path) -> list[str]:
         # in a notebook (JSON) the message sits in a string with its quotes escaped or not;
         # an exercise of several functions is unwritten while any of its stubs is left
         if text is None or any(msg in text for msg in M.stub_messages(nb_id, ex)):
-            out.append(f"{ex['id']} {ex['name']}")
+            out.append(M.label(ex))
     return out

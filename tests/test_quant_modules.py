@@ -127,7 +127,7 @@ def test_quantized_linear_matches_reference_and_checks_input():
         lin(tensor(x))
 
 
-def test_quantized_add_relu_and_flatten():
+def test_quantized_add_and_relu():
     rng = np.random.default_rng(2)
     a = rng.integers(0, 256, (2, 3, 3, 4)).astype(np.uint8)
     b = rng.integers(0, 256, (2, 3, 3, 4)).astype(np.uint8)
@@ -146,12 +146,24 @@ def test_quantized_add_relu_and_flatten():
     r = QuantizedReLU()(QTensor(_nd(a, "uint8"), np.float32(0.02), 120))
     np.testing.assert_array_equal(r.data.numpy(), np.maximum(a, 120))
 
-    # flatten of NHWC data gives the float model's NCHW feature order
+
+def test_quantized_flatten():
+    """NHWC codes flatten in the float model's NCHW feature order, scale and zero point kept."""
     # (N=1, H=2, W=2, C=3) codes 0..11: channel 0's four pixels first, then channel 1's, ...
     img = np.arange(12, dtype=np.uint8).reshape(1, 2, 2, 3)
     f = QuantizedFlatten()(QTensor(_nd(img, "uint8"), np.float32(0.02), 120))
     np.testing.assert_array_equal(f.data.numpy(), [[0, 3, 6, 9, 1, 4, 7, 10, 2, 5, 8, 11]])
     assert f.scale == np.float32(0.02) and f.zero_point == 120
+    # H != W and N > 1 tell NCHW from NCWH, and the batch axis must stay first
+    rng = np.random.default_rng(3)
+    img = rng.integers(-128, 128, size=(3, 2, 5, 4)).astype(np.int8)
+    f = QuantizedFlatten()(QTensor(_nd(img, "int8"), np.float32(0.5), 0))
+    assert f.data.shape == (3, 40) and f.data.dtype == "int8"
+    np.testing.assert_array_equal(f.data.numpy(), img.transpose(0, 3, 1, 2).reshape(3, 40))
+    # [N, F] passes through unchanged
+    flat = rng.integers(0, 256, size=(2, 7)).astype(np.uint8)
+    f = QuantizedFlatten()(QTensor(_nd(flat, "uint8"), np.float32(0.1), 3))
+    np.testing.assert_array_equal(f.data.numpy(), flat)
 
 
 # ------------------------------------------------------------------------- whole pipeline

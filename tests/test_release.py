@@ -571,4 +571,4 @@ def test_an_exercise_of_two_functions_stubs_and_checks_both(tmp_path):
             body += f'raise NotImplementedError("{M.stub_message("03_quant_basics", ex, left)}")\n'
         (sub / "reference.py").write_text(body)
         got = unwritten_exercises("03_quant_basics", tmp_path)
-        assert ("3.2 quantize" in got) is want, (left, got)
+        assert ("3.2 quantize + dequantize" in got) is want, (left, got)

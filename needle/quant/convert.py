@@ -96,14 +96,16 @@ def calibrate(prepared, loader, num_batches=None, device=None, progress=True):
 def quantize_weight(w, config, axis):
     """Quantize a float weight with ``config``'s weight observer.
 
-    w: float32 numpy array with output channels along ``axis``.
+    w: float32 numpy array with output channels along ``axis``. The scale comes from
+    ``config.make_weight_observer(axis)`` (which is per channel or per tensor as the config
+    says, and any of the observers), the codes are clamped to ``config.weight_qrange()``.
     Returns ``(w_q int8, scale float32 [C] )`` (per tensor: the one scale repeated per channel).
     """
+    ### BEGIN SOLUTION
     obs = config.make_weight_observer(axis)
     obs.observe(w)
     scale, zp = obs.qparams()
     qmin, qmax = config.weight_qrange()
-    ### BEGIN SOLUTION
     q = R.quantize(w, scale, zp, "int8", axis=obs.axis, qmin=qmin, qmax=qmax)
     scale = np.broadcast_to(np.asarray(scale, np.float32), (w.shape[axis],)).copy()
     ### END SOLUTION
