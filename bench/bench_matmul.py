@@ -5,6 +5,8 @@ Cases (GEMM sizes are M x N x K, i.e. [M, K] @ [K, N]):
 * ``matmul 1024^3``        a square product;
 * ``matmul 8192x128x1152`` tall and skinny, the shape of a 3x3 convolution from 128 channels
   over a batch of 8 at 32x32 written as im2col + GEMM;
+* ``matvec 1x4096x4096`` / ``matmul 8x4096x4096`` one and eight rows through a 4096 x 4096
+  weight, batch-1 and small-batch inference (memory-bound: the few-rows path, no packing);
 * ``conv3x3 64->128``      a ResNet9 layer, NHWC input [8, 32, 32, 64], 3x3 kernel, padding 1,
   timed end to end as pad + im2col (strided view + compact) + GEMM [8192, 576] @ [576, 128].
   GFLOP/s counts the GEMM's 2*M*N*K only.
@@ -41,6 +43,8 @@ DEFAULT_OUT = common.RESULTS_DIR / "matmul.json"
 GEMM_CASES = [
     ("matmul 1024^3", 1024, 1024, 1024),
     ("matmul 8192x128x1152", 8192, 128, 1152),
+    ("matvec 1x4096x4096", 1, 4096, 4096),
+    ("matmul 8x4096x4096", 8, 4096, 4096),
 ]
 # (name, batch, height, width, c_in, c_out, kernel)
 CONV_CASES = [
@@ -81,8 +85,8 @@ def _cases(quick):
     cases = []
     for name, m, n, k in GEMM_CASES:
         if quick:
-            m, k = m // 4, k // 4
-            name = f"matmul {m}x{n}x{k}"
+            m, k = max(1, m // 4), k // 4
+            name = f"{name.split()[0]} {m}x{n}x{k}"
         cases.append((name, m, n, k, None))
     for name, bsz, h, w, cin, cout, ks in CONV_CASES:
         cases.append((name, bsz * h * w, cout, ks * ks * cin, (bsz, h, w, cin, cout, ks)))

@@ -72,6 +72,34 @@ def test_large_threaded(isa, threads):
         CPU.set_num_threads(before)
 
 
+# [M <= 16, K] @ [K, N] takes the few-rows path (no packing: B streamed once per group of 4
+# rows, the columns in chunks shared by the threads): ragged row groups, chunk edges (4096 / M
+# columns for M <= 4, 256 above), K not a multiple of the 4 rows of B taken at once; 17 rows
+# is the blocked kernel again.
+FEW_ROWS = [(1, 4, 4097), (1, 4099, 3), (2, 9, 2049), (3, 1, 1500), (4, 130, 1025),
+            (5, 31, 257), (8, 6, 513), (13, 77, 300), (16, 300, 1000), (3, 700, 3000),
+            (17, 33, 65)]
+
+
+@pytest.mark.parametrize("m,k,n", FEW_ROWS)
+def test_few_rows(isa, m, k, n):
+    rng = np.random.default_rng(m * 7 + k + n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    before = CPU.get_num_threads()
+    try:
+        got = {}
+        for threads in (1, 2):
+            CPU.set_num_threads(threads)
+            got[threads] = _matmul(a, b)
+            _check(got[threads], a, b)
+    finally:
+        CPU.set_num_threads(before)
+    if m <= 16:
+        # each output sums k = 0 .. K-1 in order, however the columns are shared out
+        np.testing.assert_array_equal(got[1], got[2])
+
+
 @pytest.mark.parametrize("m,k,n", [(20, 8300, 300), (5, 33000, 40)])
 def test_deep_products(isa, m, k, n):
     # K large enough that the packed-B budget narrows the column panel (several panels) and,
