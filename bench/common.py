@@ -32,6 +32,10 @@ def bench_env(threads):
         env.pop(var, None)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(int(threads))
+    # OpenBLAS's idle threads otherwise spin for a long while after each call: in interleaved
+    # timing they hold the cores while the next contender runs (measured: needle's 2-thread
+    # int4 GEMV ran at its 1-thread speed right after numpy's sgemv). 2^4 cycles, then sleep.
+    env.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
