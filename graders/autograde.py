@@ -304,10 +304,12 @@ def autograde_one(root: Path, student: str, assignment: str, manifest: dict, *,
     unwritten = unwritten_exercises(assignment, submission)
     # a stub names its function: any function of an exercise raising means it is unwritten
     raised_ids = {label.split(" ", 1)[0] for label in raised}
-    report["not_implemented"] = [course_manifest().label(ex) for _, ex in
-                                 course_manifest().exercises(assignment)
-                                 if ex["id"] in raised_ids or course_manifest().label(ex) in unwritten] \
-        if assignment in [n["id"] for n in course_manifest().NOTEBOOKS] else raised
+    M = course_manifest()
+    report["not_implemented"] = raised
+    if assignment in [n["id"] for n in M.NOTEBOOKS]:
+        report["not_implemented"] = [
+            label for label, ex in ((M.label(ex), ex) for _, ex in M.exercises(assignment))
+            if ex["id"] in raised_ids or label in unwritten]
     write_grade_report(root, student, assignment, report)
     rec_path.write_text(json.dumps(record, indent=1))
     return {"build_ok": build_ok, "overlaid": overlaid, "seconds": time.time() - t0,

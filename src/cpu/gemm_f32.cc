@@ -30,6 +30,7 @@
 #endif
 
 #include "cpu_features.h"
+#include "gemm_f32_gemv.h"
 #include "gemm_f32_kernels.h"
 #include "qgemm_pool.h"
 
@@ -54,8 +55,14 @@ static void kernel_scalar_4x8(int64_t kc, const float* a, const float* b, float*
       c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
 }
 
+static void gemv_chunk_portable(const float* A, const float* B, float* C, int64_t M, int64_t N,
+                                int64_t K, int64_t j0, int64_t j1) {
+  gemv_chunk_body(A, B, C, M, N, K, j0, j1);
+}
+
 KernelSpec scalar_kernel() {
-  return KernelSpec{"scalar", kMrScalar, kNrScalar, 256, 64, 2048, kernel_scalar_4x8};
+  return KernelSpec{"scalar", kMrScalar, kNrScalar, 256, 64, 2048, kernel_scalar_4x8,
+                    gemv_chunk_portable};
 }
 
 }  // namespace gemm_detail
@@ -315,109 +322,15 @@ void gemm_blocked(const KernelSpec& ks, const float* A, const float* B, float* C
 
 // ---- a few rows (batch-1 inference): a matrix-vector product --------------------------------
 // Packing B for the blocked kernel reads and writes all of B, which costs more than a product
-// that uses each element of B only M times. Instead B is streamed once, row by row: each
-// element of a row is loaded once and added, times A[m, k], into the M rows of C of one column
-// chunk, which stay in L1 (chunks of 16 KiB of C); the chunks are shared out among threads.
+// that uses each element of B only M times. Instead each column chunk streams B once per group
+// of up to 4 rows (gemm_f32_gemv.h: ks.gemv); the chunks are shared out among the threads.
 // Every output sums k = 0 .. K-1 in order, whatever the thread count.
 constexpr int64_t kGemvMaxRows = 16;
 constexpr int64_t kGemvChunkFloats = 4096;  // floats of C per chunk (one group of <= 4 rows)
 constexpr int64_t kGemvGroupedCols = 256;   // chunk width with several groups (B chunk in L3)
 
-// c_r[j] += a[r][0] * b0[j], then += a[r][1] * b1[j], ... for T rows of B at once: C is loaded
-// and stored once per T rows of B (and T streams of B are in flight), in the order of k.
-template <int R, int T>
-__attribute__((always_inline)) inline void axpy_rows(
-    int64_t n, const float* __restrict b0, const float* __restrict b1,
-    const float* __restrict b2, const float* __restrict b3, const float (*a)[4],
-    float* __restrict c0, float* __restrict c1, float* __restrict c2, float* __restrict c3) {
-  for (int64_t j = 0; j < n; ++j) {
-    const float x0 = b0[j];
-    const float x1 = T > 1 ? b1[j] : 0.0f, x2 = T > 2 ? b2[j] : 0.0f, x3 = T > 3 ? b3[j] : 0.0f;
-    float* const c[4] = {c0, c1, c2, c3};
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      float v = c[r][j] + a[r][0] * x0;
-      if (T > 1) v = v + a[r][1] * x1;
-      if (T > 2) v = v + a[r][2] * x2;
-      if (T > 3) v = v + a[r][3] * x3;
-      c[r][j] = v;
-    }
-  }
-}
-
-template <int R>
-__attribute__((always_inline)) inline void gemv_rows_body(const float* A, const float* B,
-                                                          float* C, int64_t N, int64_t K,
-                                                          int64_t j0, int64_t j1) {
-  float* c[4];
-  for (int r = 0; r < 4; ++r) c[r] = C + (r < R ? r : 0) * N + j0;  // unused rows: never touched
-  for (int r = 0; r < R; ++r) std::fill(c[r], c[r] + (j1 - j0), 0.0f);
-  float a[4][4] = {};
-  const int64_t n = j1 - j0;
-  int64_t k = 0;
-  for (; k + 4 <= K; k += 4) {
-    for (int r = 0; r < R; ++r)
-      for (int t = 0; t < 4; ++t) a[r][t] = A[r * K + k + t];
-    const float* b = B + k * N + j0;
-    axpy_rows<R, 4>(n, b, b + N, b + 2 * N, b + 3 * N, a, c[0], c[1], c[2], c[3]);
-  }
-  for (; k < K; ++k) {
-    for (int r = 0; r < R; ++r) a[r][0] = A[r * K + k];
-    const float* b = B + k * N + j0;
-    axpy_rows<R, 1>(n, b, b, b, b, a, c[0], c[1], c[2], c[3]);
-  }
-}
-
-// Rows in groups of up to 4; each group streams the chunk's columns of B again (from the L3
-// cache when the chunk is narrow enough to stay there).
-__attribute__((always_inline)) inline void gemv_chunk_body(const float* A, const float* B,
-                                                           float* C, int64_t M, int64_t N,
-                                                           int64_t K, int64_t j0, int64_t j1) {
-  for (int64_t r0 = 0; r0 < M; r0 += 4) {
-    const float* a = A + r0 * K;
-    float* c = C + r0 * N;
-    switch (std::min<int64_t>(4, M - r0)) {
-      case 1: gemv_rows_body<1>(a, B, c, N, K, j0, j1); break;
-      case 2: gemv_rows_body<2>(a, B, c, N, K, j0, j1); break;
-      case 3: gemv_rows_body<3>(a, B, c, N, K, j0, j1); break;
-      default: gemv_rows_body<4>(a, B, c, N, K, j0, j1); break;
-    }
-  }
-}
-
-using GemvChunk = void (*)(const float*, const float*, float*, int64_t, int64_t, int64_t,
-                           int64_t, int64_t);
-
-void gemv_chunk_portable(const float* A, const float* B, float* C, int64_t M, int64_t N,
-                         int64_t K, int64_t j0, int64_t j1) {
-  gemv_chunk_body(A, B, C, M, N, K, j0, j1);
-}
-
-#if defined(__x86_64__) || defined(__i386__)
-__attribute__((target("avx2,fma"))) void gemv_chunk_avx2(const float* A, const float* B,
-                                                          float* C, int64_t M, int64_t N,
-                                                          int64_t K, int64_t j0, int64_t j1) {
-  gemv_chunk_body(A, B, C, M, N, K, j0, j1);
-}
-
-__attribute__((target("avx512f,avx2,fma"))) void gemv_chunk_avx512(
-    const float* A, const float* B, float* C, int64_t M, int64_t N, int64_t K, int64_t j0,
-    int64_t j1) {
-  gemv_chunk_body(A, B, C, M, N, K, j0, j1);
-}
-#endif
-
-GemvChunk gemv_chunk_for(const KernelSpec& ks) {
-#if defined(__x86_64__) || defined(__i386__)
-  if (std::strcmp(ks.name, "avx512") == 0) return gemv_chunk_avx512;
-  if (std::strcmp(ks.name, "avx2") == 0) return gemv_chunk_avx2;
-#endif
-  return gemv_chunk_portable;
-}
-
 void gemv_rows(const KernelSpec& ks, const float* A, const float* B, float* C, int64_t M,
                int64_t N, int64_t K) {
-  const GemvChunk chunk = gemv_chunk_for(ks);
   const int nt = choose_threads(M, N, K);
   // at least one chunk per thread, none over kGemvChunkFloats of C, widths a multiple of 16
   const int64_t max_cols =
@@ -425,15 +338,10 @@ void gemv_rows(const KernelSpec& ks, const float* A, const float* B, float* C, i
   const int64_t chunks = std::max<int64_t>(nt, (N + max_cols - 1) / max_cols);
   const int64_t width = std::max<int64_t>(16, round_up((N + chunks - 1) / chunks, 16));
   const int64_t items = (N + width - 1) / width;
-  auto run = [&](int64_t t) {
+  parallel_items(items, nt, [&](int64_t t) {
     const int64_t j0 = t * width, j1 = std::min<int64_t>(N, j0 + width);
-    chunk(A, B, C, M, N, K, j0, j1);
-  };
-  if (nt == 1 || items == 1) {
-    for (int64_t t = 0; t < items; ++t) run(t);
-  } else {
-    parallel_items(items, nt, run);
-  }
+    ks.gemv(A, B, C, M, N, K, j0, j1);
+  });
 }
 
 }  // namespace

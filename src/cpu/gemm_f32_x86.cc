@@ -1,6 +1,7 @@
 // AVX2+FMA and AVX-512 micro-kernels of the float32 GEMM (see gemm_f32_kernels.h).
 // Compiled with baseline flags; each kernel carries its own target attribute and is only
 // called after run-time CPU detection.
+#include "gemm_f32_gemv.h"
 #include "gemm_f32_kernels.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -81,13 +82,27 @@ __attribute__((target("avx2,fma"))) static void kernel_avx2_6x16(
   }
 }
 
+__attribute__((target("avx512f,avx2,fma"))) static void gemv_chunk_avx512(
+    const float* A, const float* B, float* C, int64_t M, int64_t N, int64_t K, int64_t j0,
+    int64_t j1) {
+  gemv_chunk_body(A, B, C, M, N, K, j0, j1);
+}
+
+__attribute__((target("avx2,fma"))) static void gemv_chunk_avx2(
+    const float* A, const float* B, float* C, int64_t M, int64_t N, int64_t K, int64_t j0,
+    int64_t j1) {
+  gemv_chunk_body(A, B, C, M, N, K, j0, j1);
+}
+
 bool avx512_kernel(KernelSpec* out) {
-  *out = KernelSpec{"avx512", kMr512, kNr512, kKc512, kMc512, kNc512, kernel_avx512_12x32};
+  *out = KernelSpec{"avx512", kMr512, kNr512, kKc512, kMc512, kNc512, kernel_avx512_12x32,
+                    gemv_chunk_avx512};
   return true;
 }
 
 bool avx2_kernel(KernelSpec* out) {
-  *out = KernelSpec{"avx2", kMr256, kNr256, kKc256, kMc256, kNc256, kernel_avx2_6x16};
+  *out = KernelSpec{"avx2", kMr256, kNr256, kKc256, kMc256, kNc256, kernel_avx2_6x16,
+                    gemv_chunk_avx2};
   return true;
 }
 
