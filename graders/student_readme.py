@@ -56,8 +56,10 @@ def exercise_table(M) -> str:
             "|---|---|---|---|---|"]
     for nb_id, ex in M.exercises():
         checks = ", ".join(f"`{t}`" for t in ex["tests"])
-        lib = [f"`{p.partition('::')[2]}*`" if p.partition("::")[2] else f"`{p.partition('::')[0]}`"
-               for p in ex["pytest"]]
+        # one name per pattern: the same test name in two files is one line for the student
+        lib = list(dict.fromkeys(
+            f"`{p.partition('::')[2]}*`" if p.partition("::")[2] else f"`{p.partition('::')[0]}`"
+            for p in ex["pytest"]))
         if lib:
             checks += "; library tests " + ", ".join(lib)
         names = ", ".join(f"`{f}`" for f in M.functions(ex))
