@@ -115,6 +115,18 @@ def test_every_zero_point_and_code(monkeypatch, isa, m):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m", [2, 3, 4, 5, 7, 32])
+@pytest.mark.parametrize("group,k", [(16, 80), (32, 257), (48, 200), (64, 130), (128, 384),
+                                     (1024, 2100)])
+def test_several_rows_share_each_unpacked_group(monkeypatch, isa, m, group, k):
+    # m >= 2 unpacks each group once for all rows (AVX-512: 8 channels, 3 rows at a time,
+    # then the 1 or 2 rows left; AVX2: 4 channels); 19 channels: two blocks of 8 and a rest
+    x, packed, scales, zeros = operands(m, 19, k, group, seed=m * 100 + group)
+    check(monkeypatch, isa, x, packed, scales, zeros, group)
+    check(monkeypatch, isa, x, packed, scales, np.full_like(zeros, 8), group)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("m", [1, 2])
 def test_group_larger_than_the_tile(monkeypatch, isa, m):
     # a group over the tiled path's limit falls back to the register path, same bits

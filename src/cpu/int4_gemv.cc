@@ -23,12 +23,14 @@
 // zero point (always, for the symmetric scheme), its offsets stay in registers; the group
 // sums go through the fixed tree two groups at a time (tree8_avx2) with their scales
 // transposed in registers, and the next channels' codes are prefetched. With several rows
-// of x, each group of four channels is unpacked once into a small float tile and reused for
-// every row.
+// of x, each group of four (AVX2) or eight (AVX-512) channels is unpacked once into a small
+// float tile and reused for every row.
 #include "int4_gemv.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -465,13 +467,14 @@ __attribute__((target("avx2"))) void rows_avx2(const Int4GemmArgs& a, const floa
   }
 }
 
-// ---- AVX-512: two output channels per 512-bit vector ----------------------------------------
+// ---- AVX-512: two output channels per 512-bit vector -----------------------------------------
 //
 // The lane rule has 8 + 8 partial sums per group, one AVX2 vector each; a 512-bit vector holds
 // the same 8 lanes of two channels (low half channel r, high half channel r + 1), so each
 // vector operation does the work of two AVX2 ones, in the same order. Eight channels (four
-// pairs) share each load of x; the group sums go through the AVX2 tree, four channels at a
-// time. Used for one row of x (batch-1 generation); m >= 2 keeps the AVX2 tile path.
+// pairs) share each load of x; the group sums of the eight go through one in-register tree.
+// One row of x (batch-1 generation) unpacks the codes in registers (octet_direct); several
+// rows share a tile of each unpacked group (octet_tiled).
 
 // 16 bytes of codes: 8 of channel r0 at p0 (low lanes), 8 of channel r1 at p1 (high lanes),
 // one byte per 32-bit lane.
@@ -653,22 +656,127 @@ __attribute__((target("avx512f"))) void octet_direct(const Int4GemmArgs& a, cons
   }
 }
 
-// Rows [n0, n1): whole octets here, the rest (and m >= 2) on the AVX2 path.
+// Several rows of x (m >= 2) on AVX-512: each group of the octet is unpacked once into a
+// float tile (pair p, block b: the 16 even-position weights of channels 2p | 2p + 1, then
+// the 16 odd ones: the layout of UnpackPair's vectors) and reused for every row of x, kRows
+// rows at a time so that each tile vector loaded serves kRows products. Each output keeps
+// the reference's order: its 8 + 8 partial sums over the group's blocks, the tree, then
+// y += s * sum group by group (y in `acc`, one vector per row in the tree's lane order).
+constexpr int kTileRows = 3;  // 4 pairs x 3 rows x (even, odd) = 24 of the 32 vector registers
+
+template <int kRows>
+__attribute__((target("avx512f"))) inline void octet_rows(const float* tile, int64_t blocks,
+                                                          const float* xs, int64_t ks,
+                                                          __m512 s, float* acc) {
+  __m512 ae[4][kRows], ao[4][kRows];
+  for (int p = 0; p < 4; ++p)
+    for (int r = 0; r < kRows; ++r) ae[p][r] = ao[p][r] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m512 xe[kRows], xo[kRows];
+    for (int r = 0; r < kRows; ++r) {
+      xe[r] = both_halves(xs + r * ks + b * kBlock);
+      xo[r] = both_halves(xs + r * ks + b * kBlock + kLanes);
+    }
+    const float* w = tile + b * 2 * 16;
+    for (int p = 0; p < 4; ++p) {
+      const __m512 we = _mm512_load_ps(w + p * blocks * 2 * 16);
+      const __m512 wo = _mm512_load_ps(w + p * blocks * 2 * 16 + 16);
+      for (int r = 0; r < kRows; ++r) {
+        ae[p][r] = _mm512_add_ps(ae[p][r], _mm512_mul_ps(we, xe[r]));
+        ao[p][r] = _mm512_add_ps(ao[p][r], _mm512_mul_ps(wo, xo[r]));
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    const __m512 sum = tree8_avx512(
+        _mm512_add_ps(ae[0][r], ao[0][r]), _mm512_add_ps(ae[1][r], ao[1][r]),
+        _mm512_add_ps(ae[2][r], ao[2][r]), _mm512_add_ps(ae[3][r], ao[3][r]));
+    float* y = acc + r * 16;
+    _mm512_store_ps(y, _mm512_add_ps(_mm512_load_ps(y), _mm512_mul_ps(s, sum)));
+  }
+}
+
+// y of channels n .. n + 7 for every row of x over the full groups [0, ng_full): out[mi, n + c]
+// for c < 8 (acc: m x 16 floats of scratch, 64-byte aligned).
+__attribute__((target("avx512f"))) void octet_tiled(const Int4GemmArgs& a, const float* xs_all,
+                                                    int64_t ks, int64_t n, int64_t ng_full,
+                                                    float* acc) {
+  const UnpackPair unpack;
+  const int64_t kb = (a.k + 1) / 2, ng = (a.k + a.group - 1) / a.group, group = a.group;
+  const int64_t blocks = group / kBlock;
+  alignas(64) float tile[8 * kMaxTileGroup];
+  const uint8_t* rows[8];
+  for (int r = 0; r < 8; ++r) rows[r] = a.codes + (n + r) * kb;
+  const float* scales = a.scales + n * ng;
+  const uint8_t* zeros = a.zeros + n * ng;
+  const __m512i lanes = tree8_lanes();
+  for (int64_t i = 0; i < a.m * 16; i += 16) _mm512_store_ps(acc + i, _mm512_setzero_ps());
+  for (int64_t g = 0; g < ng_full; ++g) {
+    const int64_t k0 = g * group;
+    for (int p = 0; p < 4; ++p) {
+      const int z0 = zeros[(2 * p) * ng + g], z1 = zeros[(2 * p + 1) * ng + g];
+      const __m512 ze = pair_of(kZeroOffsets.even[z0], kZeroOffsets.even[z1]);
+      const __m512 zo = pair_of(kZeroOffsets.odd[z0], kZeroOffsets.odd[z1]);
+      float* w = tile + p * blocks * 2 * 16;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t byte = (k0 + b * kBlock) >> 1;
+        __m512 we, wo;
+        unpack(load_pair(rows[2 * p] + byte, rows[2 * p + 1] + byte), ze, zo, &we, &wo);
+        _mm512_store_ps(w + b * 2 * 16, we);
+        _mm512_store_ps(w + b * 2 * 16 + 16, wo);
+      }
+    }
+    alignas(32) float sc[8];
+    for (int r = 0; r < 8; ++r) sc[r] = scales[r * ng + g];
+    // the eight scales of the group in the tree's lane order
+    const __m512 s = _mm512_permutexvar_ps(lanes, _mm512_castps256_ps512(_mm256_load_ps(sc)));
+    int64_t mi = 0;
+    for (; mi + kTileRows <= a.m; mi += kTileRows)
+      octet_rows<kTileRows>(tile, blocks, xs_all + mi * ks + k0, ks, s, acc + mi * 16);
+    if (a.m - mi == 2) octet_rows<2>(tile, blocks, xs_all + mi * ks + k0, ks, s, acc + mi * 16);
+    if (a.m - mi == 1) octet_rows<1>(tile, blocks, xs_all + mi * ks + k0, ks, s, acc + mi * 16);
+  }
+  for (int64_t mi = 0; mi < a.m; ++mi) {
+    const float* y = acc + mi * 16;
+    float* out = a.out + mi * a.n + n;
+    for (int i = 0; i < 4; ++i) {
+      out[i] = y[4 * i];
+      out[i + 4] = y[4 * i + 1];
+    }
+  }
+}
+
+// Rows [n0, n1): whole octets here (one row of x: unpacked in registers; several: through a
+// tile), the rest on the AVX2 path.
 __attribute__((target("avx512f"))) void rows_avx512(const Int4GemmArgs& a, const float* xs_all,
                                                     int64_t n0, int64_t n1) {
   const int64_t ng = (a.k + a.group - 1) / a.group, ng_full = a.k / a.group;
-  if (a.m != 1) return rows_avx2(a, xs_all, n0, n1);
-  const int64_t kb = (a.k + 1) / 2;
+  const int64_t kb = (a.k + 1) / 2, ks = (a.k + kBlock - 1) / kBlock * kBlock;
+  const bool tiled = a.m >= 2;
+  if (tiled && a.group > kMaxTileGroup) return rows_avx2(a, xs_all, n0, n1);
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  std::unique_ptr<float, Free> acc;
+  if (tiled) {
+    const size_t bytes = static_cast<size_t>(checked_mul(a.m, 64, "int4_gemm"));
+    acc.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    if (!acc) throw std::bad_alloc();
+  }
   int64_t n = n0;
   for (; n + 8 <= n1; n += 8) {
-    float* y = a.out + n;
-    if (uniform_zero_point(a, n, 8, ng)) octet_direct<true>(a, xs_all, n, ng_full, y);
-    else octet_direct<false>(a, xs_all, n, ng_full, y);
+    if (tiled) octet_tiled(a, xs_all, ks, n, ng_full, acc.get());
+    else if (uniform_zero_point(a, n, 8, ng)) octet_direct<true>(a, xs_all, n, ng_full, a.out + n);
+    else octet_direct<false>(a, xs_all, n, ng_full, a.out + n);
     if (ng_full < ng) {  // the short last group, added last as in the reference
       const int64_t k0 = ng_full * a.group;
-      for (int r = 0; r < 8; ++r)
-        y[r] = last_group_avx2(y[r], a.codes + (n + r) * kb, a.scales[(n + r) * ng + ng_full],
-                               a.zeros[(n + r) * ng + ng_full], a.x, xs_all, k0, a.k - k0);
+      for (int64_t mi = 0; mi < a.m; ++mi)
+        for (int r = 0; r < 8; ++r) {
+          float* y = a.out + mi * a.n + n + r;
+          *y = last_group_avx2(*y, a.codes + (n + r) * kb, a.scales[(n + r) * ng + ng_full],
+                               a.zeros[(n + r) * ng + ng_full], a.x + mi * a.k, xs_all + mi * ks,
+                               k0, a.k - k0);
+        }
     }
   }
   if (n < n1) rows_avx2(a, xs_all, n, n1);

@@ -25,8 +25,9 @@ enum class Int4Isa : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 // The exact float32 order of reference.int4_gemm_reference (8 + 8 partial sums per group,
 // then a fixed tree, then y += s * sum), on the given path; rows [n0, n1) only. The AVX2
 // and AVX-512 paths serve group sizes that are multiples of 16 (32, 64, 128, ...); other
-// group sizes run the scalar loop (same bits). AVX-512 covers one row of x (m = 1), eight
-// channels at a time; m >= 2 and the last channels run the AVX2 code.
+// group sizes run the scalar loop (same bits). AVX-512 works on eight channels at a time
+// (one row of x: unpacked in registers; several: through a tile shared by the rows); the
+// last n % 8 channels run the AVX2 code.
 void int4_gemm_rows(const Int4GemmArgs& a, Int4Isa isa, int64_t n0, int64_t n1);
 // All rows, split over the backend's threads when the matrix is large. isa: the best path
 // NEEDLE_ISA and the CPU allow (AVX-512, AVX2 or scalar).
