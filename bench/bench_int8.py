@@ -194,7 +194,7 @@ def measure(threads, contenders, repeats=9, quick=False):
         common.set_needle_threads(threads)
     torch, engines = _torch(threads) if want & {"torch_f32", *TORCH_INT8} else (None, [])
     rng = np.random.default_rng(0)
-    times = {}
+    times, case_paths = {}, {}
     for group, name, m, n, k, geo in _cases(quick):
         a = rng.integers(0, 256, (m, k), dtype=np.uint8)
         w = rng.integers(-127, 128, (n, k), dtype=np.int8)
@@ -245,7 +245,10 @@ def measure(threads, contenders, repeats=9, quick=False):
                                          min_time=0.05 if quick else 0.2) if fns else {}
         times[name] = {who: t["median_s"] for who, t in timing.items()}
         times[name].update(slow)
-    info = {}
+        if has_q and hasattr(mod, "_qgemm_isa_for"):
+            # the path this product takes (AMX gives short, narrow products to VNNI)
+            case_paths[name] = mod._qgemm_isa_for(n, k)
+    info = {"case_paths": case_paths} if case_paths else {}
     if torch is not None:
         info.update(torch=torch.__version__, torch_int8_engines=engines,
                     torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
@@ -296,6 +299,7 @@ def add_ratios(rows, info):
         # the fused convolution counts too where it beats the plain GEMM on the same layer
         mine = max(v for v in (q, r.get("needle_int8_fused_conv_gops"), 0) if v is not None)
         r["int8_over_torch_best"] = round(mine / peers[best], 2) if mine and best else None
+        r["needle_path"] = info.get("case_paths", {}).get(r["case"])
         pk = info.get("peak_int8_gops_1thread")
         r["int8_frac_peak"] = round(q / (pk * r["threads"]), 3) if q and pk else None
         pf = info.get("peak_f32_gflops_1thread")
@@ -340,7 +344,7 @@ def format_table(data):
     fmt = lambda v: "-" if v is None else f"{v}"  # noqa: E731
     rows = data["results"]
     peers = [w for w in TORCH_INT8 if any(r.get(f"{w}_gops") for r in rows)]
-    head = (["case", "M x N x K", "thr", "needle int8", "needle fused conv", "needle f32",
+    head = (["case", "M x N x K", "thr", "needle int8", "path", "needle fused conv", "needle f32",
              "numpy f32", "torch f32"] + [w.replace("torch_int8_", "torch ").replace("_", " ")
                                           for w in peers]
             + ["best torch int8", "needle / best torch int8", "int8 / needle f32", "int8 % peak"])
@@ -349,7 +353,7 @@ def format_table(data):
     for r in rows:
         pk = r.get("int8_frac_peak")
         cells = [r["case"], f"{r['M']}x{r['N']}x{r['K']}", r["threads"], r["needle_int8_gops"],
-                 r.get("needle_int8_fused_conv_gops"), r["needle_f32_gops"], r["numpy_f32_gops"],
+                 r.get("needle_path"), r.get("needle_int8_fused_conv_gops"), r["needle_f32_gops"], r["numpy_f32_gops"],
                  r["torch_f32_gops"]] + [r.get(f"{w}_gops") for w in peers]
         cells += [r.get("torch_int8_best"), r.get("int8_over_torch_best"),
                   r["int8_over_needle_f32"], None if pk is None else f"{100 * pk:.0f}%"]

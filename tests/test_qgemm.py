@@ -297,10 +297,12 @@ def cpu_path(request):
 
 
 # (batch, h, w, c, c_out, kernel, stride, padding): MnistCNN / ResNet9-like layers, a 1x1, a
-# kernel wider than the image, a 3-channel input whose patches end in a k tail
+# kernel wider than the image, a 3-channel input whose patches end in a k tail, and patches of
+# whole 64-byte rows (64 channels: the tile path reads the im2col rows in place)
 CONVS = [(2, 7, 7, 1, 8, 3, 1, 1), (2, 9, 8, 8, 16, 3, 2, 1), (1, 5, 5, 16, 17, 3, 1, 1),
          (3, 11, 11, 3, 16, 7, 4, 3), (2, 1, 1, 32, 20, 3, 1, 1), (1, 6, 5, 5, 3, 1, 1, 0),
-         (1, 4, 4, 70, 33, 3, 2, 0), (1, 3, 3, 2, 4, 5, 1, 2)]
+         (1, 4, 4, 70, 33, 3, 2, 0), (1, 3, 3, 2, 4, 5, 1, 2), (2, 8, 8, 64, 24, 1, 1, 0),
+         (1, 10, 10, 64, 20, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("geom", CONVS, ids=lambda g: "-".join(map(str, g)))

@@ -14,9 +14,14 @@ from test_qgemm import _CPU, check, make_case
 pytestmark = pytest.mark.skipif(not _CPU.enabled(), reason="C++ backend not built")
 
 # (m, n, k): k = 63/65 (tile tail), 512/513/1030 (k blocks of 512 bytes), M, N = 1,
-# 16/17/33 rows (one or two row tiles, partial), 17/33/48 channels (partial panel pairs).
+# 16/17/33 rows (one or two row tiles, partial), 17/33/48 channels (partial panel pairs);
+# uint8 A with k a multiple of 64 is read in place, 16-row tiles (64 x 16 x 64, 96 x 40 x 576,
+# 128 x 17 x 1024: several blocks and work items; 48 x 16 x 128: a block of one tile), and
+# packed when a tile would pass the end of A (100 x 33 x 640, 40 x 16 x 128).
 TILE_SHAPES = [(1, 1, 1), (1, 16, 64), (16, 1, 63), (17, 17, 65), (33, 33, 127), (32, 48, 128),
-               (2, 33, 512), (40, 20, 513), (5, 3, 1030), (97, 34, 200)]
+               (2, 33, 512), (40, 20, 513), (5, 3, 1030), (97, 34, 200), (64, 16, 64),
+               (96, 40, 576), (128, 17, 1024), (100, 33, 640), (48, 16, 128),
+               (40, 16, 128)]
 
 
 def _tile_paths():
@@ -84,3 +89,27 @@ def test_needle_isa_amx_demands_amx(monkeypatch, rng):
     assert "amx" not in _CPU.mod._qgemm_isas()
     assert _CPU.mod._qgemm_isa("auto") != "amx"
     check(_CPU, case, False, "uint8")
+
+
+def test_short_narrow_products_leave_amx_for_vnni(monkeypatch):
+    """An automatically chosen AMX path gives k < 256 (or k < 512 with n < 48) to VNNI; a
+    forced path or NEEDLE_ISA=amx always runs as asked; without AMX nothing changes."""
+    mod = _CPU.mod
+    monkeypatch.delenv("NEEDLE_ISA", raising=False)
+    auto = mod._qgemm_isa("auto")
+    if auto != "amx":
+        assert {mod._qgemm_isa_for(n, k) for n, k in [(8, 9), (1024, 1024)]} == {auto}
+        return
+    assert mod._qgemm_isa_for(8, 9) == "vnni"
+    assert mod._qgemm_isa_for(32, 288) == "vnni"
+    assert mod._qgemm_isa_for(47, 511) == "vnni"
+    assert mod._qgemm_isa_for(48, 256) == "amx"
+    assert mod._qgemm_isa_for(16, 512) == "amx"
+    assert mod._qgemm_isa_for(1024, 1024) == "amx"
+    try:
+        mod._qgemm_isa("amx")
+        assert mod._qgemm_isa_for(8, 9) == "amx"
+    finally:
+        mod._qgemm_isa("auto")
+    monkeypatch.setenv("NEEDLE_ISA", "amx")
+    assert mod._qgemm_isa_for(8, 9) == "amx"

@@ -260,6 +260,20 @@ QgemmIsa qgemm_default_isa() {
   return QgemmIsa::kScalar;
 }
 
+// Whether AMX tiles beat AVX-512 VNNI on an n x k product (one thread, Sapphire Rapids class,
+// bench/README.md): a tile step reads 64 bytes of k per row and writes a 16 x 16 tile, so a
+// short k or few channels leave most of each instruction unused (k = 144, 16 channels: 0.6x
+// VNNI; k = 9, 8 channels: 0.4x), while k >= 512 gains 1.6-3.2x whatever the rows.
+bool amx_pays(int64_t n, int64_t k) { return k >= 512 || (k >= 256 && n >= 48); }
+
+QgemmIsa qgemm_isa_for(int64_t n, int64_t k) {
+  const QgemmIsa isa = qgemm_default_isa();
+  // a forced path (tests, _qgemm_isa) and NEEDLE_ISA=amx run as asked
+  if (isa != QgemmIsa::kAmx || g_forced.load() >= 0 || isa_demands_amx()) return isa;
+  if (amx_pays(n, k) || !qgemm_isa_supported(QgemmIsa::kVnni512)) return isa;
+  return QgemmIsa::kVnni512;
+}
+
 void qgemm_force_isa(QgemmIsa isa) {
   if (!qgemm_isa_supported(isa))
     throw std::invalid_argument(std::string("int8 GEMM path '") + qgemm_isa_name(isa) +
@@ -325,7 +339,8 @@ void qgemm(const QgemmArgs& g, QgemmIsa isa) {
       if (apack.size() < static_cast<size_t>(kMC * kKC)) apack.resize(kMC * kKC);
       if (cbuf.size() < static_cast<size_t>(kMC * kNC)) cbuf.resize(kMC * kNC);
       if (tile.size() < static_cast<size_t>(tile_bytes)) tile.resize(tile_bytes);
-      const int64_t mb = t / nblocks, nb = t % nblocks;
+      // column block outer: the items one thread takes in turn share B's block (in L2)
+      const int64_t mb = t % mblocks, nb = t / mblocks;
       const int64_t m0 = mb * kMC, n0 = nb * kNC;
       block(g, ep, m0, std::min(kMC, g.m - m0), n0, std::min(kNC, g.n - n0), apack.data(),
             cbuf.data(), tile.data());

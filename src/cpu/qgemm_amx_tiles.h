@@ -57,12 +57,25 @@ struct AmxTraits {
     }
   }
 
+  // The k tail of panels b and b + bstride (np of them) when kq is not a whole number of
+  // 64-byte steps: their last partial step copied into zeroed 1 KB blocks of buf (2 KB,
+  // 64-byte aligned) rather than reading past the packed panels. Built once per k block and
+  // panel pair, shared by every row block. nullptr when there is no tail.
+  static const int8_t* tails(const int8_t* b, int64_t bstride, int64_t kq, int64_t np,
+                             int8_t* buf) {
+    const int64_t full = kq / 16, rest = kq % 16;
+    if (rest == 0) return nullptr;
+    std::memset(buf, 0, 2 * 1024);
+    for (int64_t p = 0; p < np && p < 2; ++p)
+      std::memcpy(buf + p * 1024, b + p * bstride + full * 1024, static_cast<size_t>(rest * 64));
+    return buf;
+  }
+
   // The micro-kernel contract of qgemm_kernel.h for 32 rows x NP panels. A rows are whole
-  // 64-byte steps (zero past k), so the k tail only needs B: its last partial step is copied
-  // into zeroed 1 KB blocks rather than reading past the packed panel.
+  // 64-byte steps (zero past k), so the k tail only needs B: `tail` (from tails()).
   template <int NP>
   static void tiles(const ARows& a, const int8_t* b, int64_t bstride, int64_t kq, int32_t* c,
-                    bool accumulate) {
+                    bool accumulate, const int8_t* tail) {
     constexpr int64_t cs = kNC * sizeof(int32_t);
     const bool two = a.valid > 16;  // the second 16-row tile holds real rows
     int32_t* c1 = c + 16 * kNC;
@@ -81,13 +94,7 @@ struct AmxTraits {
     const int8_t* b1 = b + (NP == 2 ? bstride : 0);
     for (int64_t s = 0; s < full; ++s)
       step<NP>(a.p + s * 64, a.rs, b + s * 1024, b1 + s * 1024, two);
-    if (rest) {
-      alignas(64) int8_t tail[2][1024];
-      std::memset(tail, 0, sizeof(tail));
-      std::memcpy(tail[0], b + full * 1024, static_cast<size_t>(rest * 64));
-      if constexpr (NP == 2) std::memcpy(tail[1], b1 + full * 1024, static_cast<size_t>(rest * 64));
-      step<NP>(a.p + full * 64, a.rs, tail[0], tail[1], two);
-    }
+    if (rest) step<NP>(a.p + full * 64, a.rs, tail, tail + 1024, two);
     T::template store<0>(c, cs);
     if constexpr (NP == 2) T::template store<1>(c + 16, cs);
     if (two) T::template store<2>(c1, cs);

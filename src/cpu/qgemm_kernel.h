@@ -13,8 +13,10 @@
 //   dot(c, a, b): c[lane] += sum_{j<4} a[j] * b[lane][j], exact in int32,
 //   peak_step(c): one dependent dot-product instruction (group) on c, kPeakOps operations.
 // A tile traits type (kTiles = true) instead provides kMR, kMaxNP, begin()/end() around a
-// work item and tiles<NP>(a, b, bstride, kq, c, accumulate) with the micro-kernel contract
-// below; its A operand is always packed row-major (pack_a_rows), whole 64-byte rows.
+// work item, tails(b, bstride, kq, np, buf) (the panels' k tail, once per k block and panel
+// pair) and tiles<NP>(a, b, bstride, kq, c, accumulate, tail) with the micro-kernel contract
+// below; its A operand is row-major, whole 64-byte rows (in place when every tile it loads
+// lies inside A, else copied by pack_a_rows).
 //
 // Requires: qgemm_internal.h included before.
 
@@ -65,9 +67,9 @@ static inline void micro_kernel(const ARows& a, const int8_t* b, int64_t bstride
 
 template <class I, int NP>
 static inline void run_kernel(const ARows& a, const int8_t* b, int64_t bstride, int64_t kq,
-                              int32_t* c, bool accumulate, int64_t nc) {
+                              int32_t* c, bool accumulate, int64_t nc, const int8_t* tail) {
   if constexpr (I::kTiles) {
-    I::template tiles<NP>(a, b, bstride, kq, c, accumulate);
+    I::template tiles<NP>(a, b, bstride, kq, c, accumulate, tail);
   } else if constexpr (NP == 1 && I::kLanes < 16) {
     if (nc <= I::kLanes)  // e.g. the 8 channels of a first convolution: skip the empty half
       micro_kernel<I, 1, true>(a, b, bstride, kq, c, accumulate);
@@ -88,7 +90,8 @@ static void block_impl(const QgemmArgs& g, const QEpilogue& ep, int64_t m0, int6
   // Where the micro-kernel reads A: uint8 rows holding whole groups of 4 are read in place,
   // a convolution's rows from its im2col tile (built once per work item, already uint8 and
   // padded); otherwise (int8, or a k tail) each k-block of A is packed first. Tile kernels
-  // always read a row-major copy whose rows are whole 64-byte tile rows.
+  // read whole 64-byte rows, 16 rows per tile: in place too when A has them, else from a
+  // row-major copy (pack_a_rows).
   const uint8_t* a = static_cast<const uint8_t*>(g.a);
   int64_t lda = g.k, arow0 = m0;
   bool direct = g.a_type == QType::kUint8 && g.k % kQKGroup == 0;
@@ -101,38 +104,43 @@ static void block_impl(const QgemmArgs& g, const QEpilogue& ep, int64_t m0, int6
     direct = true;
   }
   if constexpr (I::kTiles) {
-    direct = false;
+    // in place only when no tile reads past the end of A: k a multiple of 64 and whole
+    // 16-row tiles (the kernel loads a block's second tile only when it has rows)
+    direct = direct && g.k % 64 == 0 && mc % 16 == 0;
     I::begin();
   }
   const int64_t npanels = (nc + kQPanel - 1) / kQPanel;
   const int64_t p0 = n0 / kQPanel;
+  alignas(64) int8_t tail_buf[I::kTiles ? 2 * 1024 : 1];
   if (kp == 0) std::memset(cbuf, 0, sizeof(int32_t) * kMC * kNC);
   for (int64_t k0 = 0; k0 < kp; k0 += kKC) {
     const int64_t kc = kp - k0 < kKC ? kp - k0 : kKC;
     const int64_t kq = kc / kQKGroup;
     const int64_t ld = round_up(kc, 64);
-    if constexpr (I::kTiles)
-      pack_a_rows(g, conv_rows, m0, mc, k0, kc, ld, apack);
-    else if (!direct)
+    if constexpr (I::kTiles) {
+      if (!direct) pack_a_rows(g, conv_rows, m0, mc, k0, kc, ld, apack);
+    } else if (!direct)
       pack_a(g, m0, mc, k0, kc, MR, apack);
     const bool accumulate = k0 > 0;
     for (int64_t jp = 0; jp < npanels; jp += I::kMaxNP) {
       const int64_t np = npanels - jp < I::kMaxNP ? npanels - jp : I::kMaxNP;
       const int8_t* b = g.packed + (p0 + jp) * bstride + k0 * kQPanel;
+      const int8_t* tail = nullptr;  // tile kernels: the panels' k tail, once for all rows
+      if constexpr (I::kTiles) tail = I::tails(b, bstride, kq, np, tail_buf);
       for (int64_t ir = 0; ir < mc; ir += MR) {
         ARows ar;
-        if (I::kTiles)
-          ar = ARows{apack + ir * ld, ld, kQKGroup, mc - ir};
-        else if (direct)
+        if (direct)
           ar = ARows{a + (arow0 + ir) * lda + k0, lda, kQKGroup, mc - ir};
+        else if (I::kTiles)
+          ar = ARows{apack + ir * ld, ld, kQKGroup, mc - ir};
         else  // rows past the end are zero in the packed panel: computed, never written out
           ar = ARows{apack + (ir / MR) * kq * MR * kQKGroup, kQKGroup, MR * kQKGroup, MR};
         int32_t* c = cbuf + ir * kNC + jp * kQPanel;
         switch (np) {
-          case 1: run_kernel<I, 1>(ar, b, bstride, kq, c, accumulate, nc - jp * kQPanel); break;
-          case 2: if constexpr (I::kMaxNP >= 2) run_kernel<I, 2>(ar, b, bstride, kq, c, accumulate, 0); break;
-          case 3: if constexpr (I::kMaxNP >= 3) run_kernel<I, 3>(ar, b, bstride, kq, c, accumulate, 0); break;
-          default: if constexpr (I::kMaxNP >= 4) run_kernel<I, 4>(ar, b, bstride, kq, c, accumulate, 0); break;
+          case 1: run_kernel<I, 1>(ar, b, bstride, kq, c, accumulate, nc - jp * kQPanel, tail); break;
+          case 2: if constexpr (I::kMaxNP >= 2) run_kernel<I, 2>(ar, b, bstride, kq, c, accumulate, 0, tail); break;
+          case 3: if constexpr (I::kMaxNP >= 3) run_kernel<I, 3>(ar, b, bstride, kq, c, accumulate, 0, tail); break;
+          default: if constexpr (I::kMaxNP >= 4) run_kernel<I, 4>(ar, b, bstride, kq, c, accumulate, 0, tail); break;
         }
       }
     }

@@ -160,7 +160,7 @@ void qgemm_py(const AlignedArray& a, const AlignedArray& packed, AlignedArray& o
   g.a = a.raw();
   g.a_type = qtype_of(a);
   g.m = m;
-  const QgemmIsa isa = qgemm_default_isa();
+  const QgemmIsa isa = qgemm_isa_for(n, k);
   py::gil_scoped_release release;
   qgemm(g, isa);
 }
@@ -217,7 +217,7 @@ void qconv2d_nhwc_py(const AlignedArray& x, const AlignedArray& packed, AlignedA
   g.a_type = qtype_of(x);
   g.m = m;
   g.conv = &geom;
-  const QgemmIsa isa = qgemm_default_isa();
+  const QgemmIsa isa = qgemm_isa_for(c_out, k);
   py::gil_scoped_release release;
   qgemm(g, isa);
 }
@@ -274,6 +274,12 @@ void register_quant_ops(py::module_& m) {
         "'amx-emulated') or return to\n"
         "automatic choice ('auto'). Returns the path now in use.");
   m.def("_qgemm_isas", &available_isas, "The int8 GEMM paths this CPU can run, lowest first.");
+  m.def("_qgemm_isa_for", [](int64_t n, int64_t k) {
+          return std::string(qgemm_isa_name(qgemm_isa_for(n, k)));
+        }, py::arg("n"), py::arg("k"),
+        "The path qgemm and qconv2d_nhwc take for n output channels and reduction length k:\n"
+        "the path in use, except that an automatically chosen 'amx' gives short, narrow\n"
+        "products (k < 256, or k < 512 with n < 48) to 'vnni'.");
   m.def("_qgemm_peak_gops", [](const std::string& name, double seconds) {
           const QgemmIsa isa = isa_arg(name);
           if (isa == QgemmIsa::kScalar || !qgemm_isa_supported(isa))
