@@ -493,7 +493,7 @@ def test_cpu_buffers_are_aligned():
 def test_cpu_threads_give_same_results(rng):
     mod = nd.cpu().mod
     before = mod.get_num_threads()
-    x = rng.standard_normal((300, 257)).astype(np.float32)  # above the parallel threshold
+    x = rng.standard_normal((1100, 1000)).astype(np.float32)  # above the parallel threshold
     try:
         results = []
         for threads in (1, 3):

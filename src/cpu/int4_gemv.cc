@@ -862,7 +862,8 @@ void int4_gemm(const Int4GemmArgs& a) {
   // free up, so a thread the (shared) machine slows down does not hold the others back
   constexpr int64_t kRows = 64;
   const int64_t blocks = (a.n + kRows - 1) / kRows;
-  const bool parallel = double(a.m) * double(a.n) * double(a.k) >= 16.0 * kParallelMinElements &&
+  // about 60 us of work on one thread: the batch-1 products of a large layer split
+  const bool parallel = double(a.m) * double(a.n) * double(a.k) >= double(int64_t(1) << 20) &&
                         blocks > 1;
 #if NEEDLE_INT4_X86
   if (isa != Int4Isa::kScalar && a.group % kBlock == 0) {
