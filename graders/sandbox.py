@@ -313,6 +313,13 @@ def _build_root(cfg, root):
             _bind_ro(d, root + d)
         elif os.path.islink(d):
             os.symlink(os.readlink(d), root + d)
+    # the tmpfs areas before the binds: a Python or a bind under /tmp (a clone in /tmp, say)
+    # must lie on top of the private /tmp, not be hidden by it
+    size = int(lim["disk_bytes"])
+    for d in ("/dev/shm", "/tmp", SANDBOX_RW):
+        os.makedirs(root + d, exist_ok=True)
+        _mount("tmpfs", root + d, "tmpfs", MS_NOSUID | MS_NODEV,
+               f"size={size},mode=1777" if d != SANDBOX_RW else f"size={size},mode=755")
     for d in cfg["python_dirs"]:
         if not os.path.exists(root + d):
             _bind_ro(d, root + d)
@@ -327,11 +334,6 @@ def _build_root(cfg, root):
     for link, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, root + "/dev/" + link)
-    size = int(lim["disk_bytes"])
-    for d in ("/dev/shm", "/tmp", SANDBOX_RW):
-        os.makedirs(root + d, exist_ok=True)
-        _mount("tmpfs", root + d, "tmpfs", MS_NOSUID | MS_NODEV,
-               f"size={size},mode=1777" if d != SANDBOX_RW else f"size={size},mode=755")
     os.makedirs(root + "/proc", exist_ok=True)
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
