@@ -746,6 +746,23 @@ __attribute__((target("avx512f"))) void octet_tiled(const Int4GemmArgs& a, const
   }
 }
 
+// This thread's 64-byte aligned m x 16 float accumulator for octet_tiled, grown when a call
+// needs more rows and kept between calls (one allocation per thread, not per task).
+float* tile_accumulator(int64_t m) {
+  struct Free {
+    void operator()(float* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<float, Free> buffer;
+  thread_local int64_t rows = 0;
+  if (m > rows) {
+    const size_t bytes = static_cast<size_t>(checked_mul(m, 64, "int4_gemm"));
+    buffer.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    rows = buffer ? m : 0;
+    if (!buffer) throw std::bad_alloc();
+  }
+  return buffer.get();
+}
+
 // Rows [n0, n1): whole octets here (one row of x: unpacked in registers; several: through a
 // tile), the rest on the AVX2 path.
 __attribute__((target("avx512f"))) void rows_avx512(const Int4GemmArgs& a, const float* xs_all,
@@ -754,18 +771,10 @@ __attribute__((target("avx512f"))) void rows_avx512(const Int4GemmArgs& a, const
   const int64_t kb = (a.k + 1) / 2, ks = (a.k + kBlock - 1) / kBlock * kBlock;
   const bool tiled = a.m >= 2;
   if (tiled && a.group > kMaxTileGroup) return rows_avx2(a, xs_all, n0, n1);
-  struct Free {
-    void operator()(float* p) const { std::free(p); }
-  };
-  std::unique_ptr<float, Free> acc;
-  if (tiled) {
-    const size_t bytes = static_cast<size_t>(checked_mul(a.m, 64, "int4_gemm"));
-    acc.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-    if (!acc) throw std::bad_alloc();
-  }
+  float* acc = tiled ? tile_accumulator(a.m) : nullptr;
   int64_t n = n0;
   for (; n + 8 <= n1; n += 8) {
-    if (tiled) octet_tiled(a, xs_all, ks, n, ng_full, acc.get());
+    if (tiled) octet_tiled(a, xs_all, ks, n, ng_full, acc);
     else if (uniform_zero_point(a, n, 8, ng)) octet_direct<true>(a, xs_all, n, ng_full, a.out + n);
     else octet_direct<false>(a, xs_all, n, ng_full, a.out + n);
     if (ng_full < ng) {  // the short last group, added last as in the reference

@@ -264,7 +264,7 @@ QgemmIsa qgemm_default_isa() {
 // bench/README.md): a tile step reads 64 bytes of k per row and writes a 16 x 16 tile, so a
 // short k or few channels leave most of each instruction unused (k = 144, 16 channels: 0.6x
 // VNNI; k = 9, 8 channels: 0.4x), while k >= 512 gains 1.6-3.2x whatever the rows.
-bool amx_pays(int64_t n, int64_t k) { return k >= 512 || (k >= 256 && n >= 48); }
+static bool amx_pays(int64_t n, int64_t k) { return k >= 512 || (k >= 256 && n >= 48); }
 
 QgemmIsa qgemm_isa_for(int64_t n, int64_t k) {
   const QgemmIsa isa = qgemm_default_isa();

@@ -79,10 +79,9 @@ void qgemm(const QgemmArgs& args, QgemmIsa isa);
 // std::runtime_error saying why (CPU flags or the kernel's refusal of tile data).
 QgemmIsa qgemm_default_isa();
 // The path for a product with n output channels and reduction length k: qgemm_default_isa(),
-// except that an automatically chosen AMX path hands short, narrow products (amx_pays false)
-// to AVX-512 VNNI, which is faster there. Same bits either way.
+// except that an automatically chosen AMX path hands short, narrow products (k < 256, or
+// k < 512 and n < 48) to AVX-512 VNNI, which is faster there. Same bits either way.
 QgemmIsa qgemm_isa_for(int64_t n, int64_t k);
-bool amx_pays(int64_t n, int64_t k);
 bool qgemm_isa_supported(QgemmIsa isa);
 const char* qgemm_isa_name(QgemmIsa isa);
 // Parses "scalar", "avx2", "avxvnni", "avx512", "vnni", "amx", "amx-emulated"; throws
