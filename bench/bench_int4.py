@@ -59,7 +59,8 @@ def measure(threads, size, batches, repeats):
         for g, w4 in weights.items():
             codes, scales, zeros = w4._device_arrays()
             fns[f"int4_g{g}"] = (lambda c=codes, s=scales, z=zeros, g=g: dev.int4_gemm(
-                x_nd._handle, c._handle, s._handle, z._handle, y_nd._handle, m, n, k, g))
+                x_nd._handle, c._handle, s._handle, z._handle, y_nd._handle, m, n, k, g,
+                zeros_checked=True))
         timing = common.time_interleaved(fns, repeats=repeats, warmup=3, min_time=0.2)
         if threads == 1:
             # CPU seconds of this thread: what a busy machine's time slicing does not inflate

@@ -7,7 +7,7 @@ import pytest
 import needle as ndl
 from needle import backend_ndarray as nd
 from needle.quant import reference as R
-from needle.quant.int4 import INT4_KEY, Int4Weight, load_int4, save_int4
+from needle.quant.int4 import INT4_KEY, Int4Weight, has_native_int4, load_int4, save_int4
 from needle.serialization import SerializationError
 
 CPU = nd.cpu()
@@ -180,6 +180,33 @@ def test_kernel_rejects_bad_dtypes_and_zero_points():
     with pytest.raises(ValueError, match=r"outside \[0, 15\]"):
         CPU.mod.int4_gemm(a[0]._handle, a[1]._handle, a[2]._handle, zeros._handle,
                           a[4]._handle, 1, 4, 16, 8)
+    # the CPU paths index tables by zero point: a caller's word does not skip the check
+    with pytest.raises(ValueError, match=r"zero point 16 at 0 is outside \[0, 15\]"):
+        CPU.mod.int4_gemm(a[0]._handle, a[1]._handle, a[2]._handle, zeros._handle,
+                          a[4]._handle, 1, 4, 16, 8, zeros_checked=True)
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_weight_checks_its_zero_points_once_before_the_device_copy(device):
+    if device == "cpu" and not CPU.enabled():
+        pytest.skip("C++ CPU backend not built")
+    dev = ndl.cpu_numpy() if device == "numpy" else CPU
+    w4 = Int4Weight.from_float(weight(3, 16), 8, "asymmetric", device=dev)
+    x = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
+    want = R.int4_gemm_reference(x, w4.codes, w4.scales, w4.zeros, 8, 16)
+    bad = Int4Weight(w4.codes, w4.scales, w4.zeros.copy(), (3, 16), 8, "asymmetric", device=dev)
+    bad.zeros[2, 1] = 31
+    with pytest.raises(ValueError, match=r"zero point 31 at flat index 5 .*outside \[0, 15\]"):
+        bad.matmul(x)
+    assert bad._handles is None  # nothing half-made is kept
+    if has_native_int4(dev):
+        # the device copies are made (and checked) once; results are the reference's bits
+        assert np.array_equal(w4.matmul(x).view(np.uint32), want.view(np.uint32))
+        handles = w4._handles
+        assert np.array_equal(w4.matmul(x).view(np.uint32), want.view(np.uint32))
+        assert w4._handles is handles
+    else:
+        assert np.array_equal(w4.matmul(x).view(np.uint32), want.view(np.uint32))
 
 
 def test_matmul_shape_check():

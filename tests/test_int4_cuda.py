@@ -122,3 +122,8 @@ def test_gpu_kernel_refuses_a_bad_zero_point():
     with pytest.raises(ValueError, match="zero point 200"):
         dev.mod.int4_gemm(arr(x)._handle, arr(packed)._handle, arr(scales)._handle,
                           arr(zeros)._handle, out._handle, 1, 2, 32, 32)
+    # an Int4Weight checks its zero points once, before its device copy, and then skips
+    # the per-call copy to the host
+    weight = Int4Weight(packed, scales, zeros, (2, 32), 32, "asymmetric", device=dev)
+    with pytest.raises(ValueError, match="zero point 200"):
+        weight.matmul(x)

@@ -5,9 +5,9 @@
 
 The math (quantization, nibble order, the product's exact float32 order) is
 ``reference.quantize_int4`` / ``pack_int4`` / ``int4_gemm_reference``. ``matmul`` runs the
-backend's ``int4_gemm`` kernel when the device has one (the C++ CPU backend: AVX2 or scalar,
-chosen at run time) and the numpy reference otherwise or with ``NEEDLE_QUANT_REFERENCE=1``;
-both give the same bits.
+backend's ``int4_gemm`` kernel when the device has one (the C++ CPU backend, AVX-512, AVX2
+or scalar chosen at run time, or the CUDA backend) and the numpy reference otherwise or
+with ``NEEDLE_QUANT_REFERENCE=1``; both give the same bits.
 
 File format (one weight, under a key prefix ``p``, in a needle safetensors file):
 ``p.codes`` uint8 [N, ceil(K/2)], ``p.scales`` float32 [N, G], ``p.zeros`` uint8 [N, G]
@@ -80,9 +80,19 @@ class Int4Weight:
     def nbytes(self):
         return self.codes.nbytes + self.scales.nbytes + self.zeros.nbytes
 
+    def _check_zero_points(self):
+        if self.zeros.size and int(self.zeros.max()) > 15:
+            bad = int(np.argmax(self.zeros > 15))
+            raise ValueError(f"int4 weight: zero point {int(self.zeros.flat[bad])} at flat "
+                             f"index {bad} of zeros {self.zeros.shape} is outside [0, 15]")
+
     def _device_arrays(self):
+        """(codes, scales, zeros) NDArrays on the device, made once. Their zero points are
+        checked here, once, so ``matmul`` can pass ``zeros_checked=True`` (on CUDA the
+        per-call check copies them to the host)."""
         if self._handles is None:
             d = self.device
+            self._check_zero_points()
             self._handles = (NDArray(self.codes, device=d, dtype="uint8"),
                              NDArray(self.scales, device=d, dtype="float32"),
                              NDArray(self.zeros, device=d, dtype="uint8"))
@@ -96,13 +106,15 @@ class Int4Weight:
         if x.ndim != 2 or x.shape[1] != self.k:
             raise ValueError(f"int4 matmul: x must be [M, {self.k}], got {x.shape}")
         if _force_reference() or not has_native_int4(self.device):
+            self._check_zero_points()  # every call: self.zeros is what the reference reads
             y = R.int4_gemm_reference(x, self.codes, self.scales, self.zeros, self.group, self.k)
         else:
             codes, scales, zeros = self._device_arrays()
             xa = NDArray(np.ascontiguousarray(x), device=self.device, dtype="float32")
             out = NDArray.make((x.shape[0], self.n), device=self.device, dtype="float32")
             self.device.int4_gemm(xa._handle, codes._handle, scales._handle, zeros._handle,
-                                  out._handle, x.shape[0], self.n, self.k, self.group)
+                                  out._handle, x.shape[0], self.n, self.k, self.group,
+                                  zeros_checked=True)
             y = out.numpy()
         return y[0] if vector else y
 

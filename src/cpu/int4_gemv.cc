@@ -820,7 +820,7 @@ void check_array(const char* name, const AlignedArray& arr, DType dtype, int64_t
 
 void int4_gemm_py(const AlignedArray& x, const AlignedArray& codes, const AlignedArray& scales,
                   const AlignedArray& zeros, AlignedArray& out, int64_t m, int64_t n, int64_t k,
-                  int64_t group) {
+                  int64_t group, bool /*zeros_checked*/) {
   const Int4Dims d = int4_dims("int4_gemm", m, n, k, group);
   const int64_t kb = d.kb, ng = d.ng;
   check_array("x", x, DType::kFloat32, checked_mul(m, k, "int4_gemm x"));
@@ -828,6 +828,8 @@ void int4_gemm_py(const AlignedArray& x, const AlignedArray& codes, const Aligne
   check_array("scales", scales, DType::kFloat32, checked_mul(n, ng, "int4_gemm scales"));
   check_array("zeros", zeros, DType::kUint8, checked_mul(n, ng, "int4_gemm zeros"));
   check_array("out", out, DType::kFloat32, checked_mul(m, n, "int4_gemm out"));
+  // checked on every call, zeros_checked or not: the vector paths index 16-entry tables by
+  // zero point, and here the check is one pass over the bytes, no copy
   const uint8_t* zp = zeros.data<uint8_t>();
   int4_check_zero_points("int4_gemm", zp, n * ng);
   Int4GemmArgs a{x.data<float>(), codes.data<uint8_t>(), scales.data<float>(), zp,
@@ -894,10 +896,12 @@ void int4_gemm(const Int4GemmArgs& a) {
 void register_int4_ops(py::module_& m) {
   m.def("int4_gemm", &int4_gemm_py, py::arg("x"), py::arg("codes"), py::arg("scales"),
         py::arg("zeros"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"),
-        py::arg("group"),
+        py::arg("group"), py::kw_only(), py::arg("zeros_checked") = false,
         "out[m, n] = x[m, k] @ W^T for group-wise int4 weights W [n, k]: codes uint8\n"
         "[n, ceil(k/2)] (two per byte, even k in the low nibble), scales float32 and zeros\n"
-        "uint8 [n, ceil(k/group)]. Bit-exact with reference.int4_gemm_reference.");
+        "uint8 [n, ceil(k/group)]. Bit-exact with reference.int4_gemm_reference.\n"
+        "zeros_checked: accepted for the CUDA backend's signature; the zero points are\n"
+        "checked here on every call (a scan, no copy).");
   m.def("_int4_gemm_isa", [] { return std::string(int4_isa_name(int4_default_isa())); },
         "The int4 kernel path in use now ('avx512', 'avx2' or 'scalar'; NEEDLE_ISA caps it).");
 }

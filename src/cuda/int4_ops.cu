@@ -43,7 +43,7 @@ namespace {
 
 void int4_gemm(const CudaArray& x, const CudaArray& codes, const CudaArray& scales,
                const CudaArray& zeros, CudaArray& out, int64_t m, int64_t n, int64_t k,
-               int64_t group) {
+               int64_t group, bool zeros_checked) {
   const char* op = "int4_gemm";
   const Int4Dims d = int4_dims(op, m, n, k, group);
   const int64_t kb = d.kb, ng = d.ng;
@@ -57,13 +57,18 @@ void int4_gemm(const CudaArray& x, const CudaArray& codes, const CudaArray& scal
   require_size(scales, size_t(checked_mul(n, ng, op)), op, "scales");
   require_size(zeros, size_t(checked_mul(n, ng, op)), op, "zeros");
   require_size(out, size_t(checked_mul(m, n, op)), op, "out");
-  // zero points outside [0, 15] are refused as on the CPU (one small copy to the host)
-  std::vector<uint8_t> zp(zeros.size);
-  if (!zp.empty()) {
-    check_cuda(cudaMemcpy(zp.data(), zeros.ptr, zp.size(), cudaMemcpyDeviceToHost),
-               "int4_gemm: reading the zero points");
+  // Zero points outside [0, 15] are refused as on the CPU: a copy to the host and a wait for
+  // the device, so a caller that checked them once (Int4Weight, when it copied its arrays
+  // here) skips it. The kernel computes u - z without tables: a wrong z gives wrong sums,
+  // never a read outside the arrays.
+  if (!zeros_checked) {
+    std::vector<uint8_t> zp(zeros.size);
+    if (!zp.empty()) {
+      check_cuda(cudaMemcpy(zp.data(), zeros.ptr, zp.size(), cudaMemcpyDeviceToHost),
+                 "int4_gemm: reading the zero points");
+    }
+    int4_check_zero_points(op, zp.data(), int64_t(zp.size()));
   }
-  int4_check_zero_points(op, zp.data(), int64_t(zp.size()));
   const int64_t outputs = m * n;
   if (outputs == 0) return;
   const int64_t blocks = (outputs + kWarpsPerBlock - 1) / kWarpsPerBlock;
@@ -82,10 +87,12 @@ void int4_gemm(const CudaArray& x, const CudaArray& codes, const CudaArray& scal
 void register_int4_ops(py::module_& m) {
   m.def("int4_gemm", &int4_gemm, py::arg("x"), py::arg("codes"), py::arg("scales"),
         py::arg("zeros"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("k"),
-        py::arg("group"),
+        py::arg("group"), py::kw_only(), py::arg("zeros_checked") = false,
         "out[m, n] = x[m, k] @ W^T for group-wise int4 weights W [n, k]: codes uint8\n"
         "[n, ceil(k/2)] (two per byte, even k in the low nibble), scales float32 and zeros\n"
-        "uint8 [n, ceil(k/group)]. Bit-exact with reference.int4_gemm_reference.");
+        "uint8 [n, ceil(k/group)]. Bit-exact with reference.int4_gemm_reference.\n"
+        "zeros_checked=True: the caller has checked every zero point is in [0, 15], so the\n"
+        "per-call check (a copy of the zero points to the host) is skipped.");
 }
 
 }  // namespace cuda
