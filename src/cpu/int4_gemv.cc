@@ -756,9 +756,10 @@ float* tile_accumulator(int64_t m) {
   thread_local int64_t rows = 0;
   if (m > rows) {
     const size_t bytes = static_cast<size_t>(checked_mul(m, 64, "int4_gemm"));
-    buffer.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-    rows = buffer ? m : 0;
-    if (!buffer) throw std::bad_alloc();
+    float* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    buffer.reset(p);
+    rows = m;
   }
   return buffer.get();
 }
