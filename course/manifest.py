@@ -124,25 +124,24 @@ NOTEBOOKS = [
          _ex("5.1", "qgemm_reference", f"{_REF}:qgemm_reference", "the integer GEMM in numpy",
              ["test_qgemm_reference", "test_qconv_matches_float", "test_cpu_kernel"],
              [_T_REF + "test_qgemm"]),
-         _ex("5.2", "im2col", "cell:impl_im2col:im2col", "convolution as a matrix product",
-             ["test_im2col", "test_qconv_matches_float"]),
-         _ex("5.3", "qgemm_scalar_tile", f"{_SCALAR}:qgemm_scalar_tile",
-             "the C++ int8 GEMM tile (portable path)", ["test_cpp_scalar_accumulators"],
+         # im2col (a worked example of the notebook: needle's float convolution already
+         # builds the same patch matrix) and requantize_scalar (notebook 3's requantize,
+         # written out in C++ in src/cpu/qgemm_scalar.cc) are given, not exercises.
+         _ex("5.2", "qgemm_scalar_tile", f"{_SCALAR}:qgemm_scalar_tile",
+             "the C++ int8 GEMM tile (portable path)",
+             ["test_cpp_scalar_accumulators", "test_cpp_scalar_requantize"],
              # int32 outputs are the tile's accumulators, before any requantization
              [_T_QG + "test_qgemm_zero_point_folding[cpu-scalar]",
-              _T_QG + "test_qgemm_extreme_values[cpu-scalar-"]),
-         _ex("5.4", "requantize_scalar", f"{_SCALAR}:requantize_scalar",
-             "requantize in C++", ["test_cpp_scalar_requantize"],
-             [_T_QG + "test_qgemm_matches_reference[cpu-scalar-"]),
+              _T_QG + "test_qgemm_extreme_values[cpu-scalar-",
+              _T_QG + "test_qgemm_matches_reference[cpu-scalar-"]),
      ]},
     {"id": "06_cuda_int8", "title": "The int8 GEMM on a GPU", "uses": [_REF], "build": True,
      "exercises": [
-         _ex("6.1", "pack_k4", "cell:impl_dp4a:pack_k4",
-             "pack four int8 codes into a word, and the dp4a instruction in numpy", ["test_dp4a"],
-             also=["dp4a"]),
-         _ex("6.2", "qgemm_dp4a", "cell:impl_qgemm_dp4a:qgemm_dp4a", "the GEMM from dp4a",
+         # pack_k4 and dp4a (the instruction in numpy) are a worked example of the notebook:
+         # the kernel's own host emulation (dot4 in src/cuda/qgemm.cuh) is the same code.
+         _ex("6.1", "qgemm_dp4a", "cell:impl_qgemm_dp4a:qgemm_dp4a", "the GEMM from dp4a",
              ["test_qgemm_dp4a"]),
-         _ex("6.3", "compute_tile", f"{_CUDA}:compute_tile", "the CUDA tile (dp4a, registers)",
+         _ex("6.2", "compute_tile", f"{_CUDA}:compute_tile", "the CUDA tile (dp4a, registers)",
              ["test_cuda_tile_emulated", "test_cuda_tile_gpu"]),
      ]},
     {"id": "07_end_to_end", "title": "End to end: an int8 MNIST classifier",

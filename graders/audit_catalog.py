@@ -150,22 +150,6 @@ CATALOG += [
         ("05_int8_cpu_kernel",),
         (Patch("acc = acc - np.int64(a_zero_point) * colsum.astype(np.int64) + bias.astype(np.int64)",
                "acc = acc + bias.astype(np.int64)", file=REF),)),
-    Mutation(
-        "im2col_padding_off_by_one", "im2col pads p on one side and p - 1 on the other",
-        ("05_int8_cpu_kernel",),
-        (Patch("((0, 0), (padding, padding), (padding, padding), (0, 0))",
-               "((0, 0), (padding, max(padding - 1, 0)), (padding, max(padding - 1, 0)), (0, 0))",
-               cell=("05_int8_cpu_kernel", "impl_im2col")),)),
-    Mutation(
-        "im2col_output_size_off_by_one", "output height (H + 2p - k) // s without the + 1",
-        ("05_int8_cpu_kernel",),
-        (Patch("Ho = (H + 2 * padding - k) // stride + 1", "Ho = (H + 2 * padding - k) // stride",
-               cell=("05_int8_cpu_kernel", "impl_im2col")),)),
-    Mutation(
-        "im2col_pads_with_zero", "quantized image padded with code 0 instead of the zero point",
-        ("05_int8_cpu_kernel",),
-        (Patch("constant_values=pad_value)", "constant_values=0)",
-               cell=("05_int8_cpu_kernel", "impl_im2col")),)),
     # C++ (src/cpu/qgemm_scalar.cc): each costs a native rebuild of the grading workspace.
     Mutation(
         "cpp_int16_accumulator", "C++ scalar kernel accumulates the inner product in int16",
@@ -176,28 +160,6 @@ CATALOG += [
         ("05_int8_cpu_kernel",),
         (Patch("int64_t v = int64_t(dot) - int64_t(a_zero_point) * colsum[j] + bias[j];",
                "int64_t v = int64_t(dot) + bias[j];", file=SCALAR_CC),)),
-    Mutation(
-        "cpp_requantize_truncates", "C++ requantize shifts without adding 2^(s-1) (truncates)",
-        ("05_int8_cpu_kernel",),
-        (Patch("(int64_t(acc) * multiplier + (int64_t(1) << (s - 1))) >> s",
-               "(int64_t(acc) * multiplier) >> s", file=SCALAR_CC),)),
-    Mutation(
-        "cpp_relu_clamps_at_zero", "C++ fused ReLU clamps at code 0 instead of the zero point",
-        ("05_int8_cpu_kernel",),
-        (Patch("relu ? std::max(lo, out_zero_point) : lo", "relu ? std::max(lo, 0) : lo",
-               file=SCALAR_CC),)),
-    Mutation(
-        "dp4a_signed_activations", "dp4a treats the uint8 activation bytes as signed",
-        ("06_cuda_int8",),
-        (Patch("aj = ((a >> (8 * j)) & 0xFF).astype(np.int64)",
-               "aj = ((a >> (8 * j)) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int64)",
-               cell=("06_cuda_int8", "impl_dp4a")),)),
-    Mutation(
-        "pack_big_endian", "4 codes packed into a word in big-endian byte order",
-        ("06_cuda_int8",),
-        (Patch("return b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)",
-               "return b[..., 3] | (b[..., 2] << 8) | (b[..., 1] << 16) | (b[..., 0] << 24)",
-               cell=("06_cuda_int8", "impl_dp4a")),)),
     # CUDA (src/cuda/qgemm.cuh, run through the host emulation): a CUDA rebuild each.
     Mutation(
         "cuda_tile_signed_activations", "CUDA compute_tile uses the signed dp4a for uint8 codes",
@@ -239,8 +201,6 @@ def M(exercise, name, description, notebook, *patches):
 _SAT = ("00_setup", "impl_saturate")
 SER = "needle/serialization.py"
 _PC = ("03_quant_basics", "impl_per_channel")
-_IM = ("05_int8_cpu_kernel", "impl_im2col")
-_DP = ("06_cuda_int8", "impl_dp4a")
 _QD = ("06_cuda_int8", "impl_qgemm_dp4a")
 NB0, NB1, NB2, NB3 = "00_setup", "01_save_load", "02_fusion", "03_quant_basics"
 NB4, NB5, NB6, NB7 = "04_calibration", "05_int8_cpu_kernel", "06_cuda_int8", "07_end_to_end"
@@ -463,42 +423,14 @@ CATALOG += [
     M("qgemm_reference", "qgemm_zp_sign", "adds zx * colsum instead of subtracting", NB5,
       F("acc = acc - np.int64(a_zero_point) * colsum.astype(np.int64) + bias.astype(np.int64)",
         "acc = acc + np.int64(a_zero_point) * colsum.astype(np.int64) + bias.astype(np.int64)")),
-    # 5.2 im2col
-    M("im2col", "im2col_channel_major", "columns in (c, kh, kw) order", NB5,
-      C(*_IM, "    return cols.reshape(B * Ho * Wo, k * k * C)",
-        "    return cols.transpose(0, 1, 2, 5, 3, 4).reshape(B * Ho * Wo, k * k * C)")),
-    M("im2col", "im2col_ignores_stride", "stride ignored in the patch start", NB5,
-      C(*_IM, "cols[:, :, :, i, j, :] = xp[:, i:i + stride * (Ho - 1) + 1:stride,\n                                        j:j + stride * (Wo - 1) + 1:stride, :]",
-        "cols[:, :, :, i, j, :] = xp[:, i:i + Ho, j:j + Wo, :]")),
-    # 5.3 / 5.4 C++ (native)
+    # 5.2 C++ (native)
     M("qgemm_scalar_tile", "cpp_no_saturation", "C++ tile does not saturate to int32", NB5,
       F("      v = std::min<int64_t>(std::max<int64_t>(v, INT32_MIN), INT32_MAX);\n", "", file=SCALAR_CC)),
     M("qgemm_scalar_tile", "cpp_ignores_lda", "C++ tile assumes lda == k", NB5,
       F("const uint8_t* arow = a + r * lda;", "const uint8_t* arow = a + r * k;", file=SCALAR_CC)),
     M("qgemm_scalar_tile", "cpp_ignores_ldc", "C++ tile writes with stride cols, not ldc", NB5,
       F("acc[r * ldc + j] = int32_t(v);", "acc[r * cols + j] = int32_t(v);", file=SCALAR_CC)),
-    M("requantize_scalar", "cpp_requantize_half_away", "C++ requantize rounds negative ties away "
-      "from zero", NB5,
-      F("const int64_t y = (int64_t(acc) * multiplier + (int64_t(1) << (s - 1))) >> s;",
-        "const int64_t p = int64_t(acc) * multiplier;\n  const int64_t y = p >= 0 ? (p + (int64_t(1) << (s - 1))) >> s : -((-p + (int64_t(1) << (s - 1))) >> s);",
-        file=SCALAR_CC)),
-    M("requantize_scalar", "cpp_requantize_no_clamp", "C++ requantize forgets the clamp", NB5,
-      F("return int32_t(std::min<int64_t>(std::max<int64_t>(y + out_zero_point, low), hi));",
-        "return int32_t(y + out_zero_point);", file=SCALAR_CC)),
-    # 6.1 pack_k4 + dp4a, 6.2 qgemm_dp4a
-    M("pack_k4", "pack_no_padding", "K not padded to a multiple of 4 (tail dropped)", NB6,
-      C(*_DP, "kp = -(-K // 4) * 4", "kp = K // 4 * 4")),
-    M("pack_k4", "pack_pads_with_ones", "padding bytes set to 1", NB6,
-      C(*_DP, "padded = np.zeros((R, kp), np.uint8)", "padded = np.ones((R, kp), np.uint8)")),
-    M("pack_k4", "pack_signed_shift", "packs int8 codes without the uint8 view (sign-extends)", NB6,
-      C(*_DP, "padded[:, :K] = x.view(np.uint8)", "padded[:, :K] = x.astype(np.int64) & 0x7F")),
-    M("dp4a", "dp4a_unsigned_weights", "dp4a treats weight bytes as unsigned", NB6,
-      C(*_DP, "wj = ((w >> (8 * j)) & 0xFF).astype(np.uint8).view(np.int8).astype(np.int64)",
-        "wj = ((w >> (8 * j)) & 0xFF).astype(np.int64)")),
-    M("dp4a", "dp4a_drops_c", "dp4a ignores the accumulator input c", NB6,
-      C(*_DP, "total = np.asarray(c, np.int64)", "total = np.zeros(np.shape(c), np.int64)")),
-    M("dp4a", "dp4a_three_bytes", "dp4a sums only three byte lanes", NB6,
-      C(*_DP, "for j in range(4):", "for j in range(3):")),
+    # 6.1 qgemm_dp4a
     M("qgemm_dp4a", "qgemm_dp4a_calls_reference", "qgemm_dp4a calls ref.qgemm_reference", NB6,
       C(*_QD, "aw, ww = pack_k4(a), pack_k4(w)",
         "return ref.qgemm_reference(a, w, a_zero_point, bias, multiplier, shift, out_zero_point, relu, out_dtype)\n    aw, ww = pack_k4(a), pack_k4(w)")),
@@ -509,7 +441,7 @@ CATALOG += [
       C(*_QD, "acc = np.clip(acc, -2 ** 31, 2 ** 31 - 1)\n", "")),
     M("qgemm_dp4a", "qgemm_dp4a_no_bias", "bias dropped", NB6,
       C(*_QD, " + np.asarray(bias, np.int64)", "")),
-    # 6.3 compute_tile (CUDA, native)
+    # 6.2 compute_tile (CUDA, native)
     M("compute_tile", "cuda_tile_swapped_operands", "dp4a with swapped operand roles", NB6,
       F("acc[i][j] = dot4<AT>(av[i], bv[j], acc[i][j]);", "acc[i][j] = dot4<AT>(bv[j], av[i], acc[i][j]);",
         file=QGEMM_CUH)),
@@ -599,11 +531,8 @@ _FIRST = {
     "bn_variance_as_std": "fold_bn", "bn_bias_skipped": "fold_bn",
     "minmax_last_batch": "MinMaxObserver._observe", "mse_observer_abs_error": "MSEObserver._range",
     "int16_accumulator": "qgemm_reference", "transposed_weight_layout": "qgemm_reference",
-    "no_zero_point_correction": "qgemm_reference", "im2col_padding_off_by_one": "im2col",
-    "im2col_output_size_off_by_one": "im2col", "im2col_pads_with_zero": "im2col",
+    "no_zero_point_correction": "qgemm_reference",
     "cpp_int16_accumulator": "qgemm_scalar_tile", "cpp_forgets_colsum": "qgemm_scalar_tile",
-    "cpp_requantize_truncates": "requantize_scalar", "cpp_relu_clamps_at_zero": "requantize_scalar",
-    "dp4a_signed_activations": "dp4a", "pack_big_endian": "pack_k4",
     "cuda_tile_signed_activations": "compute_tile", "cuda_tile_contiguous_rows": "compute_tile",
     "flatten_nhwc_order": "QuantizedFlatten.forward",
 }

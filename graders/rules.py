@@ -119,33 +119,10 @@ RULES = {
         ("weights [N, K]: x w^T", ["transposed_weight_layout"]),
         ("- zx * colsum + bias", ["no_zero_point_correction", "qgemm_zp_sign", "qgemm_bias_twice"]),
     ],
-    "im2col": [
-        ("pad p on every side with the zero point", ["im2col_padding_off_by_one",
-                                                     "im2col_pads_with_zero"]),
-        ("Ho = (H + 2p - k) // s + 1, stride s", ["im2col_output_size_off_by_one",
-                                                  "im2col_ignores_stride"]),
-        ("columns in (kh, kw, c) order", ["im2col_channel_major"]),
-    ],
     "qgemm_scalar_tile": [
         ("int32 inner products, saturated", ["cpp_int16_accumulator", "cpp_no_saturation"]),
         ("- zx * colsum + bias", ["cpp_forgets_colsum"]),
         ("leading dimensions lda / ldc", ["cpp_ignores_lda", "cpp_ignores_ldc"]),
-    ],
-    "requantize_scalar": [
-        ("the integer rounding of requantize, negative ties too",
-         ["cpp_requantize_truncates", "cpp_requantize_half_away"]),
-        ("clamp, fused ReLU at the zero point", ["cpp_relu_clamps_at_zero",
-                                                 "cpp_requantize_no_clamp"]),
-    ],
-    "pack_k4": [
-        ("little-endian bytes, K padded with zero bytes to a multiple of 4",
-         ["pack_big_endian", "pack_no_padding", "pack_pads_with_ones"]),
-        ("the codes' bytes (two's complement)", ["pack_signed_shift"]),
-    ],
-    "dp4a": [
-        ("uint8 activations times int8 weights", ["dp4a_signed_activations",
-                                                  "dp4a_unsigned_weights"]),
-        ("all four lanes plus c", ["dp4a_drops_c", "dp4a_three_bytes"]),
     ],
     "qgemm_dp4a": [
         ("built from pack_k4 and dp4a, not the reference", ["qgemm_dp4a_calls_reference"]),

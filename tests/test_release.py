@@ -464,7 +464,7 @@ def test_grading_files_policy(tmp_path):
     files, report = grading_files("05_int8_cpu_kernel", release, repo, tmp_path / "empty")
     assert report["missing"] == [rel, "src/cpu/qgemm_scalar.cc"]
     assert "5.1 qgemm_reference" in report["missing_exercises"]
-    assert "5.3 qgemm_scalar_tile" in report["missing_exercises"]
+    assert "5.2 qgemm_scalar_tile" in report["missing_exercises"]
 
 
 def test_submit_archive_round_trips_through_unpack(tmp_path, monkeypatch):

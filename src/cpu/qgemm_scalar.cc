@@ -1,16 +1,18 @@
 // The portable int8 GEMM path: block_scalar (the driver's work item for `_qgemm_isa("scalar")`)
-// and the two functions a student writes (see qgemm_scalar.h).
+// with the tile a student writes and the requantization it feeds (see qgemm_scalar.h).
 //
 // ---- Exercise (notebook 05_int8_cpu_kernel) -------------------------------------------------
-// Write qgemm_scalar_tile and requantize_scalar below. block_scalar has already turned the
+// Write qgemm_scalar_tile below; requantize_scalar (notebook 3's requantize in 64-bit
+// integers) is given, and block_scalar calls both. block_scalar has already turned the
 // operands into plain row-major matrices: uint8 activation rows (int8 activations arrive
 // shifted by +128, with the zero point shifted to match) and int8 weight rows, one per output
 // channel. Follow needle/quant/reference.py (qgemm_reference, requantize) to the bit:
 //   * accumulate the products in int32: a uint8 x int8 product reaches 255 * 128, so 16 bits
 //     overflow after two of them;
 //   * fold the activation zero point in with colsum: sum (a - z) w = sum a w - z * colsum;
-//   * requantize with 64-bit integers and a rounding (not truncating) shift; a fused ReLU
-//     clamps at the output zero point (the code of the real value 0), not at code 0.
+//   * add the correction and the bias in 64 bits and saturate the sum to int32.
+// (requantize_scalar: 64-bit integers, a rounding, not truncating, shift; a fused ReLU
+// clamps at the output zero point, the code of the real value 0, not at code 0.)
 // Rebuild with `make build` from the repository root, then restart the notebook's kernel.
 // `_qgemm_isa("scalar")` (module ndarray_backend_cpu) makes every qgemm call use this path.
 #include "qgemm_scalar.h"
@@ -45,12 +47,10 @@ void qgemm_scalar_tile(const uint8_t* a, int64_t lda, const int8_t* w, int64_t l
 
 int32_t requantize_scalar(int32_t acc, int32_t multiplier, int32_t shift,
                           int32_t out_zero_point, int32_t lo, int32_t hi, bool relu) {
-  // BEGIN SOLUTION
   const int s = 31 + shift;
   const int64_t y = (int64_t(acc) * multiplier + (int64_t(1) << (s - 1))) >> s;
   const int64_t low = relu ? std::max(lo, out_zero_point) : lo;
   return int32_t(std::min<int64_t>(std::max<int64_t>(y + out_zero_point, low), hi));
-  // END SOLUTION
 }
 
 namespace qgemm_detail {

@@ -1,6 +1,7 @@
 // The portable int8 GEMM path (`_qgemm_isa("scalar")`), written as two plain functions on raw
-// pointers: the course's C++ exercise (notebook 05). The fast paths (AVX2, AVX-512, VNNI) do
-// not call them, so the rest of the kit runs while they are still stubs.
+// pointers: the tile is the course's C++ exercise (notebook 05), the requantization is given.
+// The fast paths (AVX2, AVX-512, VNNI) do not call them, so the rest of the kit runs while the
+// tile is still a stub.
 #pragma once
 #include <cstdint>
 
