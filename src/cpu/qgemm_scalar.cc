@@ -6,13 +6,11 @@
 // integers) is given, and block_scalar calls both. block_scalar has already turned the
 // operands into plain row-major matrices: uint8 activation rows (int8 activations arrive
 // shifted by +128, with the zero point shifted to match) and int8 weight rows, one per output
-// channel. Follow needle/quant/reference.py (qgemm_reference, requantize) to the bit:
+// channel. Follow needle/quant/reference.py (qgemm_reference's accumulator) to the bit:
 //   * accumulate the products in int32: a uint8 x int8 product reaches 255 * 128, so 16 bits
 //     overflow after two of them;
 //   * fold the activation zero point in with colsum: sum (a - z) w = sum a w - z * colsum;
 //   * add the correction and the bias in 64 bits and saturate the sum to int32.
-// (requantize_scalar: 64-bit integers, a rounding, not truncating, shift; a fused ReLU
-// clamps at the output zero point, the code of the real value 0, not at code 0.)
 // Rebuild with `make build` from the repository root, then restart the notebook's kernel.
 // `_qgemm_isa("scalar")` (module ndarray_backend_cpu) makes every qgemm call use this path.
 #include "qgemm_scalar.h"
