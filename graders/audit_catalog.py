@@ -554,17 +554,6 @@ def ci_subset(catalog=None):
 # Notebook 08: quantization-aware training.
 QAT, NB8 = "needle/quant/qat.py", "08_qat"
 CATALOG += [
-    M("FakeQuantize.compute", "fq_calls_reference", "calls reference.fake_quantize instead of "
-      "computing the values", NB8,
-      F("out = ((codes - zp) * s).astype(np.float32)",
-        "out = R.fake_quantize(x, self.scale, self.zero_point, self.dtype, self.axis, self.bits,\n"
-        "                              self.reduced_range)", file=QAT)),
-    M("FakeQuantize.compute", "fq_passes_input_through", "returns the input, not its fake-quantized value",
-      NB8, F("out = ((codes - zp) * s).astype(np.float32)",
-             "out = x.astype(np.float32, copy=True)", file=QAT)),
-    M("FakeQuantize.compute", "fq_returns_codes", "returns the integer codes, not their dequantized values",
-      NB8, F("out = ((codes - zp) * s).astype(np.float32)", "out = codes.astype(np.float32)",
-             file=QAT)),
     M("FakeQuantize.gradient", "ste_without_clipping_mask", "passes the gradient everywhere, clipped values too",
       NB8, F("mask = (codes >= self.qmin) & (codes <= self.qmax) & ~np.isnan(x)",
              "mask = np.ones(x.shape, dtype=bool)", file=QAT)),
@@ -597,14 +586,6 @@ CATALOG += [
       "config's reduced one", NB7,
       F("    qmin, qmax = config.weight_qrange()\n",
         "    qmin, qmax = config.weight_qrange()\n    qmin = -qmax - 1\n", file=CONV)),
-    M("FakeQuantize.compute", "fq_ignores_bits", "fake-quantizes to the dtype's 8 bits, not to bits",
-      NB8, F("codes = np.clip(r + zp, self.qmin, self.qmax)",
-             "codes = np.clip(r + zp, *R.qrange(self.dtype, None, self.reduced_range))", file=QAT)),
-    M("FakeQuantize.compute", "fq_full_range", "ignores the reduced (symmetric) range",
-      NB8, F("codes = np.clip(r + zp, self.qmin, self.qmax)",
-             "codes = np.clip(r + zp, *R.qrange(self.dtype, self.bits))", file=QAT)),
-    M("FakeQuantize.compute", "fq_nan_not_zero", "NaN stays NaN instead of the zero point's value 0",
-      NB8, F("r = np.where(np.isnan(r), np.float32(0), r)", "r = r", file=QAT)),
     M("FakeQuantize.gradient", "ste_mask_open_interval", "the mask drops the codes at the range ends",
       NB8, F("mask = (codes >= self.qmin) & (codes <= self.qmax) & ~np.isnan(x)",
              "mask = (codes > self.qmin) & (codes < self.qmax) & ~np.isnan(x)", file=QAT)),

@@ -167,14 +167,6 @@ RULES = {
          ["qadd_no_left_shift", "qadd_ignores_b_zp", "qadd_relu_at_zero",
           "qadd_truncating_rescale"]),
     ],
-    "FakeQuantize.compute": [
-        ("the forward value is (clamp(rint(x / s) + zp, qmin, qmax) - zp) * s, computed in float32 "
-         "without the reference functions", ["fq_calls_reference", "fq_passes_input_through",
-                                             "fq_returns_codes"]),
-        ("NaN takes the zero point's code (value 0)", ["fq_nan_not_zero"]),
-        ("the grid has the stored bits and range (4-bit, reduced range for weights)",
-         ["fq_ignores_bits", "fq_full_range"]),
-    ],
     "FakeQuantize.gradient": [
         ("straight-through: the gradient passes where the unclamped code lies in [qmin, qmax], "
          "and is 0 outside (and for NaN)", ["ste_without_clipping_mask", "ste_zero_gradient"]),
