@@ -50,6 +50,8 @@ def list_exercises() -> int:
             path, func = M.location(ex)
             where = f"notebook cell {path[5:]}" if path.startswith("cell:") else path
             print(f"  {ex['id']:>4} {M.display_name(ex):<28} {where}  ({ex['title']})")
+        if not nb["exercises"]:
+            print("       (no exercise: given code to read and a written answer)")
     return 0
 
 

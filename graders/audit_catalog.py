@@ -103,11 +103,6 @@ QGEMM_CUH = "src/cuda/qgemm.cuh"
 
 CATALOG += [
     Mutation(
-        "saturate_wraps", "integer cast wraps around instead of saturating",
-        ("00_setup",),
-        (Patch("return np.clip(r, info.min, info.max).astype(dtype)",
-               "return r.astype(np.int64).astype(dtype)", cell=("00_setup", "impl_saturate")),)),
-    Mutation(
         "safetensors_big_endian", "header length written big-endian",
         ("01_save_load",),
         (Patch('f.write(len(raw).to_bytes(8, "little"))', 'f.write(len(raw).to_bytes(8, "big"))',
@@ -198,27 +193,13 @@ def M(exercise, name, description, notebook, *patches):
     return Mutation(name, description, (notebook,), tuple(patches), exercise)
 
 
-_SAT = ("00_setup", "impl_saturate")
 SER = "needle/serialization.py"
 _PC = ("03_quant_basics", "impl_per_channel")
 _QD = ("06_cuda_int8", "impl_qgemm_dp4a")
-NB0, NB1, NB2, NB3 = "00_setup", "01_save_load", "02_fusion", "03_quant_basics"
+NB1, NB2, NB3 = "01_save_load", "02_fusion", "03_quant_basics"
 NB4, NB5, NB6, NB7 = "04_calibration", "05_int8_cpu_kernel", "06_cuda_int8", "07_end_to_end"
 
 CATALOG += [
-    # 0.1 saturate_cast
-    M("saturate_cast", "saturate_round_half_away", "rounds half away from zero (floor(x + 0.5))",
-      NB0, C(*_SAT, "r = np.rint(x.astype(np.float64))",
-             "r = np.sign(x) * np.floor(np.abs(x.astype(np.float64)) + 0.5)")),
-    M("saturate_cast", "saturate_nan_to_min", "NaN saturates to the dtype's minimum, not 0", NB0,
-      C(*_SAT, "r = np.where(np.isnan(r), 0.0, r)", "r = np.where(np.isnan(r), info.min, r)")),
-    M("saturate_cast", "saturate_truncates", "casts with trunc (astype) instead of rounding", NB0,
-      C(*_SAT, "r = np.rint(x.astype(np.float64))", "r = np.trunc(x.astype(np.float64))")),
-    M("saturate_cast", "saturate_ints_wrap", "integer inputs wrap instead of saturating", NB0,
-      C(*_SAT, "return np.clip(x.astype(np.int64), info.min, info.max).astype(dtype)",
-        "return x.astype(dtype)")),
-    M("saturate_cast", "saturate_float32_rounding", "rounds in float32 (2^24 + 1 is lost)", NB0,
-      C(*_SAT, "r = np.rint(x.astype(np.float64))", "r = np.rint(x.astype(np.float32)).astype(np.float64)")),
     # 1.1 write_safetensors
     M("write_safetensors", "st_offsets_absolute", "data offsets counted from the file start", NB1,
       F('header = {"__metadata__": metadata}\n    offset = 0\n',
@@ -526,7 +507,7 @@ _FIRST = {
     "zero_point_sign": "choose_qparams", "range_without_zero": "choose_qparams",
     "requantize_truncates": "requantize", "relu_not_fused": "requantize",
     "multiplier_m0_in_1_2": "quantize_multiplier", "multiplier_no_carry": "quantize_multiplier",
-    "bias_scale_input_only": "quantize_bias", "saturate_wraps": "saturate_cast",
+    "bias_scale_input_only": "quantize_bias",
     "safetensors_big_endian": "write_safetensors", "bn_variance_without_eps": "fold_bn",
     "bn_variance_as_std": "fold_bn", "bn_bias_skipped": "fold_bn",
     "minmax_last_batch": "MinMaxObserver._observe", "mse_observer_abs_error": "MSEObserver._range",

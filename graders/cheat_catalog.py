@@ -333,9 +333,9 @@ def read_safetensors_header(f, path, file_size):
          trick=(_stubbed_with(_KILL_EXECUTOR),), needs_sandbox=True, stub_files=(REF,)),
     Case("forged_idle_status", "cheat",
          "a wrong solution publishes a forged 'idle' status before it fails, hiding the error",
-         "00_setup", stub_cells=("impl_saturate",),
-         trick=(NbEdit("append_to", "impl_saturate", _FORGE_IDLE + '''
-def saturate_cast(x, dtype):
+         "03_quant_basics", stub_cells=("impl_per_channel",),
+         trick=(NbEdit("append_to", "impl_per_channel", _FORGE_IDLE + '''
+def per_channel_weight_qparams(w):
     _forge_idle()
     import time; time.sleep(0.5)
     raise ValueError("wrong")
@@ -360,8 +360,8 @@ def saturate_cast(x, dtype):
          "03_quant_basics",
          trick=(_wrap("quantize", "import sys; print('debug: quantize', file=sys.stderr)"),)),
     Case("huge_output_line", "robust",
-         "a correct solution prints one 50 MB line", "00_setup",
-         trick=(NbEdit("append_to", "impl_saturate",
+         "a correct solution prints one 50 MB line", "03_quant_basics",
+         trick=(NbEdit("append_to", "impl_per_channel",
                        "print('x' * (50 << 20))"),),
          host_checks=("small_notebook",)),
     Case("native_crash_costs_its_tests", "robust",

@@ -71,7 +71,7 @@ TAMPER = {
 }
 STUB_ERRORS = ("NotImplementedError",)
 #: wrong solutions also graded through nbgrader and the sandbox (the rest: graders/audit_fast.py)
-END_TO_END_MUTANTS = ("round_toward_zero", "saturate_wraps", "minmax_last_batch")
+END_TO_END_MUTANTS = ("round_toward_zero", "per_tensor_weights", "minmax_last_batch")
 
 
 def _stub_error(ename, evalue):
@@ -488,6 +488,19 @@ def run(args) -> int:
             scores = auto_scores(label, name)
             print(f"  {label:9} {name}: archive + grading in {time.time() - t0:.0f}s "
                   f"(grading {info['seconds']:.0f}s)", flush=True)
+            # a notebook without exercises (00: given code and a written answer) has no
+            # autograded cell; both copies must run it cleanly
+            no_exercises = not list(MANIFEST.exercises(name))
+
+            def check_no_exercises():
+                errs = notebook_errors(autograded_nb(label, name))
+                rep.add(f"{name}: no exercises, no autograded cells, the {label} copy runs "
+                        f"without errors", not scores and not errs,
+                        f"scores {scores}, errors {errs[:2]}" if scores or errs else "")
+            if label == "reference" and no_exercises:
+                ref_scores[name] = scores
+                check_no_exercises()
+                continue
             if label == "reference":
                 ref_scores[name] = scores
                 got = sum(v[0] or 0 for v in scores.values())
@@ -510,6 +523,9 @@ def run(args) -> int:
                 rep.add("release imports (import needle, needle.quant)", imp.returncode == 0,
                         (imp.stdout.strip() or imp.stderr.strip().splitlines()[-1:][0]
                          if (imp.stdout.strip() or imp.stderr.strip()) else ""))
+            if no_exercises:
+                check_no_exercises()
+                continue
             nb = autograded_nb(label, name)
             errs = notebook_errors(nb)
             first_graded = min([i for i, c in enumerate(nb.cells)

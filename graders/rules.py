@@ -9,12 +9,6 @@ check) makes sure every exercise has rules and every rule names existing mutatio
 from __future__ import annotations
 
 RULES = {
-    "saturate_cast": [
-        ("round half to even", ["saturate_round_half_away", "saturate_truncates"]),
-        ("clamp to the integer range (integers too)", ["saturate_wraps", "saturate_ints_wrap"]),
-        ("NaN maps to 0", ["saturate_nan_to_min"]),
-        ("exact for large values (round in float64)", ["saturate_float32_rounding"]),
-    ],
     "write_safetensors": [
         ("8-byte little-endian header length", ["safetensors_big_endian"]),
         ("data offsets relative to the data section, contiguous", ["st_offsets_absolute",

@@ -44,7 +44,7 @@ def notebook_table(M) -> str:
         link = (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
                 f"({base}/notebooks/{nb['id']}.ipynb)") if base else ""
         built = ", ".join(f"{ex['id']} " + " + ".join(f"`{f}`" for f in M.functions(ex))
-                          for ex in nb["exercises"])
+                          for ex in nb["exercises"]) or "a written answer (given code)"
         files = ", ".join(f"`{f}`" for f in [f"notebooks/{nb['id']}.ipynb",
                                               *M.submission_files(nb["id"])])
         rows.append(f"| `{nb['id']}` {nb['title']} | {link} | {built} | {files} |")
