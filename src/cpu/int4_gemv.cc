@@ -582,7 +582,7 @@ __attribute__((target("avx512f"))) inline __m512i tree8_lanes() {
 // y of channels n .. n + 7 for one row of x over the full groups [0, ng_full). When every
 // group of the eight channels has the same zero point (always so for the symmetric scheme)
 // the zero offsets are set once, else per group.
-template <bool kUniform>
+template <int kBlocks, bool kUniform>
 __attribute__((target("avx512f"))) void octet_direct(const Int4GemmArgs& a, const float* xs,
                                                      int64_t n, int64_t ng_full, float* y8) {
   const UnpackPair unpack;
@@ -614,9 +614,13 @@ __attribute__((target("avx512f"))) void octet_direct(const Int4GemmArgs& a, cons
           zo[p] = pair_of(kZeroOffsets.odd[z0], kZeroOffsets.odd[z1]);
         }
       }
+      // The group's first block starts the sums (0 + p is p but for the sign of a zero,
+      // which cannot reach the output: see quad_group); the block count is a compile-time
+      // constant for the common group sizes, so the loop unrolls.
       __m512 ae[4], ao[4];
-      for (int p = 0; p < 4; ++p) ae[p] = ao[p] = _mm512_setzero_ps();
-      for (int64_t t = k0; t < k0 + group; t += kBlock) {
+      const int64_t nb = kBlocks > 0 ? kBlocks : group / kBlock;
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t t = k0 + b * kBlock;
         if ((t & 127) == 0)  // a 64-byte line of codes per channel begins here
           for (int r = 0; r < 8; ++r)
             _mm_prefetch(reinterpret_cast<const char*>(rows[r] + (t >> 1) + ahead), _MM_HINT_T0);
@@ -626,8 +630,13 @@ __attribute__((target("avx512f"))) void octet_direct(const Int4GemmArgs& a, cons
           const __m512i v = load_pair(rows[2 * p] + (t >> 1), rows[2 * p + 1] + (t >> 1));
           if (kUniform) lookup(v, &we, &wo);
           else unpack(v, ze[p], zo[p], &we, &wo);
-          ae[p] = _mm512_add_ps(ae[p], _mm512_mul_ps(we, xe));
-          ao[p] = _mm512_add_ps(ao[p], _mm512_mul_ps(wo, xo));
+          if (b == 0) {
+            ae[p] = _mm512_mul_ps(we, xe);
+            ao[p] = _mm512_mul_ps(wo, xo);
+          } else {
+            ae[p] = _mm512_add_ps(ae[p], _mm512_mul_ps(we, xe));
+            ao[p] = _mm512_add_ps(ao[p], _mm512_mul_ps(wo, xo));
+          }
         }
       }
       for (int p = 0; p < 4; ++p) _mm512_store_ps(partial[j][p], _mm512_add_ps(ae[p], ao[p]));
@@ -653,6 +662,23 @@ __attribute__((target("avx512f"))) void octet_direct(const Int4GemmArgs& a, cons
   for (int i = 0; i < 4; ++i) {
     y8[i] = out[4 * i];
     y8[i + 4] = out[4 * i + 1];
+  }
+}
+
+// octet_direct for this group size and these zero points.
+__attribute__((target("avx512f"))) void octet_direct_any(const Int4GemmArgs& a, const float* xs,
+                                                         int64_t n, int64_t ng_full, bool uniform,
+                                                         float* y8) {
+  switch (uniform ? a.group : -a.group) {
+    case 32: return octet_direct<2, true>(a, xs, n, ng_full, y8);
+    case 64: return octet_direct<4, true>(a, xs, n, ng_full, y8);
+    case 128: return octet_direct<8, true>(a, xs, n, ng_full, y8);
+    case -32: return octet_direct<2, false>(a, xs, n, ng_full, y8);
+    case -64: return octet_direct<4, false>(a, xs, n, ng_full, y8);
+    case -128: return octet_direct<8, false>(a, xs, n, ng_full, y8);
+    default:
+      return uniform ? octet_direct<0, true>(a, xs, n, ng_full, y8)
+                     : octet_direct<0, false>(a, xs, n, ng_full, y8);
   }
 }
 
@@ -776,8 +802,7 @@ __attribute__((target("avx512f"))) void rows_avx512(const Int4GemmArgs& a, const
   int64_t n = n0;
   for (; n + 8 <= n1; n += 8) {
     if (tiled) octet_tiled(a, xs_all, ks, n, ng_full, acc);
-    else if (uniform_zero_point(a, n, 8, ng)) octet_direct<true>(a, xs_all, n, ng_full, a.out + n);
-    else octet_direct<false>(a, xs_all, n, ng_full, a.out + n);
+    else octet_direct_any(a, xs_all, n, ng_full, uniform_zero_point(a, n, 8, ng), a.out + n);
     if (ng_full < ng) {  // the short last group, added last as in the reference
       const int64_t k0 = ng_full * a.group;
       for (int64_t mi = 0; mi < a.m; ++mi)
