@@ -621,9 +621,12 @@ __attribute__((target("avx512f"))) void octet_direct(const Int4GemmArgs& a, cons
       const int64_t nb = kBlocks > 0 ? kBlocks : group / kBlock;
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t t = k0 + b * kBlock;
-        if ((t & 127) == 0)  // a 64-byte line of codes per channel begins here
+        // a 64-byte line of codes per channel begins here: fetch the one two octets on into
+        // L2 (two octets of a 4096-wide layer are 32 KiB, a whole L1: fetched into L1 they
+        // would evict the lines in use)
+        if ((t & 127) == 0)
           for (int r = 0; r < 8; ++r)
-            _mm_prefetch(reinterpret_cast<const char*>(rows[r] + (t >> 1) + ahead), _MM_HINT_T0);
+            _mm_prefetch(reinterpret_cast<const char*>(rows[r] + (t >> 1) + ahead), _MM_HINT_T1);
         const __m512 xe = both_halves(xs + t), xo = both_halves(xs + t + kLanes);
         for (int p = 0; p < 4; ++p) {
           __m512 we, wo;
