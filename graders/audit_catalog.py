@@ -600,13 +600,13 @@ CATALOG += [
              "        zp = np.full(scale.shape, 8, np.int64)\n")),
     M("quantize_int4", "int4_tail_padded_with_first_value",
       "the short last group is padded with a real weight, which enters its range", NB9,
-      F("    g = np.full((n, ng * group), np.nan, np.float32)\n",
-        "    g = np.repeat(w[:, :1], ng * group, axis=1).astype(np.float32)\n")),
+      F("    g = np.full((n, ng * width), np.nan, np.float32)\n",
+        "    g = np.repeat(w[:, :1], ng * width, axis=1).astype(np.float32)\n")),
     M("quantize_int4", "int4_round_half_up", "codes rounded with floor(x / s + 0.5)", NB9,
-      F('    codes = quantize(g.reshape(n * ng, group), scale.reshape(-1), zp.reshape(-1), "uint8",\n'
+      F('    codes = quantize(g.reshape(n * ng, width), scale.reshape(-1), zp.reshape(-1), "uint8",\n'
         "                     axis=0, qmin=0, qmax=15)\n",
         "    with np.errstate(invalid=\"ignore\"):\n"
-        "        r = np.floor(g.reshape(n * ng, group) / scale.reshape(-1, 1) + np.float32(0.5))\n"
+        "        r = np.floor(g.reshape(n * ng, width) / scale.reshape(-1, 1) + np.float32(0.5))\n"
         "    codes = np.clip(np.nan_to_num(r) + zp.reshape(-1, 1), 0, 15).astype(np.uint8)\n")),
     M("quantize_int4", "int4_zero_points_int64", "returns the zero points as int64", NB9,
       F("    return codes, scale.astype(np.float32), zp.astype(np.uint8)\n",

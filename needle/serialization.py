@@ -206,6 +206,10 @@ def _check_entry(path, key, info):
     if count >= MAX_ELEMENTS:
         raise SerializationError(f"{path}: tensor {key!r} has {count} elements, more than the "
                                  f"limit 2^60")
+    # numpy refuses a shape whose nonzero dimensions overflow, even with no element at all
+    if math.prod(d for d in shape if d) >= MAX_ELEMENTS:
+        raise SerializationError(f"{path}: tensor {key!r} has shape {shape} whose nonzero "
+                                 f"dimensions multiply past the limit 2^60")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1]):

@@ -192,11 +192,15 @@ def test_weight_checks_its_zero_points_once_before_the_device_copy(device):
     w4 = Int4Weight.from_float(weight(3, 16), 8, "asymmetric", device=dev)
     x = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
     want = R.int4_gemm_reference(x, w4.codes, w4.scales, w4.zeros, 8, 16)
-    bad = Int4Weight(w4.codes, w4.scales, w4.zeros.copy(), (3, 16), 8, "asymmetric", device=dev)
-    bad.zeros[2, 1] = 31
+    bad_zeros = w4.zeros.copy()
+    bad_zeros[2, 1] = 31
     with pytest.raises(ValueError, match=r"zero point 31 at flat index 5 .*outside \[0, 15\]"):
-        bad.matmul(x)
-    assert bad._handles is None  # nothing half-made is kept
+        Int4Weight(w4.codes, w4.scales, bad_zeros, (3, 16), 8, "asymmetric", device=dev)
+    # the weight keeps read-only copies: an edit after the device copies exist cannot be
+    # silently ignored, and the caller's arrays stay the caller's
+    with pytest.raises(ValueError, match="read-only"):
+        w4.zeros[2, 1] = 31
+    assert bad_zeros.flags.writeable
     # results are the reference's bits; the device copies are made (and checked) once
     assert np.array_equal(w4.matmul(x).view(np.uint32), want.view(np.uint32))
     handles = w4._handles

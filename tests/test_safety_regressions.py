@@ -130,6 +130,121 @@ def test_matmul_and_reduce_sizes_that_overflow_are_refused():
 
 
 @needs_cpu
+def test_tiled_matmul_sizes_that_wrap_and_absurd_thread_counts_are_refused():
+    # m * n of 2^61 * 8 wrapped to 0 and let a 0-element buffer through to the tile copies;
+    # 10^6 OpenMP threads crashed inside libgomp at the next parallel loop; an infinite
+    # measuring budget never returned
+    out = _py("""
+        import needle as n
+        m = n.cpu().mod
+        A = m.Array
+    """ + _raises("m.matmul_tiled(A(0), A(64), A(0), 2**61, 8, 8)", match="2^60")
+              + _raises("m.matmul_tiled(A(0), A(0), A(64), 8, 2**61, 8)", match="2^60")
+              + _raises("m.matmul_tiled(A(64), A(0), A(0), 8, 8, 2**61)", match="2^60")
+              + _raises("m.set_num_threads(10**6)", match="1 <= n <= 1024")
+              + _raises("m.set_num_threads(2**31 - 1)", match="1 <= n <= 1024")
+              + _raises("m._f32_peak_gflops(float('inf'))", match="[0, 60]")
+              + _raises("m._f32_peak_gflops(float('nan'))", match="[0, 60]") + """
+        m.set_num_threads(2)
+        a = A(1 << 21); m.fill(a, 1.0); o = A(1 << 21)
+        m.ewise_add(a, a, o)
+        print("threads", m.get_num_threads())
+    """)
+    assert out.count("refused") == 7 and "threads 2" in out
+
+
+def test_int4_weight_checks_values_before_casting_and_keeps_read_only_copies():
+    from needle.quant.int4 import Int4Weight
+    from needle.quant import reference as R
+    dev = needle.cpu_numpy()
+    w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    good = Int4Weight.from_float(w, 32, "asymmetric", device=dev)
+    parts = dict(codes=good.codes, scales=good.scales, zeros=good.zeros)
+    for name, bad, match in (("codes", good.codes.astype(np.int64) + 1000, "value 1"),
+                             ("codes", good.codes.astype(np.float32), "must be integers"),
+                             ("zeros", np.full((4, 2), 200), "zero point 200"),
+                             ("zeros", np.full((4, 2), -1), "value -1"),
+                             ("scales", np.full((4, 2), np.inf, np.float32), "not finite")):
+        with pytest.raises(ValueError, match=match):
+            Int4Weight(**dict(parts, **{name: bad}), shape=(4, 64), group=32,
+                       scheme="asymmetric", device=dev)
+    mine = good.zeros.copy()
+    w4 = Int4Weight(good.codes, good.scales, mine, (4, 64), 32, "asymmetric", device=dev)
+    mine[0, 0] = 3                       # the caller's array stays the caller's ...
+    assert w4.zeros[0, 0] == good.zeros[0, 0]
+    with pytest.raises(ValueError, match="read-only"):
+        w4.codes[0, 0] = 1               # ... and the weight's cannot change under its copies
+
+
+@measures_memory
+def test_int4_group_longer_than_the_row_needs_no_padding_memory():
+    # group = 2^25 for a 64-value row padded every row to 2^25 floats (3.7 GB for 1 KB)
+    out = _py(PEAK + """
+        import numpy as np
+        from needle.quant.int4 import Int4Weight
+        from needle.quant import reference as R
+        import needle
+        w = np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32)
+        big = Int4Weight.from_float(w, 2**25, "asymmetric", device=needle.cpu_numpy())
+        one = Int4Weight.from_float(w, 64, "asymmetric", device=needle.cpu_numpy())
+        assert np.array_equal(big.codes, one.codes) and np.array_equal(big.scales, one.scales)
+        assert np.array_equal(big.dequantize(), one.dequantize())
+        x = np.ones((2, 64), np.float32)
+        assert np.array_equal(big.matmul(x), one.matmul(x))
+        print("peak_mib", peak_mib())
+    """)
+    assert int(out.split("peak_mib")[1]) < 400, out
+
+
+def test_quantized_modules_refuse_values_their_buffers_would_wrap():
+    from needle.quant.modules import QTensor, QuantizedAdd, QuantizedConv2d, QuantizedLinear, QuantStub
+    lin = QuantizedLinear(4, 3, device=needle.cpu_numpy())
+    ok = (np.ones((3, 4), np.int8), np.zeros(3, np.int32), np.ones(3), (1.0, 0), (1.0, 0))
+    lin.set_qparams(*ok)
+    for i, bad, match in ((1, np.full(3, 2 ** 40), "bias value 1099511627776"),
+                          (0, np.full((3, 4), 200), "weight value 200"),
+                          (0, np.full((3, 4), 0.5), "whole numbers"),
+                          (2, np.full(3, np.nan), "weight_scale must be finite"),
+                          (3, (1.0, 2 ** 40), "input_zero_point value")):
+        args = list(ok)
+        args[i] = bad
+        with pytest.raises(ValueError, match=match):
+            lin.set_qparams(*args)
+    for kw, match in (({"padding": -2}, "padding must be an integer >= 0"),
+                      ({"kernel_size": 0}, "kernel_size must be an integer >= 1"),
+                      ({"stride": 0}, "stride must be an integer >= 1"),
+                      ({"kernel_size": 2.5}, "kernel_size must be an integer")):
+        with pytest.raises(ValueError, match=match):
+            QuantizedConv2d(**dict({"in_channels": 3, "out_channels": 2, "kernel_size": 3}, **kw))
+    with pytest.raises(ValueError, match="'uint8' or 'int8', got 'float32'"):
+        QuantStub("float32")
+    with pytest.raises(ValueError, match="'uint8' or 'int8'"):
+        QuantizedAdd(out_dtype="int16")
+    add = QuantizedAdd(device=needle.cpu_numpy())
+    codes = NDArray(np.zeros((2, 2), np.uint8), device=needle.cpu_numpy(), dtype="uint8")
+    floats = NDArray(np.zeros((2, 2), np.float32), device=needle.cpu_numpy())
+    with pytest.raises(TypeError, match="integer codes"):
+        add(QTensor(floats, np.float32(1.0), 0), QTensor(codes, np.float32(1.0), 0))
+    add.set_qparams((1.0, 1000), (1.0, 0), (1.0, 0))
+    with pytest.raises(ValueError, match="zero point 1000 is outside its uint8 range"):
+        add(QTensor(codes, np.float32(1.0), 1000), QTensor(codes, np.float32(1.0), 0))
+    add.set_qparams((1.0, 0), (1.0, 0), (1.0, 300))
+    with pytest.raises(ValueError, match="output zero point 300"):
+        add(QTensor(codes, np.float32(1.0), 0), QTensor(codes, np.float32(1.0), 0))
+
+
+def test_safetensors_shape_whose_nonzero_dimensions_overflow_is_a_serialization_error(tmp_path):
+    import json
+    header = json.dumps({"a": {"dtype": "F32", "shape": [0, 2 ** 59, 2 ** 59],
+                               "data_offsets": [0, 0]}}).encode()
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    from needle.serialization import load_numpy
+    with pytest.raises(SerializationError, match="nonzero dimensions"):
+        load_numpy(path)
+
+
+@needs_cpu
 def test_qgemm_uses_each_calls_bias_multiplier_and_shift():
     from needle.quant import kernels as K
     from needle.quant import reference as R

@@ -41,6 +41,24 @@ def has_native_int4(device):
     return mod is not None and hasattr(mod, "int4_gemm")
 
 
+def _integers(what, a, hi):
+    """``a`` as an integer array with values in [0, hi] (ValueError naming the first bad one)."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iub":
+        raise ValueError(f"int4 weight {what} must be integers, got dtype {a.dtype}")
+    if a.size and (int(a.min()) < 0 or int(a.max()) > hi):
+        bad = int(np.argmax((a < 0) | (a > hi)))
+        raise ValueError(f"int4 weight {what}: value {int(a.flat[bad])} at flat index {bad} is "
+                         f"outside [0, {hi}]")
+    return a
+
+
+def _frozen(a, dtype):
+    out = np.array(a, dtype=dtype, order="C", copy=True)
+    out.setflags(write=False)
+    return out
+
+
 class Int4Weight:
     """A float weight W [N, K] (rows = output channels) as group-wise int4.
 
@@ -53,14 +71,21 @@ class Int4Weight:
         ng = R.int4_groups(k, group)
         if scheme not in R.INT4_SCHEMES:
             raise ValueError(f"int4 scheme must be one of {R.INT4_SCHEMES}, got {scheme!r}")
-        self.codes = np.ascontiguousarray(codes, np.uint8)
-        self.scales = np.ascontiguousarray(scales, np.float32)
-        self.zeros = np.ascontiguousarray(zeros, np.uint8)
+        # read-only copies: the device copies are made once, so a later edit of these arrays
+        # would be silently ignored; values are checked before the casts, which would wrap
+        self.codes = _frozen(_integers("codes", codes, 255), np.uint8)
+        self.scales = _frozen(np.asarray(scales), np.float32)
+        self.zeros = _frozen(_integers("zeros", zeros, 255), np.uint8)
         for what, arr, want in (("codes", self.codes, (n, -(-k // 2))),
                                 ("scales", self.scales, (n, ng)), ("zeros", self.zeros, (n, ng))):
             if arr.shape != want:
                 raise ValueError(f"int4 weight {what} must have shape {want}, got {arr.shape}")
+        if not np.all(np.isfinite(self.scales)):
+            bad = int(np.argmax(~np.isfinite(self.scales)))
+            raise ValueError(f"int4 weight: scale {self.scales.flat[bad]} at flat index {bad} of "
+                             f"scales {self.scales.shape} is not finite")
         self.n, self.k, self.group, self.scheme = n, k, int(group), scheme
+        self._check_zero_points()
         self.device = default_device() if device is None else device
         self._handles = None
 

@@ -76,6 +76,31 @@ def _check_qtensor(module, q):
                         f"QuantizedModel), got {type(q).__name__}")
 
 
+def _checked_values(owner, name, value, dtype):
+    """``value`` as a numpy array of ``dtype``; integer buffers must hold whole numbers in the
+    dtype's range (the cast would wrap them silently), float ones finite values."""
+    raw = np.asarray(value)
+    if raw.dtype.kind not in "biuf":
+        raise TypeError(f"{owner}: {name} must be numbers, got dtype {raw.dtype}")
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        if raw.dtype.kind == "f" and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
+            raise ValueError(f"{owner}: {name} must hold whole numbers for {np.dtype(dtype)}")
+        if raw.size and (raw.min() < info.min or raw.max() > info.max):
+            bad = raw.flat[int(np.argmax((raw < info.min) | (raw > info.max)))]
+            raise ValueError(f"{owner}: {name} value {bad} is outside the {np.dtype(dtype)} "
+                             f"range [{info.min}, {info.max}]")
+    elif raw.size and not np.all(np.isfinite(raw)):
+        raise ValueError(f"{owner}: {name} must be finite, got {raw.reshape(-1)[:8]}")
+    return raw.astype(dtype)
+
+
+def _check_int8_dtype(owner, what, dtype):
+    if dtype not in ("uint8", "int8"):
+        raise ValueError(f"{owner}: {what} must be 'uint8' or 'int8', got {dtype!r}")
+    return dtype
+
+
 class QuantizedModule(Module):
     """Base class: buffers from numpy, spec args, a cache invalidated by buffer changes."""
 
@@ -86,7 +111,7 @@ class QuantizedModule(Module):
         self.training = False
 
     def _buffer(self, name, value, dtype):
-        value = np.asarray(value, dtype=dtype)
+        value = _checked_values(type(self).__name__, name, value, dtype)
         self.register_buffer(name, Tensor(value, device=self.device, dtype=dtype,
                                           requires_grad=False))
 
@@ -126,7 +151,7 @@ class QuantStub(QuantizedModule):
 
     def __init__(self, dtype="uint8", scale=1.0, zero_point=0, device=None, bits=None):
         super().__init__(device)
-        self.dtype = dtype
+        self.dtype = _check_int8_dtype("QuantStub", "dtype", dtype)
         self.bits = _check_bits(dtype, bits)
         self._buffer("scale", [scale], np.float32)
         self._buffer("zero_point", [zero_point], np.int32)
@@ -255,6 +280,12 @@ class QuantizedConv2d(_QuantizedGemmLayer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=None,
                  relu=False, out_dtype="uint8", device=None, out_bits=None):
         super().__init__(device)
+        for what, v, lo in (("in_channels", in_channels, 1), ("out_channels", out_channels, 1),
+                            ("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                            ("padding", 0 if padding is None else padding, 0)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise ValueError(f"QuantizedConv2d: {what} must be an integer >= {lo}, "
+                                 f"got {v!r}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride = kernel_size, stride
         self.padding = kernel_size // 2 if padding is None else padding
@@ -335,7 +366,8 @@ class QuantizedAdd(QuantizedModule):
 
     def __init__(self, relu=False, out_dtype="uint8", device=None, out_bits=None):
         super().__init__(device)
-        self.relu, self.out_dtype = bool(relu), out_dtype
+        self.relu = bool(relu)
+        self.out_dtype = _check_int8_dtype("QuantizedAdd", "out_dtype", out_dtype)
         self.out_bits = _check_bits(out_dtype, out_bits)
         self._buffer("scales", np.ones(3), np.float32)
         self._buffer("zero_points", np.zeros(3), np.int32)
@@ -381,6 +413,18 @@ class QuantizedAdd(QuantizedModule):
                                  f"zero point {d['z'][i]}, got {q.scale} / {q.zero_point}")
         if a.shape != b.shape:
             raise ValueError(f"QuantizedAdd needs equal shapes, got {a.shape} and {b.shape}")
+        for name, q, i in (("a", a, 0), ("b", b, 1)):
+            dt = np.dtype(str(q.data.dtype))
+            if dt.kind not in "iu":
+                raise TypeError(f"QuantizedAdd input {name} must hold integer codes, got {dt}")
+            lo, hi = np.iinfo(dt).min, np.iinfo(dt).max
+            if not lo <= d["z"][i] <= hi:
+                raise ValueError(f"QuantizedAdd input {name}: zero point {d['z'][i]} is outside "
+                                 f"its {dt} range [{lo}, {hi}]")
+        lo, hi = R.qrange(self.out_dtype)
+        if not lo <= d["z"][2] <= hi:
+            raise ValueError(f"QuantizedAdd: output zero point {d['z'][2]} is outside the "
+                             f"{self.out_dtype} range [{lo}, {hi}]")
         m_a, n_a, m_b, n_b = d["mults"]
         # elementwise integer math on the host: the backends do float32 math only
         a_np, b_np = a.data.numpy(), b.data.numpy()

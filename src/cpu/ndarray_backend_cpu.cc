@@ -264,7 +264,10 @@ void matmul_tiled(const AlignedArray& a, const AlignedArray& b, AlignedArray& ou
   if (m < 0 || n < 0 || p < 0 || m % kTile || n % kTile || p % kTile)
     fail("matmul_tiled: m=" + std::to_string(m) + " n=" + std::to_string(n) + " p=" + std::to_string(p) +
          " must be non-negative multiples of the tile size " + std::to_string(kTile));
-  if (isize(a) != m * n || isize(b) != n * p || isize(out) != m * p)
+  // checked: m * n of wrapping sizes could pass as 0 and the copies below overrun the buffers
+  const int64_t mn = checked_mul(m, n, "matmul_tiled"), np_ = checked_mul(n, p, "matmul_tiled"),
+                mp = checked_mul(m, p, "matmul_tiled");
+  if (isize(a) != mn || isize(b) != np_ || isize(out) != mp)
     fail("matmul_tiled: sizes a=" + std::to_string(a.size()) + " b=" + std::to_string(b.size()) + " out=" +
          std::to_string(out.size()) + " do not fit m=" + std::to_string(m) + " n=" + std::to_string(n) +
          " p=" + std::to_string(p));
@@ -275,7 +278,7 @@ void matmul_tiled(const AlignedArray& a, const AlignedArray& b, AlignedArray& ou
     std::fill(c, c + out.size(), 0.0f);
     return;
   }
-  std::vector<float> ra(static_cast<size_t>(m * n)), rb(static_cast<size_t>(n * p)), rc(static_cast<size_t>(m * p));
+  std::vector<float> ra(static_cast<size_t>(mn)), rb(static_cast<size_t>(np_)), rc(static_cast<size_t>(mp));
   untile(static_cast<const float*>(a.raw()), ra.data(), m, n);
   untile(static_cast<const float*>(b.raw()), rb.data(), n, p);
   gemm_f32(ra.data(), rb.data(), rc.data(), m, p, n);

@@ -27,9 +27,16 @@ inline int num_threads() {
 #endif
 }
 
-// Sets the thread count of later OpenMP loops; n must be >= 1.
+// The most threads set_num_threads accepts: far more than any machine's cores (oversubscribing
+// a few times is allowed), far fewer than the teams whose per-thread stacks OpenMP cannot
+// allocate (10^6 threads crash inside libgomp).
+constexpr int kMaxThreads = 1024;
+
+// Sets the thread count of later OpenMP loops; n must be in [1, kMaxThreads].
 inline void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("set_num_threads: need n >= 1, got " + std::to_string(n));
+  if (n < 1 || n > kMaxThreads)
+    throw std::invalid_argument("set_num_threads: need 1 <= n <= " + std::to_string(kMaxThreads) +
+                                ", got " + std::to_string(n));
 #ifdef _OPENMP
   omp_set_num_threads(n);
 #endif

@@ -357,6 +357,9 @@ template <class F>
 double time_loop(F loop, double seconds) {
   // Size one run to ~2 ms, then keep the best run seen within `seconds`: on a shared machine
   // the best short window is the one where this thread had the core to itself.
+  if (!(seconds >= 0.0 && seconds <= 60.0))  // (NaN fails too) an infinite budget never ends
+    throw std::invalid_argument("peak measurement: seconds must be in [0, 60], got " +
+                                std::to_string(seconds));
   using clock = std::chrono::steady_clock;
   int64_t iters = 1 << 10;
   for (;;) {

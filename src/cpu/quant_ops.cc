@@ -108,10 +108,13 @@ void check_gemm_params(const char* what, const AlignedArray& packed, AlignedArra
   if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0)
     value_error(w + ": packed weights (size " + s(packed.size()) +
                 ") were not made by this backend's qpack_weights");
-  if (h.n != n || h.k != k ||
-      static_cast<int64_t>(packed.size()) != kHeaderBytes + qpack_size(n, k))
+  if (h.n != n || h.k != k)
     value_error(w + ": weights were packed for n=" + s(h.n) + " k=" + s(h.k) +
                 ", called with n=" + s(n) + " k=" + s(k));
+  if (static_cast<int64_t>(packed.size()) != kHeaderBytes + qpack_size(n, k))
+    value_error(w + ": packed weights for n=" + s(n) + " k=" + s(k) + " need " +
+                s(kHeaderBytes + qpack_size(n, k)) + " bytes, the buffer holds " +
+                s(packed.size()) + " (truncated or not made by qpack_weights)");
   const int64_t i32min = INT32_MIN, i32max = INT32_MAX;
   if (a_zero_point < i32min || a_zero_point > i32max)
     value_error(w + ": a_zero_point " + s(a_zero_point) + " is outside the int32 range");
