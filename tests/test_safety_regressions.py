@@ -155,7 +155,6 @@ def test_tiled_matmul_sizes_that_wrap_and_absurd_thread_counts_are_refused():
 
 def test_int4_weight_checks_values_before_casting_and_keeps_read_only_copies():
     from needle.quant.int4 import Int4Weight
-    from needle.quant import reference as R
     dev = needle.cpu_numpy()
     w = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     good = Int4Weight.from_float(w, 32, "asymmetric", device=dev)

@@ -232,8 +232,8 @@ def quantize_multiplier(M):
     ``M = M0 * 2^-n`` with ``M0`` in [0.5, 1); ``m = rint(M0 * 2^31)`` as int32 (when that rounds
     to 2^31, ``m = 2^30`` and ``n - 1``). The relative error is at most 2^-31.
 
-    Edge rules: M == 0 and M < 2^-31 (whose products with any int32 accumulator round to 0 or
-    +-1) give (m, n) = (0, 0), i.e. a zero output; M that rounds to 2^30 or above (n would be
+    Edge rules: M == 0 and M < 2^-32 (where n would exceed 31, the largest shift; products
+    with any int32 accumulator round to 0 or +-1) give (m, n) = (0, 0), i.e. a zero output; M that rounds to 2^30 or above (n would be
     below -30) and negative or non-finite M raise ValueError.
 
     M: scalar or array (float64 recommended). Returns ``(m, n)`` int32 arrays of M's shape.
