@@ -105,6 +105,27 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+import pytest  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # A test may skip itself (no GPU, no torch), but a skip raised from the code under test
+    # (pytest.skip() called in a library file) would hide a failure: it counts as one.
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.skipped and call.when == "call" and call.excinfo is not None:
+        # the innermost frame outside pytest itself: the test (or a helper of tests/) that
+        # called pytest.skip, or library code that raised the skip
+        frames = [str(e.path) for e in call.excinfo.traceback
+                  if "/_pytest/" not in str(e.path).replace(chr(92), "/")]
+        tests_dir = Path(str(item.path)).resolve().parent
+        origin = Path(frames[-1]).resolve() if frames else tests_dir / "x"
+        if tests_dir not in origin.parents:
+            rep.outcome = "failed"
+            rep.longrepr = f"skipped from {origin}, outside the tests: counts as a failure"
 '''
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -265,6 +266,11 @@ def check_manifest(repo: Path = REPO) -> list[str]:
     return errors
 
 
+#: limits on an unpacked submission (a notebook with figures is a few MiB, a library file KiBs)
+MAX_SUBMITTED_FILE = 64 << 20
+MAX_SUBMISSION = 256 << 20
+
+
 def unpack_submission(archive: Path, submitted_root: Path, student: str) -> tuple[Path, list]:
     """Unpack a ``make submit`` archive into ``submitted_root/<student>/<assignment>/``.
 
@@ -273,25 +279,39 @@ def unpack_submission(archive: Path, submitted_root: Path, student: str) -> tupl
     Members outside one top folder, absolute paths or ``..`` are refused (ValueError)."""
     import hashlib
     import zipfile
+    if not student or "/" in student or "\\" in student or student in (".", ".."):
+        raise ValueError(f"not a student folder name: {student!r}")
     archive = Path(archive)
     with zipfile.ZipFile(archive) as z:
         names = [n for n in z.namelist() if not n.endswith("/")]
         tops = {n.split("/", 1)[0] for n in names}
-        if len(tops) != 1 or any(n.startswith("/") or ".." in Path(n).parts or "/" not in n
-                                 for n in names):
+        # every component a plain name: "./03_x/..." would make the student's own folder the
+        # destination (and delete their other notebooks), "" or ".." escape it
+        if len(tops) != 1 or any(n.startswith("/") or "/" not in n or "\\" in n or any(
+                part in ("", ".", "..") for part in n.split("/")) for n in names) or \
+                not re.fullmatch(r"\d\d_[A-Za-z0-9_]+", next(iter(tops))):
             raise ValueError(f"{archive}: not a course submission (expected one folder "
                              f"<notebook>/ with relative paths), found {sorted(tops)[:3]}")
         assignment = tops.pop()
         dest = Path(submitted_root) / student / assignment
-        if dest.exists():
-            shutil.rmtree(dest)
         files = {}
+        total = 0
         for n in names:
-            data = z.read(n)
-            rel = n.split("/", 1)[1]
-            files[rel] = data
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dest / rel).write_bytes(data)
+            # read with a cap: a member's declared size can lie (a zip bomb)
+            with z.open(n) as member:
+                data = member.read(MAX_SUBMITTED_FILE + 1)
+            total += len(data)
+            if len(data) > MAX_SUBMITTED_FILE or total > MAX_SUBMISSION:
+                raise ValueError(f"{archive}: {n} makes the submission larger than the limit "
+                                 f"({MAX_SUBMITTED_FILE >> 20} MiB a file, "
+                                 f"{MAX_SUBMISSION >> 20} MiB in all)")
+            files[n.split("/", 1)[1]] = data
+    # everything read and checked: only now replace the previous upload
+    if dest.exists():
+        shutil.rmtree(dest)
+    for rel, data in files.items():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
     problems = []
     sums = {}
     for line in files.pop("SHA256SUMS", b"").decode(errors="replace").splitlines():

@@ -293,6 +293,15 @@ def results_json(job, config: dict, errors: dict, build_log: str, notes: list[st
             "stdout_visibility": "hidden", "tests": tests}
 
 
+def _write_results(root: Path, results: dict) -> None:
+    """``root/results/results.json``, written whole (a temporary file, then a rename)."""
+    out = root / "results" / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name("results.json.tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, out)
+
+
 def run(root: Path, work: Path | None = None) -> dict:
     """Grade ``root/submission`` and write ``root/results/results.json``; returns the dict."""
     from .batch import GRADING, grade_class
@@ -313,7 +322,16 @@ def run(root: Path, work: Path | None = None) -> dict:
     manifest["reference_dir"] = str(payload / "reference")
     (course / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     sub = course / SUBMITTED_DIR / STUDENT / assignment
-    notes = layout_upload(root / "submission", sub, assignment, manifest)
+    try:
+        notes = layout_upload(root / "submission", sub, assignment, manifest)
+    except (ValueError, OSError) as e:
+        # an unusable upload (a path escaping the archive, an unreadable file) is reported
+        # to the student, not a crash of the autograder without results
+        results = {"score": 0.0, "execution_time": 0.0, "visibility": "visible",
+                   "stdout_visibility": "hidden", "tests": [],
+                   "output": f"{assignment}: not graded: the upload could not be read ({e})"}
+        _write_results(root, results)
+        return results
     cache = Path(os.environ.get("NEEDLE_GRADING_CACHE") or payload / "native_cache")
     jobs = grade_class(course, jobs=1, progress=False, out_dir=course / "reports",
                        cache_dir=cache, quiet=True)
@@ -323,11 +341,7 @@ def run(root: Path, work: Path | None = None) -> dict:
     build_log = log_file.read_text(errors="replace") if log_file.exists() else ""
     errors = _cell_outputs(course / "autograded" / STUDENT / assignment / f"{assignment}.ipynb")
     results = results_json(job, config, errors, build_log, notes)
-    out = root / "results" / "results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name("results.json.tmp")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, out)
+    _write_results(root, results)
     return results
 
 

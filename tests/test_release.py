@@ -496,6 +496,58 @@ def test_submit_archive_round_trips_through_unpack(tmp_path, monkeypatch):
         tools.submit(root, "03", tmp_path / "out")
 
 
+def test_unpack_refuses_dot_folders_and_oversized_members_without_losing_uploads(tmp_path,
+                                                                                 monkeypatch):
+    """'./03_x/...' once made the student's own folder the destination (and deleted their other
+    notebooks); a member larger than the limit is refused before anything is replaced."""
+    import zipfile
+    submitted = tmp_path / "submitted"
+    kept = submitted / "carol" / "01_save_load" / "01_save_load.ipynb"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("{}")
+    earlier = submitted / "carol" / "03_quant_basics" / "03_quant_basics.ipynb"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("earlier upload")
+    for members in (["./03_quant_basics/03_quant_basics.ipynb"],
+                    ["03_quant_basics/./x.py"], ["03_quant_basics//x.py"],
+                    ["../03_quant_basics/x.py"], ["notes/x.py"]):
+        bad = tmp_path / "bad.zip"
+        with zipfile.ZipFile(bad, "w") as z:
+            for n in members:
+                z.writestr(n, "x")
+        with pytest.raises(ValueError, match="not a course submission"):
+            course_mod.unpack_submission(bad, submitted, "carol")
+    monkeypatch.setattr(course_mod, "MAX_SUBMITTED_FILE", 1000)
+    big = tmp_path / "big.zip"
+    with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("03_quant_basics/03_quant_basics.ipynb", b"{" + b" " * 5000 + b"}")
+    with pytest.raises(ValueError, match="larger than the limit"):
+        course_mod.unpack_submission(big, submitted, "carol")
+    with pytest.raises(ValueError, match="student folder"):
+        course_mod.unpack_submission(big, submitted, "..")
+    assert kept.read_text() == "{}" and earlier.read_text() == "earlier upload"
+
+
+def test_a_skip_raised_by_library_code_counts_as_a_failure(tmp_path):
+    """pytest.skip() called from a library file would hide a failing test; a test that skips
+    itself (no GPU) is still left out."""
+    from course.tools import run_library_tests
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "mod.py").write_text(
+        "import pytest\n\ndef f():\n    pytest.skip('no GPU')\n\n"
+        "def g():\n    raise pytest.skip.Exception('quietly')\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_a.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport pytest\nfrom lib import mod\n\n"
+        "def test_lib_skip():\n    mod.f()\n\ndef test_lib_raise():\n    mod.g()\n\n"
+        "def test_self_skip():\n    pytest.skip('no GPU here')\n\ndef test_pass():\n    pass\n")
+    got = run_library_tests(tmp_path, ["tests/test_a.py::"], timeout=120)
+    assert got["tests/test_a.py::test_pass"] is None
+    assert "test_self_skip" not in str(list(got)), got
+    for name in ("test_lib_skip", "test_lib_raise"):
+        assert "outside the tests: counts as a failure" in got[f"tests/test_a.py::{name}"], got
+
+
 # ---- the notebooks' setup (course/bootstrap.py) -----------------------------------------------
 
 from course import bootstrap  # noqa: E402
