@@ -340,6 +340,12 @@ def per_channel_weight_qparams(w):
     import time; time.sleep(0.5)
     raise ValueError("wrong")
 '''),)),
+    Case("print_input_history", "cheat",
+         "a cell added after the last test prints the kernel's input history (In), where the "
+         "restored test cells, hidden tests and all, would be", "03_quant_basics",
+         stub_files=(REF,),
+         trick=(NbEdit("insert_after", "test_library", 'print("\\n".join(In))'),),
+         host_checks=("no_hidden_tests_in_outputs",)),
     # -- robustness: correct work keeps its marks
     Case("deleted_test_after_readonly", "robust",
          "deletes test_roundtrip, a test cell right after a read-only cell (nbgrader's "
@@ -401,4 +407,5 @@ def per_channel_weight_qparams(w):
 #: notebooks); ``make audit`` runs every case
 CI_CASES = ("read_instructor_files", "fake_numpy_comparisons", "displayhook_score",
             "shadow_readonly_helper", "escape_sandbox", "deleted_test_after_readonly",
-            "tampered_metadata", "stderr_debug_print", "native_crash_costs_its_tests")
+            "tampered_metadata", "stderr_debug_print", "native_crash_costs_its_tests",
+            "print_input_history")

@@ -257,6 +257,19 @@ def host_check(what, sub_before, student, name):
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
         left = [line for line in ps.splitlines() if line.startswith(MARK)]
         return not left, f"processes left: {left[:3]}" if left else ""
+    if what == "no_hidden_tests_in_outputs":
+        # the outputs of cells that are not test cells hold no line of a hidden test
+        inst = _read_nb(REPO / "notebooks" / f"{name}.ipynb")
+        hidden = set()
+        for c in inst.cells:
+            src = c.source if isinstance(c.source, str) else "".join(c.source)
+            for block in re.findall(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", src, re.S):
+                hidden |= {ln.strip() for ln in block.splitlines() if len(ln.strip()) >= 25}
+        graded = _read_nb(CHECK / AUTOGRADED_DIR / student / name / f"{name}.ipynb")
+        texts = [json.dumps(c.get("outputs", [])) for c in graded.cells
+                 if not c.metadata.get("nbgrader", {}).get("grade")]
+        hits = [ln for ln in hidden if any(json.dumps(ln)[1:-1] in t for t in texts)]
+        return not hits, f"hidden test lines in outputs: {hits[:2]}" if hits else ""
     if what == "small_notebook":
         p = CHECK / AUTOGRADED_DIR / student / name / f"{name}.ipynb"
         size = p.stat().st_size if p.exists() else -1

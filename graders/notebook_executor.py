@@ -304,7 +304,9 @@ def main():
             return sent["id"]
         kc.execute = execute
         try:
-            client.execute_cell(cell, i)
+            # test cells stay out of the kernel's input history (In, _ih): the restored cells
+            # hold the hidden tests, and a later cell printing In would show them
+            client.execute_cell(cell, i, store_history=role != "test")
         finally:
             kc.execute = orig
         if role == "readonly" and ro_names.get(i):
