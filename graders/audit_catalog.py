@@ -181,6 +181,13 @@ CATALOG += [
 CONV = "needle/quant/convert.py"
 
 
+# the reference writer's data line, which several wrong solutions rewrite
+_ST_WRITE_DATA = "f.write(arr.astype(DTYPE_CODES[_CODE_OF[arr.dtype.name]], copy=False).tobytes())"
+# and the MSE observer's qparams of each candidate
+_MSE_QPARAMS = ("scale, zp = R.choose_qparams(lo, hi, self.scheme, self.dtype, self.bits,\n"
+                "                                         self.reduced_range)")
+
+
 def F(old, new, file=REF):
     return Patch(old, new, file=file)
 
@@ -211,7 +218,7 @@ CATALOG += [
     M("write_safetensors", "st_shape_dropped", "shape written flat ([size])", NB1,
       F('"shape": list(arr.shape),', '"shape": [int(arr.size)],', file=SER)),
     M("write_safetensors", "st_unsorted_big_endian_data", "int32 data written big-endian", NB1,
-      F("f.write(arr.astype(DTYPE_CODES[_CODE_OF[arr.dtype.name]], copy=False).tobytes())",
+      F(_ST_WRITE_DATA,
         "f.write(arr.astype(arr.dtype.newbyteorder(\">\") if arr.dtype.kind != \"f\" else arr.dtype, copy=False).tobytes())",
         file=SER)),
     M("write_safetensors", "st_data_unsorted", "entries and data in the dict's order", NB1,
@@ -683,13 +690,13 @@ CATALOG += [
 # qmin / qmax and the observers' scheme): each made a hidden test necessary.
 CATALOG += [
     M("write_safetensors", "w_st_memory_order", "writes each tensor's bytes in memory order (ravel order K)", NB1,
-      F("f.write(arr.astype(DTYPE_CODES[_CODE_OF[arr.dtype.name]], copy=False).tobytes())",
+      F(_ST_WRITE_DATA,
         "f.write(arr.astype(DTYPE_CODES[_CODE_OF[arr.dtype.name]], copy=False).ravel(order=\"K\").tobytes())", file=SER)),
     M("write_safetensors", "w_st_data_via_tolist", "data written through tolist() (NaN payloads canonicalized)", NB1,
-      F("f.write(arr.astype(DTYPE_CODES[_CODE_OF[arr.dtype.name]], copy=False).tobytes())",
+      F(_ST_WRITE_DATA,
         "f.write(np.array(arr.tolist(), dtype=DTYPE_CODES[_CODE_OF[arr.dtype.name]]).tobytes())", file=SER)),
     M("write_safetensors", "w_st_write_buffer", "writes the array object itself (buffer protocol: fails on strided views)", NB1,
-      F("f.write(arr.astype(DTYPE_CODES[_CODE_OF[arr.dtype.name]], copy=False).tobytes())",
+      F(_ST_WRITE_DATA,
         "f.write(arr.astype(DTYPE_CODES[_CODE_OF[arr.dtype.name]], copy=False))", file=SER)),
     M("write_safetensors", "w_st_case_insensitive_sort", "names sorted case-insensitively", NB1,
       F("    names = sorted(arrays)\n", "    names = sorted(arrays, key=str.lower)\n", file=SER)),
@@ -723,10 +730,10 @@ CATALOG += [
       F("    if relu:\n        lo = max(lo, int(out_zero_point))\n    return np.clip(y + int(out_zero_point), lo, hi).astype(name)\n    ### END SOLUTION\n\n\ndef weight_colsum",
         "    if relu:\n        lo = int(out_zero_point)\n    return np.clip(y + int(out_zero_point), lo, hi).astype(name)\n    ### END SOLUTION\n\n\ndef weight_colsum")),
     M("MSEObserver._range", "mse_always_affine", "candidates' qparams always affine (ignores the scheme)", NB4,
-      F("scale, zp = R.choose_qparams(lo, hi, self.scheme, self.dtype, self.bits,\n                                         self.reduced_range)",
+      F(_MSE_QPARAMS,
         "scale, zp = R.choose_qparams(lo, hi, \"affine\", self.dtype, self.bits,\n                                         self.reduced_range)", file=OBS)),
     M("MSEObserver._range", "mse_ignores_reduced_range", "candidates' qparams without reduced_range", NB4,
-      F("scale, zp = R.choose_qparams(lo, hi, self.scheme, self.dtype, self.bits,\n                                         self.reduced_range)",
+      F(_MSE_QPARAMS,
         "scale, zp = R.choose_qparams(lo, hi, self.scheme, self.dtype, self.bits, False)", file=OBS)),
     M("quantize_weight", "qw_scale_float64", "returns the scales as float64", NB7,
       F("scale = np.broadcast_to(np.asarray(scale, np.float32), (w.shape[axis],)).copy()",

@@ -112,12 +112,11 @@ class Int4Weight:
                              f"index {bad} of zeros {self.zeros.shape} is outside [0, 15]")
 
     def _device_arrays(self):
-        """(codes, scales, zeros) NDArrays on the device, made once. Their zero points are
-        checked here, once, so ``matmul`` can pass ``zeros_checked=True`` (on CUDA the
-        per-call check copies them to the host)."""
+        """(codes, scales, zeros) NDArrays on the device, made once. The zero points were
+        checked by the constructor (and the arrays are read-only), so ``matmul`` can pass
+        ``zeros_checked=True`` (on CUDA the per-call check copies them to the host)."""
         if self._handles is None:
             d = self.device
-            self._check_zero_points()
             self._handles = (NDArray(self.codes, device=d, dtype="uint8"),
                              NDArray(self.scales, device=d, dtype="float32"),
                              NDArray(self.zeros, device=d, dtype="uint8"))
@@ -131,7 +130,6 @@ class Int4Weight:
         if x.ndim != 2 or x.shape[1] != self.k:
             raise ValueError(f"int4 matmul: x must be [M, {self.k}], got {x.shape}")
         if _force_reference() or not has_native_int4(self.device):
-            self._check_zero_points()  # every call: self.zeros is what the reference reads
             y = R.int4_gemm_reference(x, self.codes, self.scales, self.zeros, self.group, self.k)
         else:
             codes, scales, zeros = self._device_arrays()

@@ -32,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../common/checked_size.h"
@@ -336,21 +337,32 @@ __attribute__((target("avx2"))) __m128 quad_direct(const Quad& q, const float* x
   return y;
 }
 
+// Calls fn(std::integral_constant<int, blocks>, std::integral_constant<bool, uniform>) with
+// the compile-time block count of the common group sizes (32, 64, 128; 0: known at run time)
+// and the zero-point case, so each kernel is unrolled for them.
+template <class Fn>
+inline auto with_group_constants(int64_t group, bool uniform, Fn&& fn) {
+  using std::integral_constant;
+  auto by_blocks = [&](auto u) {
+    switch (group) {
+      case 32: return fn(integral_constant<int, 2>(), u);
+      case 64: return fn(integral_constant<int, 4>(), u);
+      case 128: return fn(integral_constant<int, 8>(), u);
+      default: return fn(integral_constant<int, 0>(), u);
+    }
+  };
+  return uniform ? by_blocks(integral_constant<bool, true>())
+                 : by_blocks(integral_constant<bool, false>());
+}
+
 // quad_direct for this group size and these zero points.
 __attribute__((target("avx2"))) __m128 quad_direct_any(const Quad& q, const float* xs,
                                                        int64_t group, int64_t ng, int64_t ng_full,
                                                        bool uniform) {
-  switch (uniform ? group : -group) {
-    case 32: return quad_direct<2, true>(q, xs, group, ng, ng_full);
-    case 64: return quad_direct<4, true>(q, xs, group, ng, ng_full);
-    case 128: return quad_direct<8, true>(q, xs, group, ng, ng_full);
-    case -32: return quad_direct<2, false>(q, xs, group, ng, ng_full);
-    case -64: return quad_direct<4, false>(q, xs, group, ng, ng_full);
-    case -128: return quad_direct<8, false>(q, xs, group, ng, ng_full);
-    default:
-      return uniform ? quad_direct<0, true>(q, xs, group, ng, ng_full)
-                     : quad_direct<0, false>(q, xs, group, ng, ng_full);
-  }
+  return with_group_constants(group, uniform, [&](auto blocks, auto u)
+                                                  __attribute__((target("avx2"))) {
+    return quad_direct<decltype(blocks)::value, decltype(u)::value>(q, xs, group, ng, ng_full);
+  });
 }
 
 // Whether every group of the channels [n, n + rows) has the zero point of the first (their
@@ -677,17 +689,10 @@ __attribute__((target("avx512f"))) void octet_direct(const Int4GemmArgs& a, cons
 __attribute__((target("avx512f"))) void octet_direct_any(const Int4GemmArgs& a, const float* xs,
                                                          int64_t n, int64_t ng_full, bool uniform,
                                                          float* y8) {
-  switch (uniform ? a.group : -a.group) {
-    case 32: return octet_direct<2, true>(a, xs, n, ng_full, y8);
-    case 64: return octet_direct<4, true>(a, xs, n, ng_full, y8);
-    case 128: return octet_direct<8, true>(a, xs, n, ng_full, y8);
-    case -32: return octet_direct<2, false>(a, xs, n, ng_full, y8);
-    case -64: return octet_direct<4, false>(a, xs, n, ng_full, y8);
-    case -128: return octet_direct<8, false>(a, xs, n, ng_full, y8);
-    default:
-      return uniform ? octet_direct<0, true>(a, xs, n, ng_full, y8)
-                     : octet_direct<0, false>(a, xs, n, ng_full, y8);
-  }
+  with_group_constants(a.group, uniform, [&](auto blocks, auto u)
+                                             __attribute__((target("avx512f"))) {
+    octet_direct<decltype(blocks)::value, decltype(u)::value>(a, xs, n, ng_full, y8);
+  });
 }
 
 // Several rows of x (m >= 2) on AVX-512: each group of the octet is unpacked once into a
