@@ -14,9 +14,11 @@ import hashlib
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 import zipfile
@@ -143,6 +145,15 @@ def _no_report(returncode: int, files) -> str:
     return f"pytest did not run (exit status {returncode}; is it installed? make build)"
 
 
+def _stop_group(proc, wait=True):
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if wait:
+        proc.wait()
+
+
 def run_library_tests(root: Path, prefixes, timeout: float | None = None) -> dict:
     """{pytest node id: None (passed) or 'message'} for the tests matching ``prefixes``;
     after ``timeout`` seconds pytest is stopped and every test counts as failed."""
@@ -166,17 +177,33 @@ def run_library_tests(root: Path, prefixes, timeout: float | None = None) -> dic
                        "PYTHONPATH")] if p]))
         hyp = ["-p", "_hypothesis_pytestplugin"] \
             if importlib.util.find_spec("_hypothesis_pytestplugin") else []
-        try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                                   *hyp, "-p", "_course_select",
-                                   f"--junitxml={xml}", "-o", "junit_family=xunit2", *files],
-                                  cwd=root, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL, timeout=timeout)
-        except subprocess.TimeoutExpired:
+        # its own process group: whatever the tests leave running (a process rewriting the
+        # report after pytest ended, say) is stopped before the report is read
+        proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                 *hyp, "-p", "_course_select",
+                                 f"--junitxml={xml}", "-o", "junit_family=xunit2", *files],
+                                cwd=root, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        # a blocking wait (with a timer for the timeout) returns the moment pytest ends, and
+        # the report is read before anything else can run
+        late = []
+
+        def stop_late():
+            late.append(True)
+            _stop_group(proc, wait=False)
+        timer = threading.Timer(timeout, stop_late) if timeout else None
+        if timer:
+            timer.start()
+        proc.wait()
+        report = xml.read_bytes() if xml.is_file() else None
+        _stop_group(proc)
+        if timer:
+            timer.cancel()
+        if late:
             return {p: f"the library tests took longer than {timeout:g} s" for p in prefixes}
-        if not xml.exists():
+        if report is None:
             return {p: _no_report(proc.returncode, files) for p in prefixes}
-        tree = ET.parse(xml)
+        tree = ET.ElementTree(ET.fromstring(report))
     out = {}
     for case in tree.iter("testcase"):
         module = case.get("classname", "").replace(".", "/")

@@ -51,7 +51,7 @@ from .course import (AUTOGRADED_DIR, CONFIG, GRADEBOOK, NB_RELEASE_DIR, REPO, SU
                      course_manifest, load_manifest, tool_path, unpack_submission, walk_repo)
 from .nbgrader_runner import NbgraderServer
 from .sandbox import SANDBOX_RW, Limits, SandboxUnavailable, cpu_seconds, probe, run_isolated
-from .workspace import grading_files, unwritten_exercises
+from .workspace import grading_files, plain_file, unwritten_exercises
 
 OUTPUT = REPO / "graders" / "output"
 WORKSPACE = "build/grading/ws"
@@ -103,7 +103,7 @@ def prepare_workspace(release_dir: Path, ws: Path, submission: Path, student_fil
     if files is None:
         for rel in student_files:
             cand = submission / rel
-            if cand.is_file() and not cand.is_symlink():
+            if plain_file(submission, rel):
                 wanted[rel] = cand
                 overlaid.append(rel)
     else:

@@ -43,6 +43,7 @@ from pathlib import Path
 from .autograde import (OUTPUT, autograde_one, cell_scores, close_nbgrader_servers,
                         describe_report, find_submissions, gpu_present, isolation_summary)
 from . import manual_grades
+from .workspace import plain_file
 from .build_cache import BuildCache
 from .course import (AUTOGRADED_DIR, GRADEBOOK, NB_RELEASE_DIR, REPO, SOURCE_DIR,
                      SUBMITTED_DIR, load_manifest, walk_repo)
@@ -92,7 +93,7 @@ def submission_files(sub_dir: Path, assignment: str, manifest: dict) -> list[str
     (regular files at the manifest's paths); anything else in the upload is ignored."""
     wanted = [f"{assignment}.ipynb"] + list(manifest["student_files"])
     return [rel for rel in wanted
-            if (sub_dir / rel).is_file() and not (sub_dir / rel).is_symlink()]
+            if plain_file(sub_dir, rel)]
 
 
 def submission_hash(sub_dir: Path, assignment: str, manifest: dict, release_fp: str,

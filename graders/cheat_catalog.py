@@ -148,6 +148,81 @@ for _k in ("NQ_GRADING_RECORD", "HOME"):
         pass
 '''
 
+# The guard taken over from inside: every function the garbage collector knows whose code
+# comes from the guard answers "ok" and every dict holding a "check"/"restore" entry gets
+# functions that do; then every later cell is wrapped in try/except and numpy faked.
+_TAKE_OVER_GUARD = '''
+def _take_over():
+    import gc as _gc
+    _ok = lambda *a, **k: "ok"
+    try:
+        _objs = _gc.get_objects()
+    except Exception:
+        return
+    for _o in _objs:
+        try:
+            if isinstance(_o, dict) and ("check" in _o or "restore" in _o or "seal" in _o):
+                for _k in list(_o):
+                    if callable(_o[_k]):
+                        _o[_k] = _ok
+            elif callable(_o) and "grading guard" in getattr(getattr(_o, "__code__", None),
+                                                             "co_filename", ""):
+                _o.__code__ = _ok.__code__
+        except Exception:
+            pass
+_take_over()
+''' + _AST_TRY + _FAKE_NUMPY
+
+# Patches numpy's comparisons from inside the tested function, then undoes it after the test
+# cell (a post_run_cell callback that unregisters itself): nothing is left for a check that
+# runs after the cell.
+_PATCH_DURING_TEST = '''
+def quantize(x, scale, zero_point, dtype="uint8", **kw):
+    import numpy as _np, numpy.testing as _npt
+    from IPython import get_ipython as _gi
+    saved = {k: getattr(_np, k) for k in ("allclose", "array_equal", "isclose")}
+    saved_t = {k: getattr(_npt, k) for k in ("assert_allclose", "assert_array_equal")}
+    _np.allclose = _np.array_equal = lambda *a, **k: True
+    _np.isclose = lambda *a, **k: _np.True_
+    _npt.assert_allclose = _npt.assert_array_equal = lambda *a, **k: None
+    ip = _gi()
+    def _undo(*a):
+        for k, v in saved.items():
+            setattr(_np, k, v)
+        for k, v in saved_t.items():
+            setattr(_npt, k, v)
+        ip.events.unregister("post_run_cell", _undo)
+    if ip is not None:
+        ip.events.register("post_run_cell", _undo)
+    return _np.zeros(_np.shape(x), dtype)
+'''
+
+# Answers with whatever the calling test holds: an array of the right shape and dtype in the
+# caller's frame (or any frame below it) or among the notebook's globals.
+_STEAL_EXPECTED = '''
+def quantize(x, scale, zero_point, dtype="uint8", **kw):
+    import sys as _sys, numpy as _np
+    shape, pools = _np.shape(x), []
+    try:
+        f = _sys._getframe(1)
+        while f is not None:
+            pools.append(dict(f.f_locals))
+            f = f.f_back
+    except Exception:
+        pass
+    try:
+        from IPython import get_ipython as _gi
+        pools.append(dict(_gi().user_ns))
+    except Exception:
+        pass
+    for pool in pools:
+        for v in pool.values():
+            if isinstance(v, _np.ndarray) and v.shape == shape and v.dtype == _np.dtype(dtype) \\
+                    and v is not x:
+                return v.copy()
+    return _np.zeros(shape, dtype)
+'''
+
 _KILL_EXECUTOR = '''
 import os as _os, signal as _signal
 try:
@@ -396,6 +471,21 @@ def per_channel_weight_qparams(w):
          "'ok', then fakes numpy's comparisons", "03_quant_basics",
          patches=(_append(_ZERO_QUANTIZE),), trick=(_stubbed_with(_NEUTER_GUARD),),
          stub_files=(REF,)),
+    Case("take_over_the_guard", "cheat",
+         "a library file looks for the kernel guard through the garbage collector, makes its "
+         "functions answer 'ok', wraps later cells in try/except and fakes numpy's comparisons",
+         "03_quant_basics", patches=(_append(_ZERO_QUANTIZE),),
+         trick=(_stubbed_with(_TAKE_OVER_GUARD),), stub_files=(REF,)),
+    Case("patch_during_the_test", "cheat",
+         "the tested function itself fakes numpy's comparisons and undoes it once the test "
+         "cell is over (a post_run_cell callback)", "03_quant_basics",
+         patches=(_append(_ZERO_QUANTIZE),), trick=(_append(_PATCH_DURING_TEST),),
+         stub_files=(REF,)),
+    Case("steal_expected_values", "cheat",
+         "the tested function returns an array of the right shape found in the calling test's "
+         "frames or the notebook's globals (the test's expected values)", "03_quant_basics",
+         patches=(_append(_ZERO_QUANTIZE),), trick=(_append(_STEAL_EXPECTED),),
+         stub_files=(REF,)),
     Case("plant_kernel_startup", "cheat",
          "a library function plants an IPython startup file faking numpy's comparisons in HOME, "
          "leaves a process, and kills its kernel so the next kernel would run it",
@@ -408,4 +498,5 @@ def per_channel_weight_qparams(w):
 CI_CASES = ("read_instructor_files", "fake_numpy_comparisons", "displayhook_score",
             "shadow_readonly_helper", "escape_sandbox", "deleted_test_after_readonly",
             "tampered_metadata", "stderr_debug_print", "native_crash_costs_its_tests",
-            "print_input_history")
+            "print_input_history", "take_over_the_guard", "patch_during_the_test",
+            "steal_expected_values")

@@ -271,6 +271,10 @@ MAX_SUBMITTED_FILE = 64 << 20
 MAX_SUBMISSION = 256 << 20
 
 
+#: the file, beside an unpacked submission, where the grader notes the archive's problems
+UNPACK_PROBLEMS = "UNPACK_PROBLEMS.txt"
+
+
 def unpack_submission(archive: Path, submitted_root: Path, student: str) -> tuple[Path, list]:
     """Unpack a ``make submit`` archive into ``submitted_root/<student>/<assignment>/``.
 
@@ -305,7 +309,10 @@ def unpack_submission(archive: Path, submitted_root: Path, student: str) -> tupl
                 raise ValueError(f"{archive}: {n} makes the submission larger than the limit "
                                  f"({MAX_SUBMITTED_FILE >> 20} MiB a file, "
                                  f"{MAX_SUBMISSION >> 20} MiB in all)")
-            files[n.split("/", 1)[1]] = data
+            rel = n.split("/", 1)[1]
+            if rel == UNPACK_PROBLEMS:    # the grader's own notes: a student's copy is dropped
+                continue
+            files[rel] = data
     # everything read and checked: only now replace the previous upload
     if dest.exists():
         shutil.rmtree(dest)
@@ -325,6 +332,9 @@ def unpack_submission(archive: Path, submitted_root: Path, student: str) -> tupl
         elif hashlib.sha256(files[rel]).hexdigest() != digest:
             problems.append(f"{rel}: checksum mismatch (changed after `make submit`)")
     problems += [f"{rel}: not listed in SHA256SUMS" for rel in files if sums and rel not in sums]
+    if any(n.split("/", 1)[1] == UNPACK_PROBLEMS for n in names):
+        problems.append(f"{UNPACK_PROBLEMS}: a name the grader keeps for its own notes; the "
+                        f"archive's copy was not unpacked")
     return dest, problems
 
 

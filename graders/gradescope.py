@@ -195,9 +195,10 @@ def layout_upload(upload: Path, dest: Path, assignment: str, manifest: dict) -> 
     folder), wherever the upload put them: at their repository paths (a repository or the
     student tool's archive), flattened to their names (drag and drop), or inside one archive.
     Returns notes for the output (what was taken from where)."""
+    from .workspace import plain_file
     notes = []
     upload = Path(upload)
-    files = [p for p in upload.rglob("*") if p.is_file() and not p.is_symlink()]
+    files = [p for p in upload.rglob("*") if plain_file(upload, p.relative_to(upload))]
     archives = [p for p in files if p.suffix in (".zip", ".tgz", ".gz", ".tar")]
     if archives and not any(p.name == f"{assignment}.ipynb" for p in files):
         unpacked = dest.parent / (dest.name + ".unpacked")
@@ -206,7 +207,7 @@ def layout_upload(upload: Path, dest: Path, assignment: str, manifest: dict) -> 
         _safe_extract(archives[0], unpacked)
         notes.append(f"unpacked {archives[0].name}")
         upload = unpacked
-        files = [p for p in upload.rglob("*") if p.is_file() and not p.is_symlink()]
+        files = [p for p in upload.rglob("*") if plain_file(upload, p.relative_to(upload))]
     wanted = {f"{assignment}.ipynb": [f"{assignment}.ipynb", f"notebooks/{assignment}.ipynb"]}
     for rel in manifest["student_files"]:
         wanted[rel] = [rel]

@@ -1,293 +1,584 @@
 """Kernel-side integrity guard of grading (runs inside the student's kernel).
 
-graders/notebook_executor.py executes this file's source in a fresh kernel before the first
-cell, in a namespace of its own (nothing lands in the user's namespace or ``sys.modules``),
-ending with ``register(name, key)``: the guard is reachable only as the ``call`` of a class
-named by a random token, which the executor finds through ``object.__subclasses__()`` (no
-name a student can rebind, no builtin it can replace), and every answer carries an HMAC of
-the executor's nonce and the verdict under a key that exists only inside that closure, so
-replacing the guard, its class or IPython's reply path yields an answer the executor rejects.
-The executor calls it through IPython user expressions (evaluated without the cell
-transformers):
+graders/notebook_executor.py executes this file in a fresh kernel before the first cell, in a
+namespace of its own with a private copy of the builtins, and calls ``install(event, key)``.
+The guard then lives only in two audit hooks (``sys.addaudithook``, PEP 578): Python code
+cannot remove a hook, and nothing else refers to the guard's functions, its state or its key,
+so student code cannot reach them through names, classes, modules or the garbage collector.
+The first hook holds the state and never raises; the second holds nothing but the refusal it
+is told to raise, so the traceback of a refused operation leads to no guard state.
 
+The executor talks to the guard with ``sys.audit(event, "call", method, nonce, args, box,
+auth)`` from IPython user expressions: ``auth`` is an HMAC of the request under the key (a
+nonce is accepted once), and the answer put in ``box`` carries an HMAC of the nonce and the
+verdict, so neither a request nor an answer can be forged from student code.
+
+* ``rebase()`` at install: snapshots of what the tests rely on: the builtins, ``sys``'s hooks,
+  IPython's hooks (AST and input transformers, event callbacks, custom exception handler,
+  the shell's, kernel's and session's methods), and the functions and classes of the
+  standard library and of numpy, IPython, ipykernel, jupyter_client, traitlets, zmq, tornado;
 * ``save(names)`` after each read-only cell: the helpers and values the tests rely on;
-* ``restore()`` before each test cell: IPython's hooks (AST and input transformers, display
-  hook, custom exception handler, event callbacks, traceback and execution methods of the
-  shell, kernel and session, their classes), ``sys.excepthook``/``displayhook``/``stdout``/
-  ``stderr``, ``builtins``, the functions of numpy, numpy.testing and the standard modules the
-  tests use (also when replaced in place through ``__code__``), ``sys.modules`` entries of
-  those modules, and the read-only cells' names (a fresh copy of data values);
-* ``check()`` after each test cell: anything of the above changed while the test ran (a library
-  the test reloads replacing ``np.allclose``, say) makes the test fail with
-  ``GradingIntegrityError``.
+* ``restore(names)`` before each test cell puts all of it back and *arms* the guard. The
+  executor sends the test cell's code inside a function (its variables are not globals a
+  solution could read) followed by ``sys.audit(event, "seal")``: the seal counts only when it
+  comes from a statement of the test cell itself (code IPython's ``run_code`` executed for
+  that cell while armed), once, and it checks that nothing above changed while the test ran;
+* ``verdict()`` after the test cell: "ok", "tampered: ..." or "not sealed: ...".
 
-It defends against Python-level tampering by student code; the sandbox around the kernel is
-what keeps instructor files out of reach. It shares the process with student code, so code
-that digs the signing closure out of the garbage collector could still forge an answer; that
-takes knowing this file, which is not released.
+Refused (``PermissionError``; while armed the test also fails): reading objects through the
+garbage collector, tracing and profiling hooks, other audit hooks, other threads' frames,
+reading frames while the guard runs or, during a test, from code outside the Python
+installation (the test's own frame holds its expected values), ctypes' raw memory access
+from such code, opening a process's memory through ``/proc``, swapping the code or defaults
+of an installed function, and making code under the test cell's or an installed file's name.
+
+Native code can still do anything in the process (a compiled extension of the student's own),
+and code crafted byte by byte (``marshal``) under an installed file's name passes as installed
+code; the sandbox around the kernel is what keeps instructor files out of reach.
 """
-import builtins
-import copy
-import sys
-import types
 
-PROTECTED_MODULES = ("numpy", "numpy.testing", "numpy.linalg", "numpy.random", "math",
-                     "struct", "json", "importlib", "os", "os.path", "io", "tempfile", "pickle",
-                     "operator", "functools", "types", "inspect", "copy", "time")
-#: data values of read-only cells larger than this are restored by reference, not copied
-COPY_LIMIT = 64 << 20
+#: packages whose functions and classes the snapshots cover (besides the standard library):
+#: what the tests call and what carries a cell's code and outputs
+PROTECTED_PACKAGES = ("numpy", "IPython", "ipykernel", "jupyter_client", "traitlets", "zmq",
+                      "comm", "tornado")
+#: library code that reads its caller's frame for itself and hands out no frame: refused
+#: with a ValueError, which these modules expect and handle
+FRAME_READERS = ("/collections/__init__.py", "/typing.py", "/enum.py", "/dataclasses.py",
+                 "/warnings.py", "/abc.py", "/functools.py")
+COPY_LIMIT = 64 << 20     # read-only arrays larger than this are restored by reference
 
 
-def _fn_state(v):
-    """The identity of a value and, for a Python function, what can be swapped in place."""
-    if not isinstance(v, types.FunctionType):
+class RefusedFrame(PermissionError, ValueError):
+    """A frame refused to library code (which handles ValueError from sys._getframe)."""
+
+
+def install(event, key_hex):
+    """Install the guard as audit hooks answering ``sys.audit(event, ...)``; returns 'ok'."""
+    import _hashlib
+    import _thread
+    import builtins
+    import gc
+    import linecache
+    import os
+    import sys
+    import sysconfig
+    import types
+
+    import IPython
+    import numpy
+    import numpy.linalg
+    import numpy.random
+    import numpy.testing
+
+    ip = IPython.get_ipython()
+    ndarray = numpy.ndarray
+    # only C functions are called while a hook runs: a patched Python helper would run
+    # student code inside the guard
+    hmac_digest, getframe, get_ident = _hashlib.hmac_digest, sys._getframe, _thread.get_ident
+    readlink, getcwd, gc_disable, gc_enable, gc_isenabled = (
+        os.readlink, os.getcwd, gc.disable, gc.enable, gc.isenabled)
+    key = bytes.fromhex(key_hex)
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    trusted = tuple({r.rstrip("/") + "/" for r in roots} |
+                    {os.path.realpath(r) + "/" for r in roots})
+    stdlib = tuple({p for p in trusted if "site-packages" not in p})
+    run_code = type(ip).run_code.__code__
+    frame_attrs = frozenset({"tb_frame", "gi_frame", "cr_frame", "ag_frame"})
+    watched = frozenset({
+        event, "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace",
+        "sys.setprofile", "sys._current_frames", "sys.addaudithook", "sys._getframe",
+        "object.__getattr__", "object.__setattr__", "object.__delattr__", "open", "compile",
+        "exec", "code.__new__", "function.__new__"})
+    always_refused = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents",
+                                "sys.settrace", "sys.setprofile", "sys._current_frames",
+                                "sys.addaudithook"})
+    S = {"armed": False, "cell_file": None, "cells": set(), "seal": None, "log": [],
+         "rebound": set(), "inside": {}, "own_call": set(), "files": {}, "ns_saved": {},
+         "nonces": set(), "readonly_files": set(), "last_cell": None}
+    pending = {}        # thread -> (exception class, message): what the raising hook raises
+    missing = object()
+
+    # -- whose code is this
+    def trusted_file(name):
+        if type(name) is not str:
+            return False
+        got = S["files"].get(name)
+        if got is None:
+            got = name == "<grading guard>" or name.startswith("<frozen ") or (
+                name.startswith(trusted) and "/../" not in name and "/./" not in name)
+            S["files"][name] = got
+        return got
+
+    def own(code):
+        """Code of the installation, of a read-only cell or of the test cell being graded
+        (its functions too: no student code is made under these names)."""
+        name = code.co_filename
+        return trusted_file(name) or name in S["readonly_files"] or (
+            S["armed"] and name == S["cell_file"] and S["cell_file"] is not None)
+
+    def reserved_name(filename):
+        """A file name student code may not make code under: installed files, the read-only
+        cells' and the running test cell's."""
+        return trusted_file(filename) or filename in S["readonly_files"] or (
+            S["armed"] and filename == S["cell_file"])
+
+    def by_student(f):
+        return f is not None and not own(f.f_code)
+
+    def foreign(f):
+        """Whether a frame from ``f`` down the stack runs code of neither the installation
+        nor the test cell being graded."""
+        while f is not None:
+            if not own(f.f_code):
+                return True
+            f = f.f_back
+        return False
+
+    def my_frame():
+        """This hook's frame (gc off: no finalizer runs while the own-call flag is up)."""
+        me = get_ident()
+        was = gc_isenabled()
+        gc_disable()
+        S["own_call"].add(me)
+        try:
+            return getframe(1)
+        finally:
+            S["own_call"].discard(me)
+            if was:
+                gc_enable()
+
+    def resolve(path):
+        """``path`` absolute with every symbolic link followed (C calls only)."""
+        if type(path) is bytes:
+            path = path.decode("utf-8", "surrogateescape")
+        if type(path) is not str:
+            return None
+        parts = (path if path.startswith("/") else getcwd() + "/" + path).split("/")
+        out, hops, i = [], 0, 0
+        while i < len(parts):
+            part = parts[i]
+            i += 1
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if out:
+                    out.pop()
+                continue
+            here = "/" + "/".join(out + [part])
+            try:
+                target = readlink(here)
+            except OSError:
+                out.append(part)
+                continue
+            hops += 1
+            if hops > 40:
+                return here
+            if target.startswith("/"):
+                out = []
+            parts, i = target.split("/") + parts[i:], 0
+        return "/" + "/".join(out)
+
+    def proc_memory(p):
+        bits = p.split("/") if p else []
+        return len(bits) >= 4 and bits[1] == "proc" and (
+            bits[-1] in ("mem", "pagemap") or "map_files" in bits)
+
+    # -- snapshots (dictionaries are read through their string keys only: a student's key
+    # object with a colliding hash would run its __eq__ inside the guard)
+    def str_items(d):
+        return {k: v for k, v in d.items() if type(k) is str}
+
+    def fn_state(v):
+        if type(v) is types.FunctionType:
+            return (v, v.__code__, v.__defaults__, v.__kwdefaults__)
         return (v, None, None, None)
-    return (v, v.__code__, v.__defaults__, v.__kwdefaults__)
 
+    def same(a, b):
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
-def _same(a, b):
-    """Identity, element by element (student objects may define __eq__)."""
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    def callable_attr(v):
+        return callable(v) or isinstance(v, (staticmethod, classmethod, property,
+                                             types.ModuleType))
 
+    def revived(state):
+        v, code, defaults, kwdefaults = state
+        if code is not None:
+            v.__code__, v.__defaults__, v.__kwdefaults__ = code, defaults, kwdefaults
+        return v
 
-def _is_callable_attr(v):
-    return callable(v) or isinstance(v, (staticmethod, classmethod, property))
+    def dict_snapshot(d):
+        return {k: v for k, v in str_items(d).items() if callable_attr(v)}
 
-
-class _ObjectSnapshot:
-    """The callable attributes of an object (instance dict) and of its classes' dicts."""
-
-    def __init__(self, obj, with_classes=True):
-        self.obj = obj
-        self.inst = {k: _fn_state(v) for k, v in vars(obj).items() if _is_callable_attr(v)} \
-            if hasattr(obj, "__dict__") else {}
-        self.classes = []
-        if with_classes:
-            for cls in type(obj).__mro__:
-                if cls is object or cls.__module__ == "builtins":
-                    continue
-                self.classes.append((cls, {k: _fn_state(v) for k, v in vars(cls).items()
-                                           if _is_callable_attr(v)}))
-
-    def diff(self, restore):
-        bad = []
-        d = vars(self.obj) if hasattr(self.obj, "__dict__") else {}
-        for k, state in self.inst.items():
-            if k not in d or not _same(_fn_state(d[k]), state):
-                bad.append(f"{type(self.obj).__name__}.{k}")
+    def diff_dict(label, cur, saved, restore, put):
+        bad, cur = [], str_items(cur)
+        for k, v in saved.items():
+            if cur.get(k, missing) is not v:
+                bad.append(f"{label}.{k}")
                 if restore:
-                    _put(self.obj, k, state)
-        for k in list(d):
-            if k not in self.inst and _is_callable_attr(d[k]) and any(
-                    k in cd for _, cd in self.classes):
-                bad.append(f"{type(self.obj).__name__}.{k} (shadowed)")
-                if restore:
-                    delattr(self.obj, k)
-        for cls, cd in self.classes:
-            cur = vars(cls)
-            for k, state in cd.items():
-                if k not in cur or not _same(_fn_state(cur[k]), state):
-                    bad.append(f"{cls.__name__}.{k}")
-                    if restore:
-                        _put(cls, k, state)
+                    put(k, v)
         return bad
 
+    def mutable_class(v):      # a heap type whose dict can change (not an immutable type)
+        return isinstance(v, type) and v.__flags__ & (1 << 9) and not v.__flags__ & (1 << 8)
 
-def _revived(state):
-    """The snapshot's value, its code and defaults put back if they were swapped in place."""
-    v, code, defaults, kwdefaults = state
-    if code is not None:
-        v.__code__, v.__defaults__, v.__kwdefaults__ = code, defaults, kwdefaults
-    return v
+    def protected_modules():
+        for name, m in list(sys.modules.items()):
+            if type(m) is not types.ModuleType:
+                continue
+            f = str_items(vars(m)).get("__file__")
+            if f is None:
+                if name in sys.builtin_module_names:
+                    yield name, m
+            elif name.split(".")[0] in PROTECTED_PACKAGES or (
+                    type(f) is str and f.startswith(stdlib) and "site-packages" not in f):
+                yield name, m
 
-
-def _put(owner, name, state):
-    setattr(owner, name, _revived(state))
-
-
-class _ModuleSnapshot:
-    def __init__(self, mod):
-        self.mod = mod
-        self.attrs = {k: _fn_state(v) for k, v in vars(mod).items()
-                      if _is_callable_attr(v) or isinstance(v, types.ModuleType)}
-
-    def diff(self, restore):
-        bad = []
-        d = vars(self.mod)
-        for k, state in self.attrs.items():
-            if k not in d or not _same(_fn_state(d[k]), state):
-                bad.append(f"{self.mod.__name__}.{k}")
-                if restore:
-                    _put(self.mod, k, state)
-        return bad
-
-
-class Guard:
-    def __init__(self):
-        import IPython
-        self.ip = IPython.get_ipython()
-        for name in PROTECTED_MODULES:
-            __import__(name)
-        self.modules = {n: sys.modules[n] for n in PROTECTED_MODULES}
-        self.rebase()
-
-    def rebase(self):
-        """Take the snapshots (called by the executor in the same context as check())."""
-        self.builtins = dict(vars(builtins))
-        self.sys_hooks = {k: getattr(sys, k) for k in
-                          ("excepthook", "displayhook", "stdout", "stderr", "settrace",
-                           "setprofile")}
-        self.trace = (sys.gettrace(), sys.getprofile())
-        ip = self.ip
-        self.lists = {"ast_transformers": list(ip.ast_transformers),
-                      "input_transformers_post": list(ip.input_transformers_post)}
+    def rebase():
+        snap = S["snap"] = {}
+        snap["builtins"] = str_items(vars(builtins))
+        snap["sys"] = {k: getattr(sys, k) for k in
+                       ("excepthook", "displayhook", "stdout", "stderr", "audit",
+                        "meta_path", "path_hooks", "modules", "gettrace", "getprofile")}
+        snap["meta_path"] = list(sys.meta_path)
+        snap["trace"] = (sys.gettrace(), sys.getprofile())
+        snap["modules"], snap["classes"] = {}, {}
+        for name, m in protected_modules():
+            snap["modules"][name] = (m, dict_snapshot(vars(m)))
+            for v in list(str_items(vars(m)).values()):
+                if mutable_class(v) and v.__module__ == name and v not in snap["classes"]:
+                    snap["classes"][v] = dict_snapshot(vars(v))
+        tv = vars(ip).get("_trait_values", {})
+        snap["lists"] = {}
+        for k in ("ast_transformers", "input_transformers_post"):
+            obj = vars(ip).get(k, tv.get(k))
+            if type(obj) is list:
+                snap["lists"][k] = (obj, list(obj))
         itm = ip.input_transformer_manager
-        self.itm_lists = {k: list(getattr(itm, k)) for k in
-                          ("cleanup_transforms", "line_transforms", "token_transformers")}
-        self.callbacks = {k: list(v) for k, v in ip.events.callbacks.items()}
-        self.custom_exc = (ip.custom_exceptions, ip.CustomTB)
-        self.mod_snaps = [_ModuleSnapshot(m) for m in self.modules.values()]
+        for k in ("cleanup_transforms", "line_transforms", "token_transformers"):
+            obj = vars(itm).get(k)
+            if type(obj) is list:
+                snap["lists"]["input_transformer_manager." + k] = (obj, list(obj))
+        snap["traits"] = {k: tv[k] for k in snap["lists"] if k in tv}
+        snap["callbacks"] = {k: list(v) for k, v in ip.events.callbacks.items()}
+        snap["custom_exc"] = (ip.custom_exceptions, ip.CustomTB)
         objs = [ip, ip.displayhook, ip.display_pub, ip.display_trap, ip.InteractiveTB,
-                ip.SyntaxTB, ip.compile, ip.input_transformer_manager, ip.events]
+                ip.SyntaxTB, ip.compile, itm, ip.events]
         kernel = getattr(ip, "kernel", None)
         if kernel is not None:
             objs += [kernel, kernel.session]
         objs += [sys.stdout, sys.stderr]
-        self.obj_snaps = [_ObjectSnapshot(o) for o in objs]
-        self.ns_saved = getattr(self, "ns_saved", {})
+        snap["objects"] = [(o, dict_snapshot(vars(o)) if hasattr(o, "__dict__") else {})
+                           for o in objs]
+        for o in objs:                   # their classes, wherever those were defined
+            for cls in type(o).__mro__:
+                if mutable_class(cls) and cls not in snap["classes"]:
+                    snap["classes"][cls] = dict_snapshot(vars(cls))
         return "ok"
 
-    # -- read-only cells
-    def save(self, names):
-        ns = self.ip.user_ns
+    def plain(x):
+        return type(x) in PLAIN or isinstance(x, numpy.generic)
+
+    def copy_value(v, depth=0):
+        """A copy of plain data (arrays, containers of numbers and strings); None for
+        anything else (restored by reference)."""
+        t = type(v)
+        if t is ndarray:
+            return v.copy() if v.nbytes <= COPY_LIMIT and v.dtype != object else None
+        if depth > 8:
+            return None
+        if t in (list, tuple, set, frozenset) and len(v) <= 10000:
+            items = [x if plain(x) else copy_value(x, depth + 1) for x in v]
+            if any(c is None for c, x in zip(items, v) if x is not None):
+                return None
+            return t(items)
+        if t is dict and len(v) <= 10000:
+            out = {}
+            for k, x in v.items():
+                if not plain(k):
+                    return None
+                c = x if plain(x) else copy_value(x, depth + 1)
+                if c is None and x is not None:
+                    return None
+                out[k] = c
+            return out
+        return None
+
+    def save(names):
+        # the read-only cell that just ran (the last cell IPython counted): its code is the
+        # course's, not the student's
+        if S["last_cell"] is not None and S["last_cell"][1] == ip.execution_count - 1:
+            S["readonly_files"].add(S["last_cell"][0])
+        S["last_cell"] = None
+        ns = str_items(ip.user_ns)
         for n in names:
             if n in ns:
                 v = ns[n]
-                self.ns_saved[n] = (_fn_state(v), self._copy(v))
+                S["ns_saved"][n] = (fn_state(v), copy_value(v))
         return "ok"
 
-    @staticmethod
-    def _copy(v):
-        try:
-            import numpy as np
-            if isinstance(v, np.ndarray):
-                return v.copy() if v.nbytes <= COPY_LIMIT else None
-            if isinstance(v, (dict, list, set)) and len(v) <= 10000:
-                return copy.deepcopy(v)
-        except Exception:  # noqa: BLE001 - an uncopyable value is restored by reference
-            pass
-        return None
-
-    # -- the whole state
-    def _walk(self, restore, rebound=()):
-        bad = []
-        ip = self.ip
-        for k, v in self.builtins.items():
-            if vars(builtins).get(k, _MISSING) is not v:
-                bad.append(f"builtins.{k}")
-                if restore:
-                    setattr(builtins, k, v)
-        for k in list(vars(builtins)):
-            if k not in self.builtins and not k.startswith("_"):
-                bad.append(f"builtins.{k} (added)")
-                if restore:
-                    delattr(builtins, k)
-        for k, v in self.sys_hooks.items():
-            if getattr(sys, k) is not v:
-                bad.append(f"sys.{k}")
-                if restore:
-                    setattr(sys, k, v)
-        if not _same((sys.gettrace(), sys.getprofile()), self.trace):
-            bad.append("sys.settrace/setprofile")
+    def walk(restore, rebound=()):
+        snap, bad = S["snap"], []
+        cur_b = vars(builtins)
+        bad += diff_dict("builtins", cur_b, snap["builtins"], restore,
+                         lambda k, v: setattr(builtins, k, v))
+        for k in [k for k in cur_b if type(k) is not str or (
+                k not in snap["builtins"] and not k.startswith("_"))]:
+            bad.append(f"builtins.{k} (added)" if type(k) is str else "builtins (a non-string "
+                                                                        "key)")
             if restore:
-                sys.settrace(self.trace[0])
-                sys.setprofile(self.trace[1])
-        for n, m in self.modules.items():
-            if sys.modules.get(n) is not m:
-                bad.append(f"sys.modules[{n!r}]")
+                del cur_b[k]
+        bad += diff_dict("sys", vars(sys), snap["sys"], restore, lambda k, v: setattr(sys, k, v))
+        if not same(sys.meta_path, snap["meta_path"]):
+            bad.append("sys.meta_path")
+            if restore:
+                sys.meta_path[:] = snap["meta_path"]
+        if not same((sys.gettrace(), sys.getprofile()), snap["trace"]):
+            bad.append("sys.settrace/setprofile")
+        mods = str_items(sys.modules)
+        for name, (m, attrs) in snap["modules"].items():
+            if mods.get(name, m) is not m:
+                bad.append(f"sys.modules[{name!r}]")
                 if restore:
-                    sys.modules[n] = m
-        for s in self.mod_snaps:
-            bad += s.diff(restore)
-        for k, v in self.lists.items():
-            if not _same(getattr(ip, k), v):
-                bad.append(f"shell.{k}")
+                    sys.modules[name] = m
+            bad += diff_dict(name, vars(m), attrs, restore, lambda k, v, m=m: setattr(m, k, v))
+        for cls, attrs in snap["classes"].items():
+            bad += diff_dict(cls.__qualname__, vars(cls), attrs, restore,
+                             lambda k, v, cls=cls: setattr(cls, k, v))
+        for label, (obj, items) in snap["lists"].items():
+            if not same(obj, items):
+                bad.append(f"shell.{label}")
                 if restore:
-                    getattr(ip, k)[:] = v
-        itm = ip.input_transformer_manager
-        for k, v in self.itm_lists.items():
-            if not _same(getattr(itm, k), v):
-                bad.append(f"input_transformer_manager.{k}")
+                    obj[:] = items
+        tv = vars(ip).get("_trait_values", {})
+        for k, obj in snap["traits"].items():
+            if tv.get(k) is not obj:
+                bad.append(f"shell.{k} (replaced)")
                 if restore:
-                    getattr(itm, k)[:] = v
+                    tv[k] = obj
         cur = ip.events.callbacks
-        if set(cur) != set(self.callbacks) or not all(
-                _same(cur[k], v) for k, v in self.callbacks.items()):
+        if set(cur) != set(snap["callbacks"]) or not all(
+                same(cur[k], v) for k, v in snap["callbacks"].items()):
             bad.append("shell.events callbacks")
             if restore:
-                for k, v in self.callbacks.items():
+                for k, v in snap["callbacks"].items():
                     cur.setdefault(k, [])[:] = v
-        if not _same((ip.custom_exceptions, ip.CustomTB), self.custom_exc):
+        if not same((ip.custom_exceptions, ip.CustomTB), snap["custom_exc"]):
             bad.append("shell.set_custom_exc")
             if restore:
-                ip.custom_exceptions, ip.CustomTB = self.custom_exc
-        for s in self.obj_snaps:
-            bad += s.diff(restore)
-        ns = ip.user_ns
-        for n, (state, data) in self.ns_saved.items():
+                ip.custom_exceptions, ip.CustomTB = snap["custom_exc"]
+        for obj, attrs in snap["objects"]:
+            d = str_items(vars(obj)) if hasattr(obj, "__dict__") else {}
+            bad += diff_dict(type(obj).__name__, d, attrs, restore,
+                             lambda k, v, obj=obj: setattr(obj, k, v))
+            for k in list(d):       # an instance attribute shadowing a method of its class
+                if k not in attrs and callable_attr(d[k]) and any(
+                        k in vars(c) for c in type(obj).__mro__ if c is not object):
+                    bad.append(f"{type(obj).__name__}.{k} (shadowed)")
+                    if restore:
+                        delattr(obj, k)
+        ns, raw_ns = str_items(ip.user_ns), ip.user_ns
+        for n, (state, data) in S["ns_saved"].items():
             if n in rebound:
                 continue
-            if n not in ns or not _same(_fn_state(ns[n]), state):
+            if n not in ns or not same(fn_state(ns[n]), state):
                 bad.append(f"read-only name {n!r}")
                 if restore:
-                    _put_ns(ns, n, state)
+                    raw_ns[n] = revived(state)
             if restore and data is not None:
-                ns[n] = self._copy(data)
-                self.ns_saved[n] = (_fn_state(ns[n]), data)
+                raw_ns[n] = copy_value(data)
+                S["ns_saved"][n] = (fn_state(raw_ns[n]), data)
         return bad
 
-    def restore(self):
-        bad = self._walk(restore=True)
+    # -- the executor's methods (each request carries its HMAC) and the test cell's seal
+    def restore(rebound=()):
+        bad = walk(restore=True)
+        S.update(armed=True, cell_file=None, cells=set(), seal=None, log=[],
+                 rebound=set(rebound))
         return "restored: " + ", ".join(bad) if bad else "ok"
 
-    def check(self, rebound=()):
-        """What changed since restore(); ``rebound``: names the test cell itself assigns."""
-        bad = self._walk(restore=False, rebound=set(rebound))
-        return "tampered: " + ", ".join(bad[:12]) if bad else "ok"
+    def learn():
+        """Called once, from a cell run as test cells are: what the kernel itself swaps for
+        each request it runs (``input``, ``getpass``, the excepthook...) is not tampering."""
+        if "volatile" not in S:
+            S["volatile"] = set(walk(restore=False))
+        return "ok"
 
+    def verdict():
+        v = S["seal"] or ("tampered: " + ", ".join(S["log"][:12]) if S["log"] else
+                          "not sealed: the test cell did not run to its end")
+        S.update(armed=False, cell_file=None, cells=set(), seal=None, log=[])
+        return v
 
-_MISSING = object()
+    methods = {"rebase": rebase, "save": save, "restore": restore, "verdict": verdict,
+               "learn": learn, "ping": lambda: "ok"}
 
+    def seal(f):
+        if not S["armed"]:
+            return
+        if S["seal"] is not None:
+            S["seal"] = "tampered: the test was sealed twice"
+        elif f is None or f.f_code not in S["cells"] or f.f_globals is not ip.user_ns:
+            S["seal"] = "tampered: sealed from outside the test cell"
+        else:
+            volatile = S.get("volatile", ())
+            bad = S["log"] + [b for b in walk(restore=False, rebound=S["rebound"])
+                              if b not in volatile]
+            S["seal"] = "tampered: " + ", ".join(bad[:12]) if bad else "ok"
 
-def _put_ns(ns, name, state):
-    ns[name] = _revived(state)
-
-
-def register(name, key_hex):
-    """Install the guard as ``<class name>.call(method, nonce, *args)`` -> 'verdict|hmac'."""
-    import atexit
-    import hashlib
-    import hmac
-    import linecache
-    guard = Guard()
-    methods = {"rebase": guard.rebase, "save": guard.save, "restore": guard.restore,
-               "check": guard.check}       # bound now: a patched Guard class changes nothing
-    signer = hmac.new(bytes.fromhex(key_hex), digestmod=hashlib.sha256)
-    encode, copy_signer = str.encode, signer.copy
-
-    def call(method, nonce, *args):
+    def answer(args):
+        method, nonce, margs, box, auth = (tuple(args) + (None,) * 5)[:5]
+        if type(method) is not str or type(nonce) is not str or type(box) is not list \
+                or type(auth) is not str or nonce in S["nonces"] or method not in methods:
+            return
+        margs = tuple(str(a) if type(a) is not list else [str(x) for x in a]
+                      for a in (margs if type(margs) is tuple else ()))
+        want = hmac_digest(key, f"req:{nonce}:{method}:{margs!r}".encode(), "sha256").hex()
+        if auth != want:
+            return                           # not the executor's request
+        S["nonces"].add(nonce)
         try:
-            verdict = str(methods[method](*args))
+            v = str(methods[method](*margs))
         except Exception as e:  # noqa: BLE001 - reported to the executor as the verdict
-            verdict = f"error: {type(e).__name__}: {e}"
-        m = copy_signer()
-        m.update(encode(f"{nonce}:{verdict}"))
-        return f"{verdict}|{m.hexdigest()}"
+            v = f"error: {type(e).__name__}: {e}"
+        mac = hmac_digest(key, f"{nonce}:{v}".encode(), "sha256").hex()
+        box.append(f"{v}|{mac}")
 
-    cls = type(name, (), {"call": staticmethod(call), "__slots__": ()})
-    atexit.register(lambda *_: None, cls)     # a root that keeps the class (and the guard) alive
-    # the install cell's source (it carried the key) stays in no cache
+    # -- the hooks
+    def refuse(what, exc=PermissionError):
+        if S["armed"] and exc is PermissionError:
+            S["log"].append(what)
+        pending[get_ident()] = (exc, f"grading does not allow {what}")
+
+    def frames_event(name, args, f):
+        what = f"reading the interpreter's frames ({name}" + (
+            f" {args[1]})" if name == "object.__getattr__" else ")")
+        if S["inside"].get(get_ident(), 0) > 1:     # code run from inside the guard
+            refuse(what)
+        elif S["armed"] and f is not None and foreign(f):
+            fn = f.f_code.co_filename
+            refuse(what, RefusedFrame if trusted_file(fn) and fn.endswith(FRAME_READERS)
+                   else PermissionError)
+
+    def compile_event(args, f):
+        filename = args[1] if len(args) > 1 else None
+        if type(filename) is bytes:
+            filename = filename.decode("utf-8", "surrogateescape")
+        if type(filename) is not str or f is None or not foreign(f):
+            return
+        if S["armed"] and filename == S["cell_file"] or filename in S["readonly_files"]:
+            refuse("compiling code under the name of a test or read-only cell")
+        elif trusted_file(filename) and filename.startswith("/"):
+            src = args[0]
+            if type(src) is str:
+                src = src.encode()
+            real = None
+            try:
+                with open(filename, "rb") as fh:
+                    real = fh.read()
+            except OSError:
+                pass
+            if type(src) is not bytes or src != real:   # an import compiles the real file
+                refuse(f"compiling code under an installed file's name ({filename})")
+
+    def exec_event(args, f):
+        code = args[0] if args else None
+        if type(code) is not types.CodeType or f is None or f.f_code is not run_code:
+            return
+        if not S["armed"]:
+            S["last_cell"] = (code.co_filename, ip.execution_count)
+            return
+        if foreign(f):
+            return
+        nested, g = 0, f
+        while g is not None:
+            nested += g.f_code is run_code
+            g = g.f_back
+        if nested != 1:            # a cell run from inside the test cell is not the test
+            return
+        if S["cell_file"] is None:
+            S["cell_file"] = code.co_filename
+        if code.co_filename == S["cell_file"]:
+            S["cells"].add(code)
+
+    def check_event(name, args, f):
+        if name == event:
+            if args and args[0] == "seal":
+                seal(f)
+            elif args and args[0] == "call":
+                answer(args[1:])
+        elif name in always_refused:
+            refuse(f"{name}()")
+        elif name in ("sys._getframe", "object.__getattr__"):
+            frames_event(name, args, f)
+        elif name in ("object.__setattr__", "object.__delattr__"):
+            obj = args[0] if args else None
+            if type(obj) is types.FunctionType and by_student(f) and \
+                    reserved_name(obj.__code__.co_filename):
+                refuse(f"changing {args[1]} of the installed function {obj.__qualname__}")
+        elif name == "open":
+            p = resolve(args[0] if args else None)
+            if proc_memory(p):
+                refuse(f"opening {p}")
+        elif name.startswith("ctypes."):
+            if by_student(f):
+                refuse(f"raw memory access from your code ({name})")
+        elif name == "compile":
+            compile_event(args, f)
+        elif name == "code.__new__":
+            filename = args[1] if len(args) > 1 else None
+            if type(filename) is str and by_student(f) and reserved_name(filename):
+                refuse(f"making code under the name {filename}")
+        elif name == "function.__new__":
+            code = args[0] if args else None
+            if type(code) is types.CodeType and by_student(f) and \
+                    reserved_name(code.co_filename):
+                refuse("making a function from installed code")
+        elif name == "exec":
+            exec_event(args, f)
+
+    def guard_hook(name, args):
+        if name not in watched and not name.startswith("ctypes."):
+            return
+        if name == "object.__getattr__" and (len(args) < 2 or args[1] not in frame_attrs):
+            return
+        me = get_ident()
+        if name == "sys._getframe" and me in S["own_call"]:
+            return
+        depth = S["inside"].get(me, 0)
+        S["inside"][me] = depth + 1
+        try:
+            here = my_frame()
+            check_event(name, args, here.f_back if here is not None else None)
+        except Exception as e:  # noqa: BLE001 - this hook never raises (see refusal_hook)
+            if name == event or name in always_refused:
+                pending[me] = (PermissionError, f"grading refused {name} ({type(e).__name__})")
+        finally:
+            if depth:
+                S["inside"][me] = depth
+            else:
+                del S["inside"][me]
+
+    sys.addaudithook(guard_hook)
+    sys.addaudithook(_refusal_hook(pending, get_ident))
+    # the source of the cell that installed the guard carried the key: it stays in no cache
     for k in [k for k, v in linecache.cache.items()
-              if isinstance(v, tuple) and len(v) > 2 and key_hex in "".join(v[2] or ())]:
+              if type(v) is tuple and len(v) > 2 and key_hex in "".join(v[2] or ())]:
         del linecache.cache[k]
+    gc.collect()
     return "ok"
+
+
+#: values copied as they are (immutable)
+PLAIN = (int, float, complex, str, bytes, bool, type(None))
+
+
+def _refusal_hook(pending, get_ident):
+    """The hook that raises what the guard refused. It holds only ``pending`` (exception
+    classes and messages): the frame a refusal's traceback shows leads nowhere else."""
+    def refusal_hook(name, args):
+        if pending:
+            got = pending.pop(get_ident(), None)
+            if got is not None:
+                raise got[0](got[1])
+    return refusal_hook

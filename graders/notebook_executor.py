@@ -12,6 +12,8 @@ not inherited. Per cell:
   changed while it ran;
 * after each test cell a fence request drains everything the kernel still publishes for it
   (outputs after a forged "idle" status are kept, the forgery fails the test);
+* each cell has its timeout and the whole notebook ``job["notebook_timeout"]`` seconds (the
+  cells left when it is spent fail without running);
 * outputs are capped by bytes per cell (errors are always kept, their tracebacks shortened);
 * a kernel that dies (a crash in native code) costs only the cell that was running: the
   executor starts a new kernel, replays the notebook's non-test cells before it and goes on.
@@ -141,6 +143,30 @@ def library_tests_outputs(job, prefixes):
     return outs
 
 
+def sealed_test(source, event):
+    """A test cell's code as the kernel runs it: inside a function (the test's variables are
+    locals, not globals a solution could read; they are published when it returns), then the
+    guard's seal. Lines continuing a multi-line string keep their indentation."""
+    import io
+    import tokenize
+    name = "_nq_test_" + secrets.token_hex(4)
+    lines = source.splitlines()
+    inside = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source + "\n").readline):
+            if tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
+                inside.update(range(tok.start[0], tok.end[0]))
+        ast.parse(source)
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        inside = None           # the cell's own error shows as it is, unwrapped
+    seal = f"__import__('sys').audit({event!r}, 'seal')"
+    if inside is None:
+        return source + "\n" + seal
+    body = ["    " + ln if ln.strip() and i not in inside else ln for i, ln in enumerate(lines)]
+    return "\n".join([f"def {name}():"] + body + [
+        "    pass", "    globals().update(locals())", f"{name}()", f"del {name}", seal])
+
+
 def main():
     _harden()
     job = json.loads(sys.stdin.read())
@@ -198,10 +224,10 @@ def main():
         c.used = {}
         return c
 
-    def request(client, expr=None, code=""):
-        """Run code / a user expression silently; returns (status, text, late iopub msgs)."""
+    def request(client, expr=None, code="", silent=True):
+        """Run code / a user expression (silently); returns (status, text, late iopub msgs)."""
         kc = client.kc
-        msg_id = kc.execute(code, silent=True, store_history=False,
+        msg_id = kc.execute(code, silent=silent, store_history=False,
                             user_expressions={"g": expr} if expr else {})
         deadline = time.time() + 120
         reply = None
@@ -237,32 +263,51 @@ def main():
             "error", ename="GradingIntegrityError", evalue=why,
             traceback=[f"GradingIntegrityError: {why}"]))
 
-    def guard(client, method, *args):
-        """(status, verdict, late msgs) of the guard's ``method``: 'error' unless its answer
-        carries the HMAC of a fresh nonce and the verdict under this kernel's key."""
+    def mac(*parts):
+        return hmac.new(bytes.fromhex(keys["key"]), ":".join(parts).encode(),
+                        hashlib.sha256).hexdigest()
+
+    def guard_call(method, *args):
+        """(nonce, the expression that calls the guard's ``method`` with its HMAC)."""
         nonce = secrets.token_hex(16)
-        call = (f"[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == "
-                f"{keys['name']!r}][0].call({method!r}, {nonce!r}"
-                + "".join(f", {a!r}" for a in args) + ")")
+        margs = tuple(list(a) if isinstance(a, (list, tuple, set)) else str(a) for a in args)
+        auth = mac("req", nonce, method, repr(margs))
+        return nonce, (f"(lambda b: [__import__('sys').audit({keys['event']!r}, 'call', "
+                       f"{method!r}, {nonce!r}, {margs!r}, b, {auth!r}), b][1])([])")
+
+    def guard(client, method, *args):
+        """(status, verdict, late msgs) of the guard's ``method``: the request carries its
+        HMAC under this kernel's key; 'error' unless the answer carries the HMAC of the
+        request's fresh nonce and the verdict."""
+        nonce, call = guard_call(method, *args)
         status, text, late = request(client, call)
         if status != "ok":
             return status, text, late
-        verdict, _, mac = text.rpartition("|")
-        want = hmac.new(bytes.fromhex(keys["key"]), f"{nonce}:{verdict}".encode(),
-                        hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(mac, want):
+        try:
+            box = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            box = None
+        if not (isinstance(box, list) and len(box) == 1 and isinstance(box[0], str)):
+            return "error", "it did not answer", late
+        verdict, _, got = box[0].rpartition("|")
+        if not hmac.compare_digest(got, mac(nonce, verdict)):
             return "error", "its answer was forged", late
         return "ok", verdict, late
 
     def install(client):
-        # a fresh name and key per kernel; the guard runs in a namespace of its own
-        keys.update(name="_" + secrets.token_hex(8), key=secrets.token_hex(32))
-        src = guard_src + f"\nregister({keys['name']!r}, {keys['key']!r})\n"
-        status, text, _ = request(client, code=f"exec(compile({src!r}, '<grading guard>', "
-                                               f"'exec'), {{'__name__': '_grading_guard'}})")
+        # a fresh event name and key per kernel; the guard's code runs in a namespace of
+        # its own, with the builtins as they are before any student code ran
+        keys.update(event="nq.grading." + secrets.token_hex(8), key=secrets.token_hex(32))
+        src = guard_src + f"\ninstall({keys['event']!r}, {keys['key']!r})\n"
+        status, text, _ = request(client, code=(
+            f"exec(compile({src!r}, '<grading guard>', 'exec'), {{'__name__': "
+            f"'_grading_guard', '__builtins__': dict(vars(__import__('builtins')))}})"))
         if status == "ok":
             status, text, _ = guard(client, "rebase")
-        if status != "ok":
+        if status == "ok":      # learn what the kernel swaps in a cell run as tests are
+            request(client, code=guard_call("learn")[1], silent=False)
+            status, text, _ = guard(client, "ping")
+        if status != "ok" or text != "ok":
             raise RuntimeError(f"kernel guard did not install: {text}")
 
     def kernel_cpu(client):
@@ -289,7 +334,7 @@ def main():
                 cell.execution_count = None
             return
         if role == "test" and not replay:
-            status, text, _ = guard(client, "restore")
+            status, text, _ = guard(client, "restore", test_names.get(i, []))
             if status != "ok":
                 integrity_error(cell, f"the grading guard was removed or broken ({text})")
                 return
@@ -303,18 +348,22 @@ def main():
             sent["id"] = orig(*a, **kw)
             return sent["id"]
         kc.execute = execute
+        source = cell.source
+        if role == "test" and not replay:
+            cell.source = sealed_test(source, keys["event"])
         try:
             # test cells stay out of the kernel's input history (In, _ih): the restored cells
             # hold the hidden tests, and a later cell printing In would show them
             client.execute_cell(cell, i, store_history=role != "test")
         finally:
             kc.execute = orig
+            cell.source = source
         if role == "readonly" and ro_names.get(i):
             status, text, _ = guard(client, "save", ro_names[i])
             if status != "ok":
                 events.append({"cell": i, "guard": text})
         if role == "test" and not replay:
-            status, text, late = guard(client, "check", test_names.get(i, []))
+            status, text, late = guard(client, "verdict")
             forged = False
             for msg in late:
                 if msg["parent_header"].get("msg_id") != sent.get("id"):
@@ -325,13 +374,40 @@ def main():
                     cell.outputs.append(output_from_msg(msg))
             if forged:
                 integrity_error(cell, "the kernel reported this cell finished before it did")
+            failed = any(o.get("output_type") == "error" for o in cell.outputs)
             if status != "ok":
                 integrity_error(cell, f"the grading guard was removed or broken ({text})")
+            elif text.startswith("not sealed"):
+                if not failed:      # no error shown, yet the test's last line never ran
+                    integrity_error(cell, "the test cell did not run to its end")
             elif text != "ok":
                 integrity_error(cell, f"changed while the test ran: {text}")
 
     crashed, restarts, i, replay_to = set(), 0, 0, 0
     cells = nb.cells
+    # the whole notebook's time: without it a few sleeping cells, each within its own
+    # timeout, hold a grading slot for hours
+    budget = float(job.get("notebook_timeout") or 0) or None
+    deadline = time.time() + budget if budget else None
+
+    def out_of_time(client):
+        """True (and the remaining code cells failed) once the notebook's time is spent;
+        else the next cell's timeout is what is left of it."""
+        if deadline is None:
+            return False
+        left = deadline - time.time()
+        if left > 1:     # (at least 5 s: a cell interrupted at once would only be noise)
+            client.timeout = min(int(job["timeout"]), max(int(left), 5))
+            return False
+        for c in cells[i:]:
+            if c.cell_type == "code":
+                c.outputs = [nbformat.v4.new_output(
+                    "error", ename="TimeoutError",
+                    evalue=f"the notebook used all of its grading time ({budget:.0f} s); "
+                           f"this cell did not run",
+                    traceback=["TimeoutError: the notebook's grading time was used up"])]
+        events.append({"cell": i, "notebook_timeout": budget})
+        return True
     while i < len(cells):
         if restarts:
             _signal_others(job, signal.SIGKILL)   # what the dead kernel left running
@@ -348,6 +424,9 @@ def main():
                         run_cell(client, j, scratch, replay=True)
                 while i < len(cells):
                     if cells[i].cell_type == "code":
+                        if out_of_time(client):
+                            i = len(cells)
+                            break
                         run_cell(client, i, cells[i])
                     i += 1
         except DeadKernelError:

@@ -32,7 +32,7 @@ the reason in the record), and the notebook is still saved.
 
 Environment (set by graders/autograde.py): ``NQ_GRADING_WS`` the workspace,
 ``NQ_GRADING_RECORD`` where the JSON record goes, ``NQ_RELEASE_NOTEBOOKS`` the release's
-notebook directory, ``NEEDLE_DATA_DIR``, ``NQ_ALLOW_UNISOLATED=1``, ``NQ_CELL_TIMEOUT``.
+notebook directory, ``NEEDLE_DATA_DIR``, ``NQ_ALLOW_UNISOLATED=1``, ``NQ_CELL_TIMEOUT``, ``NQ_NOTEBOOK_TIMEOUT``.
 """
 from __future__ import annotations
 
@@ -221,11 +221,14 @@ class SandboxedExecute(NbGraderPreprocessor):
     """Execute the notebook in the sandbox and apply the scoring policy (see module doc)."""
 
     timeout = Integer(900, help="seconds per cell, then the cell is interrupted").tag(config=True)
+    notebook_timeout = Integer(3600, help="seconds for the whole notebook, then its remaining "
+                                          "cells fail").tag(config=True)
     cell_output_bytes = Integer(GRADING_CELL_OUTPUT_BYTES).tag(config=True)
 
     def preprocess(self, nb, resources):
         ws = os.environ.get("NQ_GRADING_WS") or os.environ.get("NEEDLE_ROOT")
         timeout = int(os.environ.get("NQ_CELL_TIMEOUT") or self.timeout)
+        nb_timeout = int(os.environ.get("NQ_NOTEBOOK_TIMEOUT") or self.notebook_timeout)
         roles = [cell_role(c) for c in nb.cells]
         ro_names = {i: defined_names(c.source) for i, c in enumerate(nb.cells)
                     if roles[i] == "readonly"}
@@ -236,7 +239,7 @@ class SandboxedExecute(NbGraderPreprocessor):
                      if roles[i] == "test" and _gid(c) == LIBRARY_TESTS_CELL}
         job = {"notebook": nb, "roles": roles, "readonly_names": ro_names,
                "library_tests": lib_cells, "root": SANDBOX_RW,
-               "test_names": test_names, "timeout": timeout,
+               "test_names": test_names, "timeout": timeout, "notebook_timeout": nb_timeout,
                "cell_output_bytes": self.cell_output_bytes,
                "guard_path": f"{GRADER_DIR}/kernel_guard.py",
                "pytest_guard_path": f"{GRADER_DIR}/pytest_guard.py",
@@ -253,8 +256,9 @@ class SandboxedExecute(NbGraderPreprocessor):
         if data and os.path.isdir(data):
             binds.append((data, DATA_DIR))
         n_cells = sum(r != "markdown" for r in roles)
-        limits = Limits(wall_seconds=timeout * max(n_cells, 1) + 120,
-                        cpu_seconds=timeout * max(n_cells, 1) + 120,
+        # the executor stops at nb_timeout; the sandbox's limit is the backstop behind it
+        whole = min(timeout * max(n_cells, 1), nb_timeout + timeout) + 120
+        limits = Limits(wall_seconds=whole, cpu_seconds=whole,
                         result_bytes=(self.cell_output_bytes + (64 << 10)) * (len(nb.cells) + 1)
                         + len(json.dumps(nb)))
         env = {"NEEDLE_ROOT": SANDBOX_RW, "NEEDLE_DATA_DIR": DATA_DIR, "MPLBACKEND": "Agg",

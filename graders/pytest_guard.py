@@ -6,9 +6,12 @@ comparisons (``np.allclose = lambda *a, **k: True``) on import. Loaded through
 ``PYTEST_PLUGINS`` before any test module is collected, this plugin snapshots the callables of
 the modules the tests compare with; before each test it puts back anything changed since and
 after it fails the test (``GradingIntegrityError``) if anything changed before or while it
-ran. Like the kernel guard it shares the process with student code: it stops the generic
-trick, not code written against this file.
+ran. Once pytest has written its report the process ends at once (``os._exit``), so no
+``atexit`` handler or thread the library started can rewrite the report afterwards. Like the
+kernel guard it shares the process with student code: it stops the generic tricks, not code
+written against pytest's internals.
 """
+import os
 import sys
 
 import pytest
@@ -53,3 +56,40 @@ def pytest_runtest_call(item):
             raise GradingIntegrityError(
                 "student code replaced functions the tests rely on: "
                 + ", ".join(sorted(set(before + after))[:8]))
+
+
+_EXIT = {"status": 1}
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT["status"] = int(exitstatus)
+
+
+def _stop_the_rest_of_the_group():
+    """SIGKILL every other process of this process group (the runner starts pytest as a
+    group of its own): a process the library left behind cannot rewrite the report."""
+    import signal
+    me, group = os.getpid(), os.getpgid(0)
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            if pid != me and os.getpgid(pid) == group:
+                os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    # the junit report was written at session finish: nothing the library left behind runs
+    _stop_the_rest_of_the_group()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed or replaced stream: nothing to flush
+            pass
+    os._exit(_EXIT["status"])

@@ -67,6 +67,18 @@ def splice_functions(student: str, reference: str, names, filename: str = "<file
     return "".join(lines), notes
 
 
+def plain_file(root: Path, rel: str) -> bool:
+    """True when ``root/rel`` is a regular file reached through no symbolic link: a
+    submission's ``needle/`` folder linked to the instructor's copy must not pass as the
+    student's files (only the last component was checked once)."""
+    p = Path(root)
+    for part in Path(rel).parts:
+        p = p / part
+        if p.is_symlink():
+            return False
+    return p.is_file()
+
+
 def grading_files(nb_id: str, release_dir: Path, reference_dir: Path, submission: Path):
     """The library files of the grading workspace of notebook ``nb_id``.
 
@@ -97,7 +109,7 @@ def grading_files(nb_id: str, release_dir: Path, reference_dir: Path, submission
             else:
                 files[rel] = (src or rel_path).read_bytes()
             continue
-        if not sub_path.is_file() or sub_path.is_symlink():
+        if not plain_file(submission, rel):
             report["missing"].append(rel)
             report["missing_exercises"] += [M.label(ex) for ex in mine]
             base = rel_path.read_text(encoding="utf-8")
@@ -122,7 +134,7 @@ def unwritten_exercises(nb_id: str, submission: Path) -> list[str]:
         if rel not in texts:
             p = submission / rel
             texts[rel] = p.read_text(encoding="utf-8", errors="replace") \
-                if p.is_file() and not p.is_symlink() else None
+                if plain_file(submission, rel) else None
         text = texts[rel]
         # in a notebook (JSON) the message sits in a string with its quotes escaped or not;
         # an exercise of several functions is unwritten while any of its stubs is left

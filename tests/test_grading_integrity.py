@@ -138,7 +138,24 @@ def test_sandbox_workspace_can_be_read_only(tmp_path):
     assert ok, detail
 
 
-def _execute(tmp_path, cells, library_tests=None):
+# A library module that rewrites pytest's junit report as "all passed" after pytest is done:
+# in an atexit handler and from a process it leaves behind (which waits for pytest to end).
+_FORGER = '''
+import atexit, os, subprocess, sys
+_xml = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--junitxml=")), None)
+_FAKE = ('<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+         '<testcase classname="tests.test_forged" name="test_wrong"/></testsuite></testsuites>')
+def _forge():
+    if _xml:
+        open(_xml, "w").write(_FAKE)
+if _xml:
+    atexit.register(_forge)
+    subprocess.Popen([sys.executable, "-c", "import os, time\\nwhile os.getppid() == %d:\\n"
+                      "    time.sleep(0.01)\\nopen(%r, 'w').write(%r)" % (os.getpid(), _xml, _FAKE)])
+'''
+
+
+def _execute(tmp_path, cells, library_tests=None, **job_extra):
     """Run cells [(role, source)] through graders/notebook_executor.py in the sandbox, as
     SandboxedExecute does (read-only workspace: tmp_path/ws); returns (outputs, events)."""
     from graders.preprocessors import GRADER_DIR, HERE, defined_names
@@ -148,6 +165,9 @@ def _execute(tmp_path, cells, library_tests=None):
     (ws / "tests" / "test_tiny.py").write_text(
         "def test_passes():\n    assert 1 + 1 == 2\n\n\ndef test_fails():\n    assert 1 + 1 == 3\n")
     (ws / "fakelib.py").write_text("import numpy as np\nnp.allclose = lambda *a, **k: True\n")
+    (ws / "forger.py").write_text(_FORGER)
+    (ws / "tests" / "test_forged.py").write_text(
+        "import forger\n\n\ndef test_wrong():\n    assert 1 + 1 == 3\n")
     (ws / "tests" / "test_faked.py").write_text(
         "import numpy as np\nimport fakelib\n\n\ndef test_wrong():\n"
         "    assert np.allclose(1.0, 2.0)\n")
@@ -162,7 +182,7 @@ def _execute(tmp_path, cells, library_tests=None):
            "test_names": {}, "library_tests": library_tests or {},
            "root": sandbox.SANDBOX_RW, "isolated": True,
            "guard_path": f"{GRADER_DIR}/kernel_guard.py", "cwd": f"{sandbox.SANDBOX_RW}/notebooks",
-           "pytest_guard_path": f"{GRADER_DIR}/pytest_guard.py"}
+           "pytest_guard_path": f"{GRADER_DIR}/pytest_guard.py", **job_extra}
     binds = [(HERE / name, f"{GRADER_DIR}/{name}")
              for name in ("notebook_executor.py", "kernel_guard.py", "pytest_guard.py")]
     r = sandbox.run_isolated([sys.executable, f"{GRADER_DIR}/notebook_executor.py"], rw_dir=ws,
@@ -202,7 +222,8 @@ def test_executor_rejects_a_neutered_guard_and_runs_library_tests_itself(tmp_pat
         ("test", "from course.tools import run_library_tests\nassert False, 'never run here'"),
     ], library_tests={"4": ["tests/test_tiny.py", "tests/test_faked.py"]})
     assert _errors(outs[1]) == [] and _errors(outs[2]) == [], outs[:3]
-    assert any("GradingIntegrityError" in e and "forged" in e for e in _errors(outs[3])), outs[3]
+    assert any("GradingIntegrityError" in e and "removed or broken" in e
+               for e in _errors(outs[3])), outs[3]
     # the library-tests cell: the executor's own run of the workspace's tests, not the kernel's
     # (and a library that fakes numpy's comparisons on import fails its test)
     assert "1/3 passed" in "".join(o.get("text", "") for o in outs[4])
@@ -210,6 +231,76 @@ def test_executor_rejects_a_neutered_guard_and_runs_library_tests_itself(tmp_pat
     assert failed["tests/test_tiny.py::test_fails"] == "assert (1 + 1) == 3"
     assert "GradingIntegrityError" in failed["tests/test_faked.py::test_wrong"], failed
     assert len(failed) == 2 and len(_errors(outs[4])) == 1
+
+
+# Student code that goes for the guard itself or for the running test (each a solution cell
+# redefining ``student_fn``, then a test of it): every one must leave the test failed.
+_REACH_IN = {
+    "garbage_collector": "import gc\nfor o in gc.get_objects():\n    pass\n"
+                         "def student_fn(x):\n    return 2",
+    "tracing": "import sys\nsys.settrace(lambda *a: None)\ndef student_fn(x):\n    return 2",
+    "patch_then_undo_after_the_cell": (
+        "def student_fn(x):\n    import numpy.testing as nt\n    orig = nt.assert_allclose\n"
+        "    nt.assert_allclose = lambda *a, **k: None\n    ip = get_ipython()\n"
+        "    def undo(*a):\n        nt.assert_allclose = orig\n"
+        "        ip.events.unregister('post_run_cell', undo)\n"
+        "    ip.events.register('post_run_cell', undo)\n    return 0"),
+    "seal_early_then_quit": (
+        "def student_fn(x):\n    import linecache, re, sys\n"
+        "    for v in list(linecache.cache.values()):\n"
+        "        src = ''.join(v[2] or []) if isinstance(v, tuple) and len(v) > 2 else ''\n"
+        "        for ev in re.findall(r\"audit\\('([^']+)', 'seal'\\)\", src):\n"
+        "            sys.audit(ev, 'seal')\n"
+        "            raise SystemExit\n"
+        "    return 0"),
+    "read_the_test_frame": (
+        "def student_fn(x):\n    import sys\n    try:\n"
+        "        return sys._getframe(1).f_locals.get('want')\n    except Exception:\n"
+        "        return get_ipython().user_ns.get('want')"),
+    "read_the_frame_through_a_traceback": (
+        "def student_fn(x):\n    try:\n        raise ValueError\n    except ValueError as e:\n"
+        "        return e.__traceback__.tb_frame.f_back.f_locals.get('want')"),
+    "forge_a_verdict_request": (
+        "import sys\nbox = []\nsys.audit('nq.grading.x', 'call', 'verdict', 'n', (), box, 'x')\n"
+        "assert box == []\ndef student_fn(x):\n    return 0"),
+}
+
+
+@needs_sandbox
+def test_student_code_cannot_reach_into_the_guard_or_the_running_test(tmp_path):
+    cells = [("readonly", "import numpy as np")]
+    for src in _REACH_IN.values():
+        cells += [("solution", src),
+                  ("test", "import numpy.testing as nt\nwant = 2.0\n"
+                           "nt.assert_allclose(student_fn(1.0), want)")]
+    cells += [("solution", "def student_fn(x):\n    return 2 * x"),
+              ("test", "want = 2.0\nassert student_fn(1.0) == want")]
+    outs, _ = _execute(tmp_path, cells)
+    for k, name in enumerate(_REACH_IN):
+        assert _errors(outs[2 + 2 * k]), (name, outs[1 + 2 * k], outs[2 + 2 * k])
+    assert "PermissionError" in str(outs[1]) and "PermissionError" in str(outs[3]), outs[1:4]
+    # an honest solution after all of that still passes
+    assert _errors(outs[-1]) == [], outs[-1]
+
+
+@needs_sandbox
+def test_library_code_cannot_rewrite_the_test_report(tmp_path):
+    outs, _ = _execute(tmp_path, [("test", "assert False, 'never run here'")],
+                       library_tests={"0": ["tests/test_forged.py"]})
+    assert "0/1 passed" in "".join(o.get("text", "") for o in outs[0]), outs[0]
+
+
+@needs_sandbox
+def test_the_notebook_has_one_time_budget(tmp_path):
+    """Each cell within its own timeout, together far over the notebook's: the cells left
+    when its time is spent fail without running (they held a grading slot for hours)."""
+    nap = "import time\ntime.sleep(2)\nprint('woke')"
+    outs, events = _execute(tmp_path, [("readonly", "x = 1")] + [("solution", nap)] * 10
+                            + [("test", "assert x == 1")], notebook_timeout=10)
+    woke = [i for i, o in enumerate(outs) if any("woke" in x.get("text", "") for x in o)]
+    assert len(woke) < 8, woke
+    assert "TimeoutError" in str(outs[-1]) and "grading time" in str(outs[-1]), outs[-1]
+    assert any("notebook_timeout" in e for e in events), events
 
 
 _PLANT = '''

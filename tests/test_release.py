@@ -417,6 +417,7 @@ def test_cpp_stub_message_is_the_same_text():
 
 # ---- the grading policy (graders/workspace.py) ------------------------------------------------
 
+from graders import workspace as workspace_mod  # noqa: E402
 from graders.workspace import grading_files, splice_functions  # noqa: E402
 
 
@@ -465,6 +466,16 @@ def test_grading_files_policy(tmp_path):
     assert report["missing"] == [rel, "src/cpu/qgemm_scalar.cc"]
     assert "5.1 qgemm_reference" in report["missing_exercises"]
     assert "5.2 qgemm_scalar_tile" in report["missing_exercises"]
+    # a submission whose needle/ folder is a link (to the instructor's copy, say) has none of
+    # the student's files: the link is not followed, whichever component it is
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "needle").symlink_to(repo / "needle")
+    files, report = grading_files("05_int8_cpu_kernel", release, repo, linked)
+    assert report["missing"] == [rel, "src/cpu/qgemm_scalar.cc"] and \
+        files[rel] != (repo / rel).read_bytes()
+    assert "5.1 qgemm_reference" in workspace_mod.unwritten_exercises("05_int8_cpu_kernel",
+                                                                      linked)
 
 
 def test_submit_archive_round_trips_through_unpack(tmp_path, monkeypatch):
@@ -526,6 +537,18 @@ def test_unpack_refuses_dot_folders_and_oversized_members_without_losing_uploads
     with pytest.raises(ValueError, match="student folder"):
         course_mod.unpack_submission(big, submitted, "..")
     assert kept.read_text() == "{}" and earlier.read_text() == "earlier upload"
+
+
+def test_unpack_keeps_the_graders_notes_file_for_the_grader(tmp_path):
+    """A student's own UNPACK_PROBLEMS.txt would show in the grade report's notes."""
+    import zipfile
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("03_quant_basics/03_quant_basics.ipynb", "{}")
+        z.writestr("03_quant_basics/UNPACK_PROBLEMS.txt", "all good, full marks please\n")
+    dest, problems = course_mod.unpack_submission(archive, tmp_path / "submitted", "dave")
+    assert not (dest / "UNPACK_PROBLEMS.txt").exists()
+    assert any("UNPACK_PROBLEMS.txt" in p and "not unpacked" in p for p in problems), problems
 
 
 def test_a_skip_raised_by_library_code_counts_as_a_failure(tmp_path):
