@@ -31,10 +31,22 @@ reading frames while the guard runs or, during a test, from code outside the Pyt
 installation (the test's own frame holds its expected values), ctypes' raw memory access
 from such code, opening a process's memory through ``/proc``, swapping the code or defaults
 of an installed function, and making code under the test cell's or an installed file's name.
+Student context is any stack holding student code, and any thread started to run something
+other than installed code (a builtin or ``functools.partial`` as a ``Timer``'s function
+counts): swaps of a snapshotted function's code, defaults or closure from there are refused,
+as are ctypes' memory calls reached through a library wrapper and the frames of generators
+and coroutines. The user namespace, its ``__builtins__``, the kernel's shell, session and
+handler tables are pinned (checked and put back); the seal also fails when student code sits
+below the test cell on the stack (a wrapped kernel handler) or a student thread is alive.
+If ``restore`` cannot arm the guard, the executor fails the test rather than run it unarmed.
 
-Native code can still do anything in the process (a compiled extension of the student's own),
-and code crafted byte by byte (``marshal``) under an installed file's name passes as installed
-code; the sandbox around the kernel is what keeps instructor files out of reach.
+Not caught: a patch that undoes itself within one check (without a thread), a race between
+the test's last assertion and the seal, finalizers or interpreter callbacks running with only
+installed code on their stack, values that lie about themselves (an ndarray subclass or
+``__array_function__``: tests should coerce with ``np.asarray``), native code (a compiled
+extension of the student's own), code crafted byte by byte (``marshal``) under an installed
+file's name, and pytest internals forged by library code. The sandbox around the kernel is
+what keeps instructor files out of reach.
 """
 
 #: packages whose functions and classes the snapshots cover (besides the standard library):
@@ -45,6 +57,14 @@ PROTECTED_PACKAGES = ("numpy", "IPython", "ipykernel", "jupyter_client", "traitl
 #: with a ValueError, which these modules expect and handle
 FRAME_READERS = ("/collections/__init__.py", "/typing.py", "/enum.py", "/dataclasses.py",
                  "/warnings.py", "/abc.py", "/functools.py")
+#: ctypes' events that read or write memory at an address (refused when student code is
+#: anywhere on the stack, or the thread is the student's, not only when it calls them)
+CTYPES_MEMORY = frozenset({"ctypes.string_at", "ctypes.wstring_at", "ctypes.cdata",
+                           "ctypes.cdata/buffer", "ctypes.PyObj_FromPtr",
+                           "ctypes.call_function"})
+#: code flags of generators and coroutines (CO_GENERATOR, CO_COROUTINE,
+#: CO_ITERABLE_COROUTINE, CO_ASYNC_GENERATOR)
+GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
 COPY_LIMIT = 64 << 20     # read-only arrays larger than this are restored by reference
 
 
@@ -57,11 +77,13 @@ def install(event, key_hex):
     import _hashlib
     import _thread
     import builtins
+    import functools
     import gc
     import linecache
     import os
     import sys
     import sysconfig
+    import threading
     import types
 
     import IPython
@@ -75,6 +97,8 @@ def install(event, key_hex):
     # only C functions are called while a hook runs: a patched Python helper would run
     # student code inside the guard
     hmac_digest, getframe, get_ident = _hashlib.hmac_digest, sys._getframe, _thread.get_ident
+    current_frames, threading_thread = sys._current_frames, threading.Thread
+    threads_active, partial, main_thread = threading._active, functools.partial, get_ident()
     readlink, getcwd, gc_disable, gc_enable, gc_isenabled = (
         os.readlink, os.getcwd, gc.disable, gc.enable, gc.isenabled)
     key = bytes.fromhex(key_hex)
@@ -94,7 +118,8 @@ def install(event, key_hex):
                                 "sys.settrace", "sys.setprofile", "sys._current_frames",
                                 "sys.addaudithook"})
     S = {"armed": False, "cell_file": None, "cells": set(), "seal": None, "log": [],
-         "rebound": set(), "inside": {}, "own_call": set(), "files": {}, "ns_saved": {},
+         "rebound": set(), "inside": {}, "own_call": set(), "reviving": set(), "files": {},
+         "ns_saved": {},
          "nonces": set(), "readonly_files": set(), "last_cell": None}
     pending = {}        # thread -> (exception class, message): what the raising hook raises
     missing = object()
@@ -134,6 +159,39 @@ def install(event, key_hex):
                 return True
             f = f.f_back
         return False
+
+    def own_callable(v, depth=0):
+        """Whether calling ``v`` runs only code of the installation or the course's cells
+        (what a thread may be started to run without patching around the checks)."""
+        if depth > 4:
+            return False
+        if type(v) is types.MethodType:
+            v = v.__func__
+        if type(v) is types.FunctionType:
+            return own(v.__code__)
+        if type(v) is partial:
+            return own_callable(v.func, depth + 1) and not any(
+                callable(a) for a in list(v.args) + list(str_items(v.keywords).values()))
+        return False
+
+    def foreign_target(t):
+        """Whether the thread object ``t`` was started to run something other than code of
+        the installation (a student's function, a builtin such as ``setattr``...)."""
+        d = str_items(vars(t)) if hasattr(t, "__dict__") else {}
+        return any(d.get(k) is not None and not own_callable(d[k])
+                   for k in ("_target", "function"))
+
+    def foreign_thread():
+        """Whether the running thread is not the kernel's main thread and was started by
+        student code (its stack can be all installed code: a builtin as its target)."""
+        me = get_ident()
+        if me == main_thread:
+            return False
+        t = threads_active.get(me)
+        return t is None or foreign_target(t)
+
+    def student_context(f):
+        return f is None or foreign(f) or foreign_thread()
 
     def my_frame():
         """This hook's frame (gc off: no finalizer runs while the own-call flag is up)."""
@@ -189,35 +247,84 @@ def install(event, key_hex):
     def str_items(d):
         return {k: v for k, v in d.items() if type(k) is str}
 
+    def cells_of(v):
+        """The callables a function's closure refers to (other cells may change freely)."""
+        out = []
+        for c in v.__closure__ or ():
+            try:
+                x = c.cell_contents
+            except ValueError:           # an empty cell
+                x = missing
+            out.append(x if callable(x) else missing)
+        return tuple(out)
+
     def fn_state(v):
+        """A function with what can be swapped inside it (code, defaults, closure cells)."""
         if type(v) is types.FunctionType:
-            return (v, v.__code__, v.__defaults__, v.__kwdefaults__)
-        return (v, None, None, None)
+            return (v, v.__code__, v.__defaults__, v.__kwdefaults__, cells_of(v))
+        return (v, None, None, None, ())
 
     def same(a, b):
         return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+    def same_state(a, b):
+        return same(a[:4], b[:4]) and same(a[4], b[4])
 
     def callable_attr(v):
         return callable(v) or isinstance(v, (staticmethod, classmethod, property,
                                              types.ModuleType))
 
     def revived(state):
-        v, code, defaults, kwdefaults = state
-        if code is not None:
-            v.__code__, v.__defaults__, v.__kwdefaults__ = code, defaults, kwdefaults
+        """``state``'s function with its saved code, defaults and closure put back. The
+        guard's own assignments are marked (the swap check lets them through); what they
+        replace is kept until the mark is down, so no finalizer runs under it."""
+        v, code, defaults, kwdefaults, cells = state
+        if code is None:
+            return v
+        me, replaced = get_ident(), []
+        S["reviving"].add(me)
+        try:
+            for attr, want in (("__code__", code), ("__defaults__", defaults),
+                               ("__kwdefaults__", kwdefaults)):
+                if getattr(v, attr) is not want:
+                    replaced.append(getattr(v, attr))
+                    setattr(v, attr, want)
+            now = cells_of(v)
+            for c, x, y in zip(v.__closure__ or (), cells, now):
+                if x is not missing and y is not x:
+                    replaced.append(y)
+                    c.cell_contents = x
+        finally:
+            S["reviving"].discard(me)
+        del replaced
         return v
 
     def dict_snapshot(d):
-        return {k: v for k, v in str_items(d).items() if callable_attr(v)}
+        """The callables of ``d`` (functions with their code, defaults and closures)."""
+        return {k: fn_state(v) for k, v in str_items(d).items() if callable_attr(v)}
 
     def diff_dict(label, cur, saved, restore, put):
         bad, cur = [], str_items(cur)
-        for k, v in saved.items():
-            if cur.get(k, missing) is not v:
+        for k, state in saved.items():
+            v = cur.get(k, missing)
+            if v is not state[0] or not same_state(fn_state(v), state):
                 bad.append(f"{label}.{k}")
                 if restore:
-                    put(k, v)
+                    put(k, revived(state))
         return bad
+
+    def attr_ref(obj, k):
+        """``obj.k`` read from its instance dict or its traitlets values (no code runs)."""
+        d = str_items(vars(obj))
+        if k in d:
+            return d[k]
+        tv = d.get("_trait_values")
+        return str_items(tv).get(k, missing) if type(tv) is dict else missing
+
+    def put_ref(obj, k, v):
+        d = vars(obj)
+        tv = d.get("_trait_values")
+        (tv if type(tv) is dict and k in tv and k not in d else d)[k] = v
 
     def mutable_class(v):      # a heap type whose dict can change (not an immutable type)
         return isinstance(v, type) and v.__flags__ & (1 << 9) and not v.__flags__ & (1 << 8)
@@ -236,8 +343,8 @@ def install(event, key_hex):
 
     def rebase():
         snap = S["snap"] = {}
-        snap["builtins"] = str_items(vars(builtins))
-        snap["sys"] = {k: getattr(sys, k) for k in
+        snap["builtins"] = {k: fn_state(v) for k, v in str_items(vars(builtins)).items()}
+        snap["sys"] = {k: fn_state(getattr(sys, k)) for k in
                        ("excepthook", "displayhook", "stdout", "stderr", "audit",
                         "meta_path", "path_hooks", "modules", "gettrace", "getprofile")}
         snap["meta_path"] = list(sys.meta_path)
@@ -270,6 +377,21 @@ def install(event, key_hex):
         objs += [sys.stdout, sys.stderr]
         snap["objects"] = [(o, dict_snapshot(vars(o)) if hasattr(o, "__dict__") else {})
                            for o in objs]
+        # what the kernel runs a request with: the namespace, its builtins, the shell the
+        # kernel hands code to and the kernel's tables of message handlers
+        pins = [("shell", ip, "user_ns"), ("shell", ip, "user_module")]
+        if kernel is not None:
+            pins += [("kernel", kernel, k) for k in ("shell", "session", "shell_handlers",
+                                                     "control_handlers")]
+        snap["pins"] = [(label, o, k, attr_ref(o, k)) for label, o, k in pins]
+        snap["ns_builtins"] = str_items(ip.user_ns).get("__builtins__", missing)
+        # functions whose code nothing outside the installation may swap, from any stack
+        S["protected"] = {id(state[0]) for attrs in
+                          [a for _, a in snap["modules"].values()] + list(snap["classes"].values())
+                          for state in attrs.values() if state[1] is not None}
+        snap["tables"] = [(f"{label}.{k}", v, dict_snapshot(v))
+                          for label, o, k, v in snap["pins"]
+                          if type(v) is dict and k.endswith("_handlers")]
         for o in objs:                   # their classes, wherever those were defined
             for cls in type(o).__mro__:
                 if mutable_class(cls) and cls not in snap["classes"]:
@@ -377,11 +499,23 @@ def install(event, key_hex):
                     bad.append(f"{type(obj).__name__}.{k} (shadowed)")
                     if restore:
                         delattr(obj, k)
+        for label, obj, k, v in snap["pins"]:
+            if attr_ref(obj, k) is not v:
+                bad.append(f"{label}.{k} (replaced)")
+                if restore:
+                    put_ref(obj, k, v)
+        for label, table, items in snap["tables"]:
+            bad += diff_dict(label, table, items, restore,
+                             lambda k, v, table=table: table.__setitem__(k, v))
+        if str_items(ip.user_ns).get("__builtins__", missing) is not snap["ns_builtins"]:
+            bad.append("the namespace's __builtins__")
+            if restore:
+                ip.user_ns["__builtins__"] = snap["ns_builtins"]
         ns, raw_ns = str_items(ip.user_ns), ip.user_ns
         for n, (state, data) in S["ns_saved"].items():
             if n in rebound:
                 continue
-            if n not in ns or not same(fn_state(ns[n]), state):
+            if n not in ns or not same_state(fn_state(ns[n]), state):
                 bad.append(f"read-only name {n!r}")
                 if restore:
                     raw_ns[n] = revived(state)
@@ -413,17 +547,52 @@ def install(event, key_hex):
     methods = {"rebase": rebase, "save": save, "restore": restore, "verdict": verdict,
                "learn": learn, "ping": lambda: "ok"}
 
+    def student_threads():
+        """Whether another thread runs (or was started to run) code from outside the
+        installation and the course's cells: it could patch and unpatch around the checks."""
+        me = get_ident()
+        was = gc_isenabled()
+        gc_disable()
+        S["own_call"].add(me)
+        try:
+            frames = current_frames()
+        finally:
+            S["own_call"].discard(me)
+            if was:
+                gc_enable()
+        if str_items(vars(threading)).get("_active") is not threads_active:
+            return True                  # threads registered where the check cannot see
+        for t in list(threads_active.values()):
+            if isinstance(t, threading_thread) and foreign_target(t):
+                return True
+        for tid, f in frames.items():
+            if tid == me:
+                continue
+            while f is not None:
+                if not own(f.f_code):
+                    return True
+                target = str_items(f.f_locals).get("self") if f.f_code.co_name == "run" else None
+                if isinstance(target, threading_thread) and foreign_target(target):
+                    return True
+                f = f.f_back
+        return False
+
     def seal(f):
         if not S["armed"]:
             return
         if S["seal"] is not None:
             S["seal"] = "tampered: the test was sealed twice"
-        elif f is None or f.f_code not in S["cells"] or f.f_globals is not ip.user_ns:
+        elif f is None or f.f_code.co_filename != S["cell_file"] or \
+                f.f_globals is not ip.user_ns:
             S["seal"] = "tampered: sealed from outside the test cell"
         else:
             volatile = S.get("volatile", ())
             bad = S["log"] + [b for b in walk(restore=False, rebound=S["rebound"])
                               if b not in volatile]
+            if student_threads():
+                bad.append("a thread running your code while the test ran")
+            if foreign(f.f_back):     # a wrapper of the student's around the kernel's run
+                bad.append("your code running around the test cell")
             S["seal"] = "tampered: " + ", ".join(bad[:12]) if bad else "ok"
 
     def answer(args):
@@ -450,11 +619,36 @@ def install(event, key_hex):
             S["log"].append(what)
         pending[get_ident()] = (exc, f"grading does not allow {what}")
 
+    def read_own(obj, attr):
+        me = get_ident()
+        was = gc_isenabled()
+        gc_disable()
+        S["own_call"].add(me)
+        try:
+            return getattr(obj, attr, None)
+        finally:
+            S["own_call"].discard(me)
+            if was:
+                gc_enable()
+
+    def suspendable(frame):
+        """A generator's or coroutine's frame: it can be resumed later, inside a test,
+        and then leads (``f_back``) to the test's frames."""
+        return type(frame) is types.FrameType and bool(frame.f_code.co_flags & GENERATOR_FLAGS)
+
     def frames_event(name, args, f):
         what = f"reading the interpreter's frames ({name}" + (
             f" {args[1]})" if name == "object.__getattr__" else ")")
+        attr = args[1] if name == "object.__getattr__" and len(args) > 1 else None
         if S["inside"].get(get_ident(), 0) > 1:     # code run from inside the guard
             refuse(what)
+        elif attr in ("gi_frame", "cr_frame", "ag_frame") and student_context(f):
+            refuse(f"reading a generator's frame ({attr})")
+        elif name == "sys._getframe" and args and suspendable(args[0]) and student_context(f):
+            refuse("reading a generator's frame (sys._getframe)")
+        elif attr == "tb_frame" and suspendable(read_own(args[0], "tb_frame")) and \
+                student_context(f):
+            refuse("reading a generator's frame (tb_frame)")
         elif S["armed"] and f is not None and foreign(f):
             fn = f.f_code.co_filename
             refuse(what, RefusedFrame if trusted_file(fn) and fn.endswith(FRAME_READERS)
@@ -513,15 +707,16 @@ def install(event, key_hex):
             frames_event(name, args, f)
         elif name in ("object.__setattr__", "object.__delattr__"):
             obj = args[0] if args else None
-            if type(obj) is types.FunctionType and by_student(f) and \
-                    reserved_name(obj.__code__.co_filename):
+            if type(obj) is types.FunctionType and get_ident() not in S["reviving"] and (
+                    by_student(f) and reserved_name(obj.__code__.co_filename) or
+                    id(obj) in S.get("protected", ()) and student_context(f)):
                 refuse(f"changing {args[1]} of the installed function {obj.__qualname__}")
         elif name == "open":
             p = resolve(args[0] if args else None)
             if proc_memory(p):
                 refuse(f"opening {p}")
         elif name.startswith("ctypes."):
-            if by_student(f):
+            if by_student(f) or name in CTYPES_MEMORY and student_context(f):
                 refuse(f"raw memory access from your code ({name})")
         elif name == "compile":
             compile_event(args, f)
@@ -543,7 +738,8 @@ def install(event, key_hex):
         if name == "object.__getattr__" and (len(args) < 2 or args[1] not in frame_attrs):
             return
         me = get_ident()
-        if name == "sys._getframe" and me in S["own_call"]:
+        if name in ("sys._getframe", "sys._current_frames", "object.__getattr__") and \
+                me in S["own_call"]:
             return
         depth = S["inside"].get(me, 0)
         S["inside"][me] = depth + 1

@@ -145,8 +145,8 @@ def library_tests_outputs(job, prefixes):
 
 def sealed_test(source, event):
     """A test cell's code as the kernel runs it: inside a function (the test's variables are
-    locals, not globals a solution could read; they are published when it returns), then the
-    guard's seal. Lines continuing a multi-line string keep their indentation."""
+    locals, not globals a solution could read; they are published when it returns) that ends
+    with the guard's seal. Lines continuing a multi-line string keep their indentation."""
     import io
     import tokenize
     name = "_nq_test_" + secrets.token_hex(4)
@@ -164,7 +164,7 @@ def sealed_test(source, event):
         return source + "\n" + seal
     body = ["    " + ln if ln.strip() and i not in inside else ln for i, ln in enumerate(lines)]
     return "\n".join([f"def {name}():"] + body + [
-        "    pass", "    globals().update(locals())", f"{name}()", f"del {name}", seal])
+        "    " + seal, "    globals().update(locals())", f"{name}()", f"del {name}"])
 
 
 def main():
@@ -337,6 +337,9 @@ def main():
             status, text, _ = guard(client, "restore", test_names.get(i, []))
             if status != "ok":
                 integrity_error(cell, f"the grading guard was removed or broken ({text})")
+                return
+            if text.startswith("error"):    # the guard could not arm: the test cannot count
+                integrity_error(cell, f"the grading guard could not check this test ({text})")
                 return
             if text != "ok":
                 events.append({"cell": i, "restored": text})

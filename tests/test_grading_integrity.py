@@ -260,6 +260,33 @@ _REACH_IN = {
     "read_the_frame_through_a_traceback": (
         "def student_fn(x):\n    try:\n        raise ValueError\n    except ValueError as e:\n"
         "        return e.__traceback__.tb_frame.f_back.f_locals.get('want')"),
+    # a generator's frame taken before the test: resumed inside it, it leads to the test
+    "generator_frame": (
+        "def _g():\n    while True:\n        yield _fr.f_back.f_back.f_locals.get('want')\n"
+        "_gen = _g()\ntry:\n    _fr = _gen.gi_frame\nexcept PermissionError:\n    _fr = None\n"
+        "def student_fn(x):\n    try:\n        return next(_gen)\n    except Exception:\n"
+        "        return 0"),
+    "generator_frame_from_inside": (
+        "import sys\ndef _g():\n    try:\n        fr = sys._getframe()\n"
+        "    except PermissionError:\n        fr = None\n    yield\n    while True:\n"
+        "        yield fr.f_back.f_back.f_locals.get('want')\n_gen = _g()\nnext(_gen)\n"
+        "def student_fn(x):\n    try:\n        return next(_gen)\n    except Exception:\n"
+        "        return 0"),
+    # an installed function's code swapped by a finalizer (the interpreter calls setattr)
+    "code_swap_by_a_finalizer": (
+        "import weakref, numpy.testing as _nt\nclass _Box:\n    pass\n_keep = [_Box()]\n"
+        "def _noop(*a, **k):\n    return None\n"
+        "weakref.finalize(_keep[0], setattr, _nt.assert_allclose, '__code__', _noop.__code__)\n"
+        "def student_fn(x):\n    _keep.clear()\n    return 0"),
+    "raw_memory_through_a_library_wrapper": (
+        "import ctypes\ndef student_fn(x):\n    try:\n        ctypes.string_at(id(x), 8)\n"
+        "    except PermissionError:\n        return 0\n    return 2"),
+    "builtins_of_the_namespace": (
+        "import builtins, types\n_real = builtins.__import__\n"
+        "_fake = types.ModuleType('numpy.testing')\n_fake.assert_allclose = lambda *a, **k: None\n"
+        "def _imp(name, *a, **k):\n    return _fake if name == 'numpy.testing' else _real(name, *a, **k)\n"
+        "get_ipython().user_ns['__builtins__'] = dict(vars(builtins), __import__=_imp)\n"
+        "def student_fn(x):\n    return 0"),
     "forge_a_verdict_request": (
         "import sys\nbox = []\nsys.audit('nq.grading.x', 'call', 'verdict', 'n', (), box, 'x')\n"
         "assert box == []\ndef student_fn(x):\n    return 0"),
@@ -281,6 +308,76 @@ def test_student_code_cannot_reach_into_the_guard_or_the_running_test(tmp_path):
     assert "PermissionError" in str(outs[1]) and "PermissionError" in str(outs[3]), outs[1:4]
     # an honest solution after all of that still passes
     assert _errors(outs[-1]) == [], outs[-1]
+
+
+_THREAD = (
+    "import threading, time, numpy.testing as nt\n_orig = nt.assert_allclose\n"
+    "def _toggle():\n    while True:\n        nt.assert_allclose = lambda *a, **k: None\n"
+    "        time.sleep(0.002)\n        nt.assert_allclose = _orig\n        time.sleep(0.0005)\n"
+    "threading.Thread(target=_toggle, daemon=True).start()\n"
+    "def student_fn(x):\n    time.sleep(0.01)\n    return 0")
+
+
+@needs_sandbox
+def test_a_thread_patching_around_the_checks_fails_the_tests(tmp_path):
+    outs, _ = _execute(tmp_path, [
+        ("readonly", "import numpy as np"), ("solution", _THREAD),
+        ("test", "import numpy.testing as nt\nnt.assert_allclose(student_fn(1.0), 2.0)")])
+    errors = _errors(outs[2])
+    # the thread is caught, or (when the real check was in place at its lookup) it fails
+    assert any("a thread running your code" in e for e in errors) or \
+        any(e.startswith("AssertionError") and "DESIRED: array(2.)" in e for e in errors), outs[2]
+
+
+@needs_sandbox
+def test_a_check_patched_before_the_test_is_put_back_and_the_test_fails(tmp_path):
+    outs, _ = _execute(tmp_path, [
+        ("readonly", "import numpy as np"),
+        ("solution", "import numpy.testing as nt\nnt.assert_allclose = lambda *a, **k: None\n"
+                     "def student_fn(x):\n    return 0"),
+        ("test", "import numpy.testing as nt\nnt.assert_allclose(student_fn(1.0), 2.0)")])
+    errors = _errors(outs[2])
+    assert len(errors) == 1 and errors[0].startswith("AssertionError"), outs[2]
+    assert "DESIRED: array(2.)" in errors[0]
+
+
+_PARTIAL_TIMER = (
+    "import threading, functools\nfrom numpy.testing._private import utils as _u\n"
+    "_orig = _u.assert_array_compare\ndef student_fn(x):\n"
+    "    threading.Timer(0.001, functools.partial(setattr, _u, 'assert_array_compare',\n"
+    "                                             lambda *a, **k: None)).start()\n"
+    "    threading.Timer(30, functools.partial(setattr, _u, 'assert_array_compare', _orig)).start()\n"
+    "    import time\n    time.sleep(0.05)\n    return 0")
+
+
+@needs_sandbox
+def test_a_timer_patching_with_a_builtin_fails_the_tests(tmp_path):
+    outs, _ = _execute(tmp_path, [
+        ("readonly", "import numpy as np"), ("solution", _PARTIAL_TIMER),
+        ("test", "import numpy.testing as nt\nnt.assert_allclose(student_fn(1.0), 2.0)")])
+    assert any("a thread running your code" in e for e in _errors(outs[2])), outs[2]
+
+
+# the kernel's handler of execute requests wrapped: it cuts each test down to its seal, puts
+# the real handler back while the test runs and its own again afterwards
+_HANDLER = (
+    "import inspect\nk = get_ipython().kernel\norig = k.shell_handlers['execute_request']\n"
+    "async def fake(*args):\n    c = args[-1].get('content', {})\n    code = c.get('code', '')\n"
+    "    if \"'seal'\" in code:\n"
+    "        c['code'] = '\\n'.join(ln for ln in code.split('\\n') if \"'seal'\" in ln or\n"
+    "                              ln.startswith(('def ', '_nq_test', 'del ')))\n"
+    "    k.shell_handlers['execute_request'] = orig\n    try:\n        r = orig(*args)\n"
+    "        return (await r) if inspect.isawaitable(r) else r\n    finally:\n"
+    "        k.shell_handlers['execute_request'] = fake\n"
+    "k.shell_handlers['execute_request'] = fake\ndef student_fn(x):\n    return 0")
+
+
+@needs_sandbox
+def test_a_wrapped_kernel_handler_fails_the_tests(tmp_path):
+    outs, _ = _execute(tmp_path, [
+        ("readonly", "import numpy as np"), ("solution", _HANDLER),
+        ("test", "assert student_fn(1.0) == 2.0")])
+    assert _errors(outs[2]), outs[2]
 
 
 @needs_sandbox
