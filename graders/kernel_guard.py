@@ -117,9 +117,8 @@ def install(event, key_hex):
     always_refused = frozenset({"gc.get_objects", "gc.get_referrers", "gc.get_referents",
                                 "sys.settrace", "sys.setprofile", "sys._current_frames",
                                 "sys.addaudithook"})
-    S = {"armed": False, "cell_file": None, "cells": set(), "seal": None, "log": [],
-         "rebound": set(), "inside": {}, "own_call": set(), "reviving": set(), "files": {},
-         "ns_saved": {},
+    S = {"armed": False, "cell_file": None, "seal": None, "log": [], "rebound": set(),
+         "inside": {}, "own_call": set(), "reviving": set(), "files": {}, "ns_saved": {},
          "nonces": set(), "readonly_files": set(), "last_cell": None}
     pending = {}        # thread -> (exception class, message): what the raising hook raises
     missing = object()
@@ -193,18 +192,23 @@ def install(event, key_hex):
     def student_context(f):
         return f is None or foreign(f) or foreign_thread()
 
-    def my_frame():
-        """This hook's frame (gc off: no finalizer runs while the own-call flag is up)."""
+    def own_call(fn, *args):
+        """``fn(*args)`` with the own-call flag up: the hook lets the guard's own frame
+        reads through (gc off: no finalizer runs while the flag is up)."""
         me = get_ident()
         was = gc_isenabled()
         gc_disable()
         S["own_call"].add(me)
         try:
-            return getframe(1)
+            return fn(*args)
         finally:
             S["own_call"].discard(me)
             if was:
                 gc_enable()
+
+    def my_frame():
+        """This hook's frame (2 up: own_call's, then my_frame's)."""
+        return own_call(getframe, 2)
 
     def resolve(path):
         """``path`` absolute with every symbolic link followed (C calls only)."""
@@ -527,7 +531,7 @@ def install(event, key_hex):
     # -- the executor's methods (each request carries its HMAC) and the test cell's seal
     def restore(rebound=()):
         bad = walk(restore=True)
-        S.update(armed=True, cell_file=None, cells=set(), seal=None, log=[],
+        S.update(armed=True, cell_file=None, seal=None, log=[],
                  rebound=set(rebound))
         return "restored: " + ", ".join(bad) if bad else "ok"
 
@@ -541,7 +545,7 @@ def install(event, key_hex):
     def verdict():
         v = S["seal"] or ("tampered: " + ", ".join(S["log"][:12]) if S["log"] else
                           "not sealed: the test cell did not run to its end")
-        S.update(armed=False, cell_file=None, cells=set(), seal=None, log=[])
+        S.update(armed=False, cell_file=None, seal=None, log=[])
         return v
 
     methods = {"rebase": rebase, "save": save, "restore": restore, "verdict": verdict,
@@ -550,16 +554,7 @@ def install(event, key_hex):
     def student_threads():
         """Whether another thread runs (or was started to run) code from outside the
         installation and the course's cells: it could patch and unpatch around the checks."""
-        me = get_ident()
-        was = gc_isenabled()
-        gc_disable()
-        S["own_call"].add(me)
-        try:
-            frames = current_frames()
-        finally:
-            S["own_call"].discard(me)
-            if was:
-                gc_enable()
+        me, frames = get_ident(), own_call(current_frames)
         if str_items(vars(threading)).get("_active") is not threads_active:
             return True                  # threads registered where the check cannot see
         for t in list(threads_active.values()):
@@ -619,18 +614,6 @@ def install(event, key_hex):
             S["log"].append(what)
         pending[get_ident()] = (exc, f"grading does not allow {what}")
 
-    def read_own(obj, attr):
-        me = get_ident()
-        was = gc_isenabled()
-        gc_disable()
-        S["own_call"].add(me)
-        try:
-            return getattr(obj, attr, None)
-        finally:
-            S["own_call"].discard(me)
-            if was:
-                gc_enable()
-
     def suspendable(frame):
         """A generator's or coroutine's frame: it can be resumed later, inside a test,
         and then leads (``f_back``) to the test's frames."""
@@ -646,8 +629,8 @@ def install(event, key_hex):
             refuse(f"reading a generator's frame ({attr})")
         elif name == "sys._getframe" and args and suspendable(args[0]) and student_context(f):
             refuse("reading a generator's frame (sys._getframe)")
-        elif attr == "tb_frame" and suspendable(read_own(args[0], "tb_frame")) and \
-                student_context(f):
+        elif attr == "tb_frame" and student_context(f) and \
+                suspendable(own_call(getattr, args[0], "tb_frame", None)):
             refuse("reading a generator's frame (tb_frame)")
         elif S["armed"] and f is not None and foreign(f):
             fn = f.f_code.co_filename
@@ -692,8 +675,6 @@ def install(event, key_hex):
             return
         if S["cell_file"] is None:
             S["cell_file"] = code.co_filename
-        if code.co_filename == S["cell_file"]:
-            S["cells"].add(code)
 
     def check_event(name, args, f):
         if name == event:

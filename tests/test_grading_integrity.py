@@ -318,26 +318,29 @@ _THREAD = (
     "def student_fn(x):\n    time.sleep(0.01)\n    return 0")
 
 
+def _test_errors(tmp_path, solution):
+    """The errors of a test cell checking ``student_fn(1.0) == 2.0`` with numpy.testing,
+    after ``solution``."""
+    outs, _ = _execute(tmp_path, [
+        ("readonly", "import numpy as np"), ("solution", solution),
+        ("test", "import numpy.testing as nt\nnt.assert_allclose(student_fn(1.0), 2.0)")])
+    return _errors(outs[2])
+
+
 @needs_sandbox
 def test_a_thread_patching_around_the_checks_fails_the_tests(tmp_path):
-    outs, _ = _execute(tmp_path, [
-        ("readonly", "import numpy as np"), ("solution", _THREAD),
-        ("test", "import numpy.testing as nt\nnt.assert_allclose(student_fn(1.0), 2.0)")])
-    errors = _errors(outs[2])
+    errors = _test_errors(tmp_path, _THREAD)
     # the thread is caught, or (when the real check was in place at its lookup) it fails
     assert any("a thread running your code" in e for e in errors) or \
-        any(e.startswith("AssertionError") and "DESIRED: array(2.)" in e for e in errors), outs[2]
+        any(e.startswith("AssertionError") and "DESIRED: array(2.)" in e for e in errors), errors
 
 
 @needs_sandbox
 def test_a_check_patched_before_the_test_is_put_back_and_the_test_fails(tmp_path):
-    outs, _ = _execute(tmp_path, [
-        ("readonly", "import numpy as np"),
-        ("solution", "import numpy.testing as nt\nnt.assert_allclose = lambda *a, **k: None\n"
-                     "def student_fn(x):\n    return 0"),
-        ("test", "import numpy.testing as nt\nnt.assert_allclose(student_fn(1.0), 2.0)")])
-    errors = _errors(outs[2])
-    assert len(errors) == 1 and errors[0].startswith("AssertionError"), outs[2]
+    errors = _test_errors(tmp_path, "import numpy.testing as nt\n"
+                          "nt.assert_allclose = lambda *a, **k: None\n"
+                          "def student_fn(x):\n    return 0")
+    assert len(errors) == 1 and errors[0].startswith("AssertionError"), errors
     assert "DESIRED: array(2.)" in errors[0]
 
 
@@ -352,10 +355,8 @@ _PARTIAL_TIMER = (
 
 @needs_sandbox
 def test_a_timer_patching_with_a_builtin_fails_the_tests(tmp_path):
-    outs, _ = _execute(tmp_path, [
-        ("readonly", "import numpy as np"), ("solution", _PARTIAL_TIMER),
-        ("test", "import numpy.testing as nt\nnt.assert_allclose(student_fn(1.0), 2.0)")])
-    assert any("a thread running your code" in e for e in _errors(outs[2])), outs[2]
+    errors = _test_errors(tmp_path, _PARTIAL_TIMER)
+    assert any("a thread running your code" in e for e in errors), errors
 
 
 # the kernel's handler of execute requests wrapped: it cuts each test down to its seal, puts
